@@ -162,10 +162,11 @@ def validate_batch(model: Model, batch: Batch) -> None:
   for name, arr in (("x", x), ("y", y), ("mask", mask)):
     if isinstance(arr, jax.core.Tracer):
       continue
-    if jnp.issubdtype(arr.dtype, jnp.inexact) and not bool(jnp.all(jnp.isfinite(arr))):
+    if jnp.issubdtype(arr.dtype, jnp.inexact) and not np.all(np.isfinite(np.asarray(arr))):
       raise ValueError(f"batch.{name} contains NaN or infinite values.")
   if model.loss.name == "ce" and not isinstance(y, jax.core.Tracer):
-    if bool(jnp.any((y < 0) | (y >= model.output_size))):
+    labels = np.asarray(y)
+    if np.any((labels < 0) | (labels >= model.output_size)):
       raise ValueError(f"batch.y labels must lie in [0, {model.output_size}).")
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 
 Params = Any
 
@@ -48,16 +48,16 @@ def check_unit_interval(name: str, value) -> None:
   """Raise ValueError unless a concrete value lies in [0, 1] (traced values are skipped)."""
   if isinstance(value, jax.core.Tracer):
     return
-  arr = jnp.asarray(value)
-  if not bool(jnp.all(jnp.isfinite(arr))) or bool(jnp.any((arr < 0) | (arr > 1))):
+  arr = np.asarray(value, dtype=float)
+  if not np.all(np.isfinite(arr)) or np.any((arr < 0) | (arr > 1)):
     raise ValueError(f"{name} must lie in [0, 1], got {value!r}.")
 
 
 def check_nonnegative(name: str, value) -> None:
   if isinstance(value, jax.core.Tracer):
     return
-  arr = jnp.asarray(value)
-  if not bool(jnp.all(jnp.isfinite(arr))) or bool(jnp.any(arr < 0)):
+  arr = np.asarray(value, dtype=float)
+  if not np.all(np.isfinite(arr)) or np.any(arr < 0):
     raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
 
 
