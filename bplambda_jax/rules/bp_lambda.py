@@ -47,16 +47,20 @@ LSTM bias gradient (Q12)   doubled                                     not doubl
 
 from __future__ import annotations
 
+import logging
 from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bplambda_jax import cells as cells_lib
 from bplambda_jax import model as model_lib
 from bplambda_jax import sensitivity as sens_lib
 from bplambda_jax import synthesisers as synth_lib
 from bplambda_jax.rules import base
+
+logger = logging.getLogger("bplambda_jax")
 
 FLAVOURS = ("state", "eprop")
 MODES = ("online", "sequence")
@@ -91,6 +95,55 @@ def _lstm_d(cell, cp, s_tm1, x):
   _, _, _, o = cells_lib.lstm_gates(cp, x, s_tm1[:H], H)
   c = cell.step(cp, s_tm1, x)[H:]
   return o * (1.0 - jnp.tanh(c) ** 2)
+
+
+def trace_bytes_per_example(theta, d_out: int) -> int:
+  """Bytes of the online-mode traces of one example: d_out·|θ| entries plus M [d_out, d_out]."""
+  leaves = jax.tree.leaves(theta)
+  itemsize = jnp.dtype(leaves[0].dtype).itemsize if leaves else 4
+  return int(d_out * (sum(int(np.prod(l.shape)) for l in leaves) + d_out) * itemsize)
+
+
+def available_memory_bytes() -> Optional[int]:
+  """Free memory of the default device (accelerator stats, else the host's MemAvailable)."""
+  try:
+    stats = jax.devices()[0].memory_stats()
+    if stats and "bytes_limit" in stats:
+      return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+  except (RuntimeError, AttributeError, NotImplementedError):
+    pass
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
+
+
+def check_trace_memory(theta, d_out: int, batch_size: int) -> int:
+  """Log the online trace memory and fail early if it cannot fit.
+
+  Runs at trace time, before compilation. The estimate counts three trace-sized buffers (the
+  carried trace, its decayed copy and the scan's double buffer).
+
+  Raises:
+    MemoryError: when the estimate exceeds the available memory, suggesting mode='sequence'
+      (whose memory grows with B·T·n, not with B·d_out·|θ|) or a smaller batch.
+  """
+  per_example = trace_bytes_per_example(theta, d_out)
+  need = 3 * batch_size * per_example
+  logger.info("BP(λ) online traces: %.1f MB per example, about %.1f MB for batch %d",
+              per_example / 2**20, need / 2**20, batch_size)
+  avail = available_memory_bytes()
+  if avail is not None and need > avail:
+    raise MemoryError(
+        f"BP(λ) online mode needs about {need / 2**30:.2f} GiB for its traces "
+        f"({per_example / 2**20:.1f} MB per example × batch {batch_size} × 3 buffers) but only "
+        f"{avail / 2**30:.2f} GiB is available. Use mode='sequence' (same numbers, memory "
+        f"O(B·T·n)) or a smaller batch.")
+  return per_example
 
 
 def bp_lambda(model: model_lib.Model,
@@ -271,6 +324,20 @@ def bp_lambda(model: model_lib.Model,
     return jnp.sum(w * per_step) / batch.x.shape[1]
 
   # -------------------------------------------------------------------------- online mode
+  def add_increment(trace, theta, frozen, z_prev):
+    """E + ∂ĝ(z_{τ−1})/∂θ. A linear ĝ = W z + β has ∂ĝ_o/∂W_ij = 1[o = i]·z_j and
+    ∂ĝ_o/∂β_i = 1[o = i] (spec §4.4), added on the diagonal in O(B·d_out·d_in) without forming
+    the [B, d_out, d_out, d_in] Jacobian; other synthesisers use ``jax.jacrev``."""
+    if synthesiser.linear:
+      idx = jnp.arange(flav.d_out)
+      out = dict(trace)
+      out["w"] = trace["w"].at[:, idx, idx, :].add(z_prev[:, None, :])  # [B, d_out, d_out, d_in]
+      if "b" in trace:
+        out["b"] = trace["b"].at[:, idx, idx].add(1.0)  # [B, d_out, d_out]
+      return out
+    dgdth = jax.vmap(jax.jacrev(synth_apply), in_axes=(None, None, 0))(theta, frozen, z_prev)
+    return jax.tree.map(jnp.add, trace, dgdth)
+
   def td_step(hp, theta, frozen, td, z, ctx, u, first, final, cp):
     """One TD(λ) step on the batch. td = (z_prev, g_prev, m_prev, trace)."""
     z_prev, g_prev, m_prev, trace = td
@@ -280,10 +347,9 @@ def bp_lambda(model: model_lib.Model,
     p = apply_b(theta, frozen, z) * keep  # [B, d_out]
     r = u + gamma_ * jax.vmap(flav.link, in_axes=(None, 0, 0))(cp, ctx, p)
     delta = (r - g_prev) * (1.0 - first)  # [B, d_out]
-    dgdth = jax.vmap(jax.jacrev(synth_apply), in_axes=(None, None, 0))(theta, frozen, z_prev)
-    trace = jax.tree.map(
-        lambda e, d: (gamma_ * lam * jnp.einsum("bij,bj...->bi...", m_prev, e) + d) * (1.0 - first),
-        trace, dgdth)  # [B, d_out, d_out]·[B, d_out, *θ] -> [B, d_out, *θ]
+    decayed = jax.tree.map(  # γλ·M_{τ−1}·E: [B, d_out, d_out]·[B, d_out, *θ] -> [B, d_out, *θ]
+        lambda e: gamma_ * lam * jnp.einsum("bij,bj...->bi...", m_prev, e), trace)
+    trace = jax.tree.map(lambda e: e * (1.0 - first), add_increment(decayed, theta, frozen, z_prev))
     inc = jax.tree.map(lambda e: jnp.einsum("bi,bi...->...", delta, e) / z.shape[0], trace)
     if clip_increments:  # quirk Q7
       inc = jax.tree.map(lambda d: d / jnp.maximum(1.0, jnp.linalg.norm(d.ravel())), inc)
@@ -477,6 +543,7 @@ def bp_lambda(model: model_lib.Model,
     hp = check(params, batch, hparams)
     hp = {k: jnp.asarray(v, batch.x.dtype) for k, v in hp.items()}
     if mode == "online":
+      check_trace_memory(params["synth"]["train"], flav.d_out, batch.x.shape[1])
       return online_grads(params, batch, hp)
     return sequence_grads(params, batch, hp)
 
