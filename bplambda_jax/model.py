@@ -132,7 +132,8 @@ def make_model(cell: cells_lib.Cell | str, loss: str, input_size: int, output_si
 
 def step_weights(mask: jax.Array) -> jax.Array:
   """w_{t,b} = mask_{t,b} / max(Σ_t mask_{t,b}, 1); [T, B] -> [T, B]."""
-  mask = mask.astype(jnp.result_type(float))
+  if not jnp.issubdtype(mask.dtype, jnp.floating):
+    mask = mask.astype(jnp.result_type(float))
   return mask / jnp.maximum(jnp.sum(mask, axis=0, keepdims=True), 1.0)
 
 

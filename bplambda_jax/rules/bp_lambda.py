@@ -55,6 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bplambda_jax import cells as cells_lib
+from bplambda_jax import kernels
 from bplambda_jax import model as model_lib
 from bplambda_jax import sensitivity as sens_lib
 from bplambda_jax import synthesisers as synth_lib
@@ -324,20 +325,6 @@ def bp_lambda(model: model_lib.Model,
     return jnp.sum(w * per_step) / batch.x.shape[1]
 
   # -------------------------------------------------------------------------- online mode
-  def add_increment(trace, theta, frozen, z_prev):
-    """E + ∂ĝ(z_{τ−1})/∂θ. A linear ĝ = W z + β has ∂ĝ_o/∂W_ij = 1[o = i]·z_j and
-    ∂ĝ_o/∂β_i = 1[o = i] (spec §4.4), added on the diagonal in O(B·d_out·d_in) without forming
-    the [B, d_out, d_out, d_in] Jacobian; other synthesisers use ``jax.jacrev``."""
-    if synthesiser.linear:
-      idx = jnp.arange(flav.d_out)
-      out = dict(trace)
-      out["w"] = trace["w"].at[:, idx, idx, :].add(z_prev[:, None, :])  # [B, d_out, d_out, d_in]
-      if "b" in trace:
-        out["b"] = trace["b"].at[:, idx, idx].add(1.0)  # [B, d_out, d_out]
-      return out
-    dgdth = jax.vmap(jax.jacrev(synth_apply), in_axes=(None, None, 0))(theta, frozen, z_prev)
-    return jax.tree.map(jnp.add, trace, dgdth)
-
   def td_step(hp, theta, frozen, td, z, ctx, u, first, final, cp):
     """One TD(λ) step on the batch. td = (z_prev, g_prev, m_prev, trace)."""
     z_prev, g_prev, m_prev, trace = td
@@ -347,10 +334,18 @@ def bp_lambda(model: model_lib.Model,
     p = apply_b(theta, frozen, z) * keep  # [B, d_out]
     r = u + gamma_ * jax.vmap(flav.link, in_axes=(None, 0, 0))(cp, ctx, p)
     delta = (r - g_prev) * (1.0 - first)  # [B, d_out]
-    decayed = jax.tree.map(  # γλ·M_{τ−1}·E: [B, d_out, d_out]·[B, d_out, *θ] -> [B, d_out, *θ]
-        lambda e: gamma_ * lam * jnp.einsum("bij,bj...->bi...", m_prev, e), trace)
-    trace = jax.tree.map(lambda e: e * (1.0 - first), add_increment(decayed, theta, frozen, z_prev))
-    inc = jax.tree.map(lambda e: jnp.einsum("bi,bi...->...", delta, e) / z.shape[0], trace)
+    # E ← γλ·M_{τ−1}·E + ∂ĝ(z_{τ−1})/∂θ and Δ = mean_b δ·E in one fused step (a Pallas kernel on
+    # GPU/TPU, XLA on CPU); nothing happens at the first step. A linear ĝ = W z + β has
+    # ∂ĝ_o/∂W_ij = 1[o = i]·z_j (spec §4.4): added on the diagonal, the Jacobian is never formed.
+    keep_trace = 1.0 - first
+    if synthesiser.linear:
+      trace, inc = kernels.linear_trace_step(trace, m_prev, z_prev, delta,
+                                             gamma_ * lam * keep_trace, g_scale=keep_trace)
+    else:
+      dgdth = jax.vmap(jax.jacrev(synth_apply), in_axes=(None, None, 0))(theta, frozen, z_prev)
+      trace, inc = kernels.trace_step_tree(trace, m_prev,
+                                           jax.tree.map(lambda g: g * keep_trace, dgdth), delta,
+                                           gamma_ * lam * keep_trace)
     if clip_increments:  # quirk Q7
       inc = jax.tree.map(lambda d: d / jnp.maximum(1.0, jnp.linalg.norm(d.ravel())), inc)
     if alpha_learning:

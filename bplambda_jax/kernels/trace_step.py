@@ -1,0 +1,484 @@
+"""Fused BP(λ) online trace step: E ← c·M·E + G and the TD increment δ·E in one pass.
+
+In the online mode of BP(λ) (:mod:`bplambda_jax.rules.bp_lambda`, spec §4) every synthesiser
+parameter leaf, flattened to P columns, carries a per-example trace E_b [d, P]. One TD step is::
+
+    E_b ← c·M_b·E_b + G_b             c = γλ, M_b [d, d] the transition, G_b = ∂ĝ(z_b)/∂θ [d, P]
+    inc = (1/B)·Σ_b δ_b·E_b           δ_b [d] the TD error, inc [P]
+
+Written as two einsums, XLA may read the new E back from memory for the contraction after
+writing it. The Pallas kernel here reads each tile of E and G once, writes the tile of the new E,
+and emits the tile's share of the increment from registers, so the step costs one pass over the
+trace: about 3·B·d·P words moved for 2·B·d²·P flops.
+
+Three implementations of the same maths:
+
+* :func:`trace_step_reference`: pure ``jnp`` (the oracle, and the XLA path).
+* :func:`trace_step_pallas`: the fused Pallas kernel; ``interpret=True`` runs it on CPU.
+* :func:`trace_step`: picks one by backend (Pallas on GPU/TPU, XLA on CPU) or as forced by ``impl``.
+
+:func:`trace_step_diag` and friends cover the linear synthesiser ĝ(z) = W z + β, whose ∂ĝ/∂θ has
+the "diagonal placement" ∂ĝ_o/∂W_ij = 1[o = i]·z_j: G is never materialised, only z is read.
+:func:`trace_step_tree` and :func:`linear_trace_step` apply these leaf by leaf to the trace pytrees
+that ``bp_lambda``'s ``td_step`` carries.
+
+Tiling of the kernel (every grid program is independent, so the grid is fully parallel on GPU and
+TPU alike): the grid is (B, ⌈P/block_p⌉); program (b, j) holds M_b [d', d'] and the column tile
+E_b[:, j·block_p : (j+1)·block_p] [d', block_p], where d' is d rounded up to a power of two ≥ 16
+(Triton needs power-of-two blocks and at least 16 rows for a matrix product; zero rows change
+nothing). Each program writes its partial increment Σ_i δ_bi·E_new_bi [block_p] to a [B, 1, P']
+buffer; the sum over the batch and the 1/B are one cheap XLA reduction afterwards, which avoids a
+cross-program accumulation that GPU grids cannot do safely. The factor c is folded into M before
+the call (an O(B·d²) product), so c may be a traced array and the kernel has no scalar operands.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+IMPLS = ("pallas", "xla")
+DEFAULT_BLOCK_P = 256
+_MIN_D = 16  # smallest padded d: Triton's matrix product needs ≥ 16 rows
+_PALLAS_BACKENDS = ("gpu", "cuda", "rocm", "tpu")
+_PRECISION = jax.lax.Precision.HIGHEST  # full float32 products on TPU/GPU (no bf16/tf32 passes)
+
+Array = jax.Array
+
+
+# --------------------------------------------------------------------------------- validation
+def _check_common(E, M, delta, c, e_name="E"):
+  if E.ndim != 3:
+    raise ValueError(f"{e_name} must have shape [B, d, P], got shape {E.shape}.")
+  B, d, _ = E.shape
+  if M.shape != (B, d, d):
+    raise ValueError(f"M must have shape [B, d, d] = {(B, d, d)} to match {e_name} {E.shape}, got "
+                     f"shape {M.shape}.")
+  if delta.shape != (B, d):
+    raise ValueError(f"delta must have shape [B, d] = {(B, d)} to match {e_name} {E.shape}, got "
+                     f"shape {delta.shape}.")
+  if jnp.ndim(c) != 0:
+    raise ValueError(f"c must be a scalar (python number or 0-d array), got shape {jnp.shape(c)}.")
+  if not jnp.issubdtype(jnp.result_type(c), jnp.number):
+    raise ValueError(f"c must be a real number, got dtype {jnp.result_type(c)}.")
+
+
+def _check_dense(E, M, G, delta, c):
+  E, M, G, delta = (jnp.asarray(a) for a in (E, M, G, delta))
+  _check_common(E, M, delta, c)
+  if G.shape != E.shape:
+    raise ValueError(f"G must have the shape of E {E.shape}, got shape {G.shape}.")
+  dtype = _float_dtype(E, M, G, delta)
+  return E, M, G, delta, dtype
+
+
+def _check_diag(E, M, z, delta, c):
+  E, M, z, delta = (jnp.asarray(a) for a in (E, M, z, delta))
+  if E.ndim != 4 or E.shape[1] != E.shape[2]:
+    raise ValueError(f"E must have shape [B, d, d, n] (the trace of W [d, n]), got shape {E.shape}.")
+  B, d, _, n = E.shape
+  _check_common(E.reshape(B, d, d * n), M, delta, c)
+  if z.shape != (B, n):
+    raise ValueError(f"z must have shape [B, n] = {(B, n)} to match E {E.shape}, got shape "
+                     f"{z.shape}.")
+  dtype = _float_dtype(E, M, z, delta)
+  return E, M, z, delta, dtype
+
+
+def _float_dtype(*args):
+  """Promoted dtype of the array operands; c is cast to it and does not take part."""
+  dtype = jnp.result_type(*args)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"trace_step needs floating-point inputs, got result dtype {dtype}.")
+  return dtype
+
+
+def _check_block_p(block_p):
+  if not isinstance(block_p, int) or isinstance(block_p, bool) or block_p < 1 or (
+      block_p & (block_p - 1)):
+    raise ValueError(f"block_p must be a positive power of two (a multiple of 128 on TPU), got "
+                     f"{block_p!r}.")
+
+
+def _resolve_interpret(interpret):
+  if interpret is None:
+    return jax.default_backend() == "cpu"
+  if not isinstance(interpret, bool):
+    raise ValueError(f"interpret must be None, True or False, got {interpret!r}.")
+  return interpret
+
+
+# --------------------------------------------------------------------------------- references
+def trace_step_reference(E: Array, M: Array, G: Array, delta: Array, c: Any) -> tuple[Array, Array]:
+  """The trace step in pure ``jnp`` (the XLA path and the oracle for the kernel).
+
+  E_new_b = c·M_b·E_b + G_b,   inc = (1/B)·Σ_b δ_b·E_new_b.
+
+  Args:
+    E: traces at τ−1, [B, d, P].
+    M: transitions, [B, d, d]; row i of M_b is e_i·M_b.
+    G: new parameter Jacobians ∂ĝ/∂θ, [B, d, P].
+    delta: TD errors δ_τ, [B, d].
+    c: the decay γλ, a scalar (python number or 0-d array, possibly traced).
+
+  Returns:
+    (E_new [B, d, P], inc [P]), in the promoted floating dtype of the inputs.
+  """
+  E, M, G, delta, dtype = _check_dense(E, M, G, delta, c)
+  E, M, G, delta = (a.astype(dtype) for a in (E, M, G, delta))
+  E_new = (jnp.asarray(c, dtype) * jnp.einsum("bij,bjp->bip", M, E, precision=_PRECISION)
+           + G).astype(dtype)  # [B, d, d] · [B, d, P] -> [B, d, P]
+  inc = jnp.einsum("bi,bip->p", delta, E_new, precision=_PRECISION) / E.shape[0]  # -> [P]
+  return E_new, inc.astype(dtype)
+
+
+def trace_step_diag_reference(E: Array, M: Array, z: Array, delta: Array,
+                              c: Any) -> tuple[Array, Array]:
+  """The trace step of a linear synthesiser's weight W [d, n], in pure ``jnp``.
+
+  Here G_b[o, i, j] = ∂ĝ_o/∂W_ij = 1[o = i]·z_bj, so
+
+  E_new_b[o, i, j] = c·Σ_k M_b[o, k]·E_b[k, i, j] + 1[o = i]·z_bj,   inc = (1/B)·Σ_b δ_b·E_new_b.
+
+  For the bias β use n = 1 and z = 1.
+
+  Args:
+    E: traces of W at τ−1, [B, d, d, n].
+    M: transitions, [B, d, d].
+    z: the synthesiser input at which ∂ĝ/∂W is taken, [B, n].
+    delta: TD errors, [B, d].
+    c: the decay γλ, a scalar (possibly traced).
+
+  Returns:
+    (E_new [B, d, d, n], inc [d, n]).
+  """
+  E, M, z, delta, dtype = _check_diag(E, M, z, delta, c)
+  E, M, z, delta = (a.astype(dtype) for a in (E, M, z, delta))
+  d = E.shape[1]
+  eye = jnp.eye(d, dtype=dtype)
+  E_new = (jnp.asarray(c, dtype) * jnp.einsum("bok,bkij->boij", M, E, precision=_PRECISION)
+           + eye[None, :, :, None] * z[:, None, None, :]).astype(dtype)  # [B, d, d, n]
+  inc = jnp.einsum("bo,boij->ij", delta, E_new, precision=_PRECISION) / E.shape[0]  # -> [d, n]
+  return E_new, inc.astype(dtype)
+
+
+# --------------------------------------------------------------------------------- the kernels
+def _emit(e_new, dl_ref, e_out_ref, part_ref):
+  """Store the new trace tile and its partial increment Σ_i δ_i·E_new[i, :]."""
+  e_out_ref[...] = e_new.astype(e_out_ref.dtype)
+  part_ref[...] = jnp.sum(dl_ref[...] * e_new, axis=0, keepdims=True).astype(part_ref.dtype)
+
+
+def _dense_kernel(m_ref, e_ref, g_ref, dl_ref, e_out_ref, part_ref):
+  # m: [d', d'] (already scaled by c), e/g: [d', bp], dl: [d', 1]
+  e_new = jnp.dot(m_ref[...], e_ref[...], precision=_PRECISION) + g_ref[...]
+  _emit(e_new, dl_ref, e_out_ref, part_ref)
+
+
+def _diag_kernel(m_ref, e_ref, zr_ref, dl_ref, e_out_ref, part_ref, *, n, block_p):
+  # G[o, p] = 1[o = p // n]·zrep[p], with p the flattened (i, j) column of W [d, n]
+  e_new = jnp.dot(m_ref[...], e_ref[...], precision=_PRECISION)
+  shape = e_new.shape  # [d', bp]
+  o = jax.lax.broadcasted_iota(jnp.int32, shape, 0)
+  p = pl.program_id(1) * block_p + jax.lax.broadcasted_iota(jnp.int32, shape, 1)
+  on_diag = (p >= o * n) & (p < o * n + n)  # o == p // n without integer division
+  e_new = e_new + jnp.where(on_diag, zr_ref[...], jnp.zeros((), e_new.dtype))
+  _emit(e_new, dl_ref, e_out_ref, part_ref)
+
+
+def _padded_sizes(d, P, block_p):
+  d_pad = max(_MIN_D, pl.next_power_of_2(d))
+  bp = min(block_p, pl.next_power_of_2(P))
+  return d_pad, bp, pl.cdiv(P, bp) * bp
+
+
+def _pad_to(a, shape):
+  widths = [(0, t - s) for s, t in zip(a.shape, shape)]
+  return jnp.pad(a, widths) if any(w for _, w in widths) else a
+
+
+def _run_xla(Mc, E, col, delta, n):
+  """What :func:`_run` computes, in jnp: its derivative rule (the kernel has none of its own)."""
+  B, d, _ = E.shape
+  if n is None:
+    G = col
+  else:
+    G = jnp.repeat(jnp.eye(d, dtype=E.dtype), n, axis=1)[None] * col  # [1, d, d·n] · [B, 1, d·n]
+  E_new = jnp.einsum("bij,bjp->bip", Mc, E, precision=_PRECISION) + G  # [B, d, P]
+  return E_new, jnp.einsum("bi,bip->p", delta, E_new, precision=_PRECISION) / B  # [P]
+
+
+@functools.partial(jax.jit, static_argnames=("n", "block_p", "interpret"))
+def _run(Mc, E, col, delta, *, n, block_p, interpret):
+  return _run_fused(Mc, E, col, delta, n, block_p, interpret)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6))
+def _run_fused(Mc, E, col, delta, n, block_p, interpret):
+  """Shared launcher: col is G [B, d, P] (n=None, dense) or zrep [B, 1, P] (diagonal, W [d, n])."""
+  B, d, P = E.shape
+  d_pad, bp, P_pad = _padded_sizes(d, P, block_p)
+  dtype = E.dtype
+  Mc = _pad_to(Mc, (B, d_pad, d_pad))
+  E = _pad_to(E, (B, d_pad, P_pad))
+  if n is None:
+    kernel, rows = _dense_kernel, d_pad
+  else:
+    kernel, rows = functools.partial(_diag_kernel, n=n, block_p=bp), 1
+  col = _pad_to(col, (B, rows, P_pad))
+  dl = _pad_to(delta[:, :, None], (B, d_pad, 1))  # δ as a column, [B, d', 1]
+  E_new, part = pl.pallas_call(
+      kernel,
+      out_shape=(jax.ShapeDtypeStruct((B, d_pad, P_pad), dtype),
+                 jax.ShapeDtypeStruct((B, 1, P_pad), dtype)),
+      grid=(B, P_pad // bp),
+      in_specs=[
+          pl.BlockSpec((None, d_pad, d_pad), lambda b, j: (b, 0, 0)),
+          pl.BlockSpec((None, d_pad, bp), lambda b, j: (b, 0, j)),
+          pl.BlockSpec((None, rows, bp), lambda b, j: (b, 0, j)),
+          pl.BlockSpec((None, d_pad, 1), lambda b, j: (b, 0, 0)),
+      ],
+      out_specs=(
+          pl.BlockSpec((None, d_pad, bp), lambda b, j: (b, 0, j)),
+          pl.BlockSpec((None, 1, bp), lambda b, j: (b, 0, j)),
+      ),
+      interpret=interpret,
+      name="bplambda_trace_step",
+  )(Mc, E, col, dl)
+  inc = jnp.sum(part[:, 0, :P], axis=0) / B  # [B, P] -> [P]
+  return E_new[:, :d, :P], inc.astype(dtype)
+
+
+@_run_fused.defjvp
+def _run_fused_jvp(n, block_p, interpret, primals, tangents):
+  # The step is bilinear, so the tangent is linear in the input tangents and JAX can transpose it:
+  # forward and reverse mode both work, the primal still comes from the kernel.
+  out = _run_fused(*primals, n, block_p, interpret)
+  _, out_dot = jax.jvp(lambda *a: _run_xla(*a, n), primals, tangents)
+  return out, out_dot
+
+
+def trace_step_pallas(E: Array, M: Array, G: Array, delta: Array, c: Any, *,
+                      interpret: Optional[bool] = None,
+                      block_p: int = DEFAULT_BLOCK_P) -> tuple[Array, Array]:
+  """The trace step as one fused Pallas kernel (same maths as :func:`trace_step_reference`).
+
+  Differentiable in forward and reverse mode: the derivative is that of the jnp formula (the
+  kernel itself has no derivative rule).
+
+  Args:
+    E: traces at τ−1, [B, d, P].
+    M: transitions, [B, d, d].
+    G: new parameter Jacobians ∂ĝ/∂θ, [B, d, P].
+    delta: TD errors, [B, d].
+    c: the decay γλ, a scalar (possibly traced).
+    interpret: run the kernel through the Pallas interpreter; None means True exactly when the
+      default backend is CPU (the only way to run Pallas there).
+    block_p: columns per tile, a power of two (use a multiple of 128 on TPU); smaller P uses
+      one tile of P rounded up to a power of two.
+
+  Returns:
+    (E_new [B, d, P], inc [P]).
+  """
+  E, M, G, delta, dtype = _check_dense(E, M, G, delta, c)
+  _check_block_p(block_p)
+  interpret = _resolve_interpret(interpret)
+  Mc = (jnp.asarray(c, dtype) * M).astype(dtype)  # c folded into M: [B, d, d]
+  return _run(Mc, E.astype(dtype), G.astype(dtype), delta.astype(dtype), n=None, block_p=block_p,
+              interpret=interpret)
+
+
+def trace_step_diag_pallas(E: Array, M: Array, z: Array, delta: Array, c: Any, *,
+                           interpret: Optional[bool] = None,
+                           block_p: int = DEFAULT_BLOCK_P) -> tuple[Array, Array]:
+  """The linear-synthesiser trace step as a fused Pallas kernel that never builds G.
+
+  Same maths as :func:`trace_step_diag_reference`. The kernel reads z tiled d times along the
+  flattened (i, j) columns ([B, d·n], a d-th of G's size) and adds 1[o = i]·z_j in the tile.
+
+  Args:
+    E: traces of W at τ−1, [B, d, d, n].
+    M: transitions, [B, d, d].
+    z: the synthesiser input at which ∂ĝ/∂W is taken, [B, n].
+    delta: TD errors, [B, d].
+    c: the decay γλ, a scalar (possibly traced).
+    interpret: as in :func:`trace_step_pallas`.
+    block_p: as in :func:`trace_step_pallas` (columns of the flattened d·n axis).
+
+  Returns:
+    (E_new [B, d, d, n], inc [d, n]).
+  """
+  E, M, z, delta, dtype = _check_diag(E, M, z, delta, c)
+  _check_block_p(block_p)
+  interpret = _resolve_interpret(interpret)
+  B, d, _, n = E.shape
+  Mc = (jnp.asarray(c, dtype) * M).astype(dtype)
+  zrep = jnp.tile(z.astype(dtype), (1, d))[:, None, :]  # zrep[b, 0, i·n + j] = z[b, j], [B, 1, d·n]
+  E_new, inc = _run(Mc, E.astype(dtype).reshape(B, d, d * n), zrep, delta.astype(dtype), n=n,
+                    block_p=block_p, interpret=interpret)
+  return E_new.reshape(B, d, d, n), inc.reshape(d, n)
+
+
+# --------------------------------------------------------------------------------- selection
+def select_impl(backend: Optional[str] = None, dtype: Any = None) -> str:
+  """The implementation :func:`trace_step` uses when ``impl`` is None.
+
+  'pallas' on GPU and TPU (except float64 on TPU, which has no 64-bit floats), 'xla' elsewhere
+  (the Pallas interpreter on CPU is a correctness tool, slower than XLA).
+
+  Args:
+    backend: a platform name such as 'cpu', 'gpu', 'tpu'; None means ``jax.default_backend()``.
+    dtype: the dtype of the trace, or None.
+
+  Returns:
+    'pallas' or 'xla'.
+  """
+  if backend is None:
+    backend = jax.default_backend()
+  if not isinstance(backend, str):
+    raise ValueError(f"backend must be None or a platform name such as 'cpu', 'gpu' or 'tpu', "
+                     f"got {backend!r}.")
+  backend = backend.lower()
+  if backend not in _PALLAS_BACKENDS:
+    return "xla"
+  if backend == "tpu" and dtype is not None and jnp.dtype(dtype) == jnp.float64:
+    return "xla"
+  return "pallas"
+
+
+def _resolve_impl(impl, backend, dtype):
+  if impl is None:
+    return select_impl(backend, dtype)
+  if impl not in IMPLS:
+    raise ValueError(f"impl must be one of {list(IMPLS)} or None (automatic), got {impl!r}.")
+  return impl
+
+
+def trace_step(E: Array, M: Array, G: Array, delta: Array, c: Any, *, impl: Optional[str] = None,
+               backend: Optional[str] = None,
+               block_p: int = DEFAULT_BLOCK_P) -> tuple[Array, Array]:
+  """E_new = c·M·E + G and inc = (1/B)·Σ_b δ_b·E_new_b, on the best implementation.
+
+  Args:
+    E: traces at τ−1, [B, d, P].
+    M: transitions, [B, d, d].
+    G: new parameter Jacobians ∂ĝ/∂θ, [B, d, P].
+    delta: TD errors, [B, d].
+    c: the decay γλ, a scalar (possibly traced).
+    impl: 'pallas' or 'xla' to force one; None picks by :func:`select_impl`.
+    backend: platform used for the automatic choice; None means the default backend.
+    block_p: tile width for the Pallas path (see :func:`trace_step_pallas`).
+
+  Returns:
+    (E_new [B, d, P], inc [P]).
+  """
+  E, M, G, delta, dtype = _check_dense(E, M, G, delta, c)
+  if _resolve_impl(impl, backend, dtype) == "pallas":
+    return trace_step_pallas(E, M, G, delta, c, block_p=block_p)
+  return trace_step_reference(E, M, G, delta, c)
+
+
+def trace_step_diag(E: Array, M: Array, z: Array, delta: Array, c: Any, *,
+                    impl: Optional[str] = None, backend: Optional[str] = None,
+                    block_p: int = DEFAULT_BLOCK_P) -> tuple[Array, Array]:
+  """The linear-synthesiser trace step (see :func:`trace_step_diag_reference`), auto-selected.
+
+  Args:
+    E: traces of W at τ−1, [B, d, d, n].
+    M: transitions, [B, d, d].
+    z: the synthesiser input at which ∂ĝ/∂W is taken, [B, n].
+    delta: TD errors, [B, d].
+    c: the decay γλ, a scalar (possibly traced).
+    impl, backend, block_p: as in :func:`trace_step`.
+
+  Returns:
+    (E_new [B, d, d, n], inc [d, n]).
+  """
+  E, M, z, delta, dtype = _check_diag(E, M, z, delta, c)
+  if _resolve_impl(impl, backend, dtype) == "pallas":
+    return trace_step_diag_pallas(E, M, z, delta, c, block_p=block_p)
+  return trace_step_diag_reference(E, M, z, delta, c)
+
+
+# --------------------------------------------------------------------------------- pytrees
+def trace_step_tree(trace: Any, M: Array, G: Any, delta: Array, c: Any, *,
+                    impl: Optional[str] = None, backend: Optional[str] = None,
+                    block_p: int = DEFAULT_BLOCK_P) -> tuple[Any, Any]:
+  """:func:`trace_step` on every leaf of a trace pytree (the layout ``td_step`` carries).
+
+  Args:
+    trace: pytree of traces, each leaf [B, d, *θ_leaf].
+    M: transitions, [B, d, d].
+    G: pytree of ∂ĝ/∂θ with the structure and shapes of ``trace``.
+    delta: TD errors, [B, d].
+    c: the decay γλ, a scalar (possibly traced).
+    impl, backend, block_p: as in :func:`trace_step`.
+
+  Returns:
+    (new trace pytree, increment pytree with leaves of shape θ_leaf).
+  """
+  if jax.tree.structure(trace) != jax.tree.structure(G):
+    raise ValueError(f"G must have the tree structure of trace: got {jax.tree.structure(G)} for "
+                     f"trace {jax.tree.structure(trace)}.")
+
+  def leaf(e, g):
+    e, g = jnp.asarray(e), jnp.asarray(g)
+    if e.ndim < 2 or g.shape != e.shape:
+      raise ValueError(f"each trace leaf must be [B, d, ...] with a G leaf of the same shape; got "
+                       f"trace leaf {e.shape} and G leaf {g.shape}.")
+    B, d = e.shape[:2]
+    e_new, inc = trace_step(e.reshape(B, d, -1), M, g.reshape(B, d, -1), delta, c, impl=impl,
+                            backend=backend, block_p=block_p)
+    return e_new.reshape(e.shape), inc.reshape(e.shape[2:])
+
+  pairs = jax.tree.map(leaf, trace, G)
+  treedef = jax.tree.structure(trace)
+  leaves = treedef.flatten_up_to(pairs)
+  return (treedef.unflatten([p[0] for p in leaves]), treedef.unflatten([p[1] for p in leaves]))
+
+
+def linear_trace_step(trace: dict, M: Array, z: Array, delta: Array, c: Any, *,
+                      g_scale: Any = 1.0, impl: Optional[str] = None,
+                      backend: Optional[str] = None,
+                      block_p: int = DEFAULT_BLOCK_P) -> tuple[dict, dict]:
+  """The trace step of :func:`bplambda_jax.synthesisers.linear`'s 'train' subtree, without G.
+
+  ĝ(z) = W z + β gives ∂ĝ_o/∂W_ij = 1[o = i]·z_j and ∂ĝ_o/∂β_i = 1[o = i]; both are applied with
+  :func:`trace_step_diag` (β as a one-column W with input 1). ``g_scale`` multiplies G, e.g.
+  (1 − first) to zero the new Jacobian at the first step as ``td_step`` does.
+
+  Args:
+    trace: {'w': [B, d, d, n]} and optionally 'b': [B, d, d].
+    M: transitions, [B, d, d].
+    z: the synthesiser input z_{τ−1}, [B, n].
+    delta: TD errors, [B, d].
+    c: the decay γλ, a scalar (possibly traced).
+    g_scale: a scalar factor on G (possibly traced).
+    impl, backend, block_p: as in :func:`trace_step`.
+
+  Returns:
+    (new trace with the keys of ``trace``, increments {'w': [d, n], 'b': [d]}).
+  """
+  if not isinstance(trace, dict) or "w" not in trace or not set(trace) <= {"w", "b"}:
+    got = sorted(trace) if isinstance(trace, dict) else type(trace).__name__
+    raise ValueError(f"trace must be a dict with key 'w' and optionally 'b' (a linear "
+                     f"synthesiser's 'train' subtree), got {got}.")
+  if jnp.ndim(g_scale) != 0:
+    raise ValueError(f"g_scale must be a scalar, got shape {jnp.shape(g_scale)}.")
+  z = jnp.asarray(z)
+  new, inc = {}, {}
+  new["w"], inc["w"] = trace_step_diag(trace["w"], M, jnp.asarray(g_scale, z.dtype) * z, delta, c, impl=impl,
+                                       backend=backend, block_p=block_p)
+  if "b" in trace:
+    eb = jnp.asarray(trace["b"])
+    if eb.ndim != 3:
+      raise ValueError(f"trace['b'] must have shape [B, d, d], got shape {eb.shape}.")
+    ones = jnp.full((eb.shape[0], 1), g_scale, dtype=jnp.result_type(eb, z))  # β's "input", [B, 1]
+    e_new, inc_b = trace_step_diag(eb[..., None], M, ones, delta, c, impl=impl, backend=backend,
+                                   block_p=block_p)
+    new["b"], inc["b"] = e_new[..., 0], inc_b[:, 0]
+  return new, inc

@@ -1,0 +1,271 @@
+"""Seed sweeps spread over devices: a ('seed', 'batch') mesh, sharded vmaps, multi-host start-up.
+
+A seed sweep is ``jax.vmap`` of a per-seed function over a leading seed axis (``train`` module).
+Here the same vmapped function is compiled with ``jax.jit`` so that its inputs and outputs are
+split along that axis over the mesh's ``'seed'`` devices; each device then trains S / n_seed
+seeds and nothing is communicated between seeds::
+
+    mesh = seed_mesh()                                   # every device on the 'seed' axis
+    sweep = shard_seeds(lambda k: train.run(rule, opt, data_fn, k, steps), mesh)
+    states, metrics = sweep(jax.random.split(jax.random.key(0), 8))
+    # every leaf has a leading [8] axis, laid out as NamedSharding(mesh, P('seed'))
+
+Extra swept arguments (one value per seed, e.g. a λ per run) are further positional arguments
+with the same leading axis; constants are closed over in ``fn``.
+
+Seed counts. By default the number of seeds S must be a multiple of the number of devices on the
+'seed' axis (a ValueError otherwise). With ``pad=True`` the inputs are padded up to the next
+multiple by repeating the last seed, and the extra runs are cut from the outputs (so the padding
+costs compute on the last devices, never correctness).
+
+The batch axis. ``seed_mesh(batch_axis=k)`` reserves k devices per seed group. Data parallelism
+within a seed happens only where the per-seed function asks for it: calling
+:func:`constrain_batch` on a (time-major) batch inside ``fn`` splits its B axis over the 'batch'
+devices and XLA partitions the per-example work and reduces the gradient sums across them.
+Without such a constraint the seed's work is simply replicated over its 'batch' devices.
+
+Multi-host. After :func:`initialize_distributed` (once per process, before any other JAX call)
+``jax.devices()`` lists the devices of every process, :func:`seed_mesh` spans all of them, and
+every process must call the sweep with the same full array of seeds. This path is written to
+the documented ``jax.distributed`` API but is not exercised by the tests (one host only).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+SEED_AXIS = "seed"
+BATCH_AXIS = "batch"
+
+
+def seed_mesh(devices: Optional[Sequence[Any]] = None, batch_axis: int = 1) -> Mesh:
+  """A 2-D mesh with axes ('seed', 'batch') of shape (n // batch_axis, batch_axis).
+
+  Args:
+    devices: the devices to use; default ``jax.devices()`` (all devices of all processes once
+      ``jax.distributed`` is initialised, otherwise the local ones). Their order may be changed
+      to follow the hardware topology (``jax.make_mesh``).
+    batch_axis: number of devices per seed group along 'batch' (1 = pure seed parallelism).
+
+  Returns:
+    A ``jax.sharding.Mesh`` with 'Auto' axis types (shardings are given to ``jax.jit``; no
+    ``jax.set_mesh`` context is needed).
+
+  Raises:
+    ValueError: if ``batch_axis`` is not a positive integer, ``devices`` is empty, or the
+      device count is not a multiple of ``batch_axis``.
+  """
+  if (isinstance(batch_axis, bool) or not isinstance(batch_axis, (int, np.integer))
+      or batch_axis < 1):
+    raise ValueError(f"batch_axis must be a positive integer, got {batch_axis!r}.")
+  devices = list(jax.devices() if devices is None else devices)
+  n = len(devices)
+  if n == 0:
+    raise ValueError("devices is empty; pass at least one device (or None for jax.devices()).")
+  if n % batch_axis:
+    raise ValueError(f"the device count {n} is not a multiple of batch_axis={batch_axis}; "
+                     f"choose batch_axis among the divisors of {n}.")
+  return jax.make_mesh((n // int(batch_axis), int(batch_axis)), (SEED_AXIS, BATCH_AXIS),
+                       axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
+
+
+def seed_sharding(mesh: Mesh) -> NamedSharding:
+  """The layout of a swept array: leading (seed) axis split over 'seed', the rest replicated."""
+  _check_mesh(mesh)
+  return NamedSharding(mesh, PartitionSpec(SEED_AXIS))
+
+
+def shard_seeds(fn: Callable, mesh: Mesh, *, pad: bool = False) -> Callable:
+  """``sweep(*args) = jax.vmap(fn)(*args)``, compiled once and split over the 'seed' devices.
+
+  Args:
+    fn: the per-seed function, ``fn(*per_seed_args) -> pytree`` (e.g.
+      ``lambda key: train.run(rule, opt, data_fn, key, steps)``). Pure and traceable.
+    mesh: a mesh with a 'seed' axis (see :func:`seed_mesh`).
+    pad: if False, the seed count S must be a multiple of ``mesh.shape['seed']``; if True, the
+      inputs are padded by repeating the last seed and the outputs are cut back to S.
+
+  Returns:
+    ``sweep(*args)``: every leaf of every argument has a leading seed axis [S, ...] (PRNG key
+    arrays included); returns ``fn``'s outputs with a leading [S] axis, laid out as
+    ``NamedSharding(mesh, P('seed'))`` (when padding was needed, the cut outputs are ordinary
+    slices of that layout). ``sweep.lower(*args)`` gives the lowered program for inspection.
+    Inputs are placed with ``jax.device_put`` (which, on several hosts, requires the same value
+    on every process).
+  """
+  if not callable(fn):
+    raise ValueError(f"fn must be callable, got {fn!r}.")
+  if not isinstance(pad, bool):
+    raise ValueError(f"pad must be True or False, got {pad!r}.")
+  sharding = seed_sharding(mesh)
+  n_seed = mesh.shape[SEED_AXIS]
+  # spmd_axis_name: sharding constraints inside fn (constrain_batch) keep the seed axis split.
+  jitted = jax.jit(jax.vmap(fn, spmd_axis_name=SEED_AXIS), in_shardings=sharding,
+                   out_shardings=sharding)
+
+  def prepare(args):
+    if not args:
+      raise ValueError("sweep needs at least one argument with a leading seed axis (the keys).")
+    s = _seed_count(args)
+    if s % n_seed and not pad:
+      raise ValueError(f"the number of seeds {s} is not a multiple of the {n_seed} devices on the "
+                       f"'seed' axis; use a multiple of {n_seed} or shard_seeds(..., pad=True).")
+    extra = -s % n_seed
+    if extra:
+      args = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], extra, axis=0)]), args)
+    return s, extra, jax.device_put(args, sharding)
+
+  def sweep(*args):
+    s, extra, args = prepare(args)
+    out = jitted(*args)
+    return jax.tree.map(lambda a: a[:s], out) if extra else out
+
+  def lower(*args):
+    return jitted.lower(*prepare(args)[2])
+
+  sweep.lower = lower
+  return sweep
+
+
+def sharded_sweep(fn: Callable, keys, mesh: Mesh, *args, pad: bool = False):
+  """One call of :func:`shard_seeds`: ``jax.vmap(fn)(keys, *args)`` split over 'seed'.
+
+  Args:
+    fn: per-seed function ``fn(key, *per_seed_args)``.
+    keys: PRNG keys, [S] (or any pytree with a leading [S] axis).
+    mesh: a mesh with a 'seed' axis.
+    *args: further per-seed arguments, leading axis [S].
+    pad: see :func:`shard_seeds`.
+
+  Returns:
+    ``fn``'s outputs with a leading [S] axis, sharded along 'seed'.
+  """
+  return shard_seeds(fn, mesh, pad=pad)(keys, *args)
+
+
+def constrain_batch(tree, mesh: Mesh, axis: int = 1):
+  """Split the batch axis of every leaf over the mesh's 'batch' devices (inside ``fn``).
+
+  Call it on a time-major :class:`~bplambda_jax.model.Batch` (x [T, B, D_in], y, mask [T, B];
+  B is axis 1) inside the per-seed function given to :func:`shard_seeds`; under that function's
+  vmap the seed axis stays split over 'seed'. A mesh whose 'batch' axis has size 1 leaves the
+  layout unchanged.
+
+  Args:
+    tree: pytree of arrays, each with a batch axis at ``axis``.
+    mesh: a mesh with 'seed' and 'batch' axes (see :func:`seed_mesh`).
+    axis: position of B in each leaf (1 for time-major batches).
+
+  Returns:
+    ``tree`` with a sharding constraint P(None, …, 'batch', …) on each leaf.
+  """
+  _check_mesh(mesh)
+  if BATCH_AXIS not in mesh.shape:
+    raise ValueError(f"mesh has axes {tuple(mesh.shape)}; constrain_batch needs a "
+                     f"'{BATCH_AXIS}' axis (use seed_mesh(batch_axis=...)).")
+  n_batch = mesh.shape[BATCH_AXIS]
+
+  def one(leaf):
+    if not isinstance(axis, int) or not 0 <= axis < leaf.ndim:
+      raise ValueError(f"axis must index a dimension of every leaf; got axis={axis!r} for a leaf "
+                       f"of shape {leaf.shape}.")
+    if leaf.shape[axis] % n_batch:
+      raise ValueError(f"the batch size {leaf.shape[axis]} is not a multiple of the {n_batch} "
+                       f"devices on the '{BATCH_AXIS}' axis.")
+    spec = PartitionSpec(*([None] * axis + [BATCH_AXIS]))
+    return jax.lax.with_sharding_constraint(leaf, NamedSharding(mesh, spec))
+
+  return jax.tree.map(one, tree)
+
+
+def initialize_distributed(coordinator_address: Optional[str] = None,
+                           num_processes: Optional[int] = None,
+                           process_id: Optional[int] = None,
+                           local_device_ids: Optional[Sequence[int]] = None) -> tuple[int, int]:
+  """Start multi-host JAX (``jax.distributed.initialize``); call once per process, first.
+
+  Each argument left as None is read from the environment: ``JAX_COORDINATOR_ADDRESS``
+  ("host:port" of process 0), ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``; if still None, JAX's
+  own cluster detection (SLURM, Open MPI, Cloud TPU, ...) fills it in. After this call
+  ``jax.devices()`` lists every process's devices, so :func:`seed_mesh` spans all hosts.
+  Not exercised by the tests (they run on one host).
+
+  Args:
+    coordinator_address: address of the coordinator (process 0), "host:port".
+    num_processes: total number of processes.
+    process_id: this process's index in [0, num_processes).
+    local_device_ids: the local devices this process uses (default: all visible).
+
+  Returns:
+    (jax.process_index(), jax.process_count()).
+
+  Raises:
+    ValueError: for a malformed argument or environment variable.
+    RuntimeError: if ``jax.distributed`` is already initialised.
+  """
+  if coordinator_address is None:
+    coordinator_address = os.environ.get("JAX_COORDINATOR_ADDRESS") or None
+  if num_processes is None:
+    num_processes = _env_int("JAX_NUM_PROCESSES")
+  if process_id is None:
+    process_id = _env_int("JAX_PROCESS_ID")
+  if coordinator_address is not None and not isinstance(coordinator_address, str):
+    raise ValueError(f"coordinator_address must be a 'host:port' string, "
+                     f"got {coordinator_address!r}.")
+  if num_processes is not None and (not isinstance(num_processes, int) or num_processes < 1):
+    raise ValueError(f"num_processes must be a positive integer, got {num_processes!r}.")
+  if process_id is not None:
+    if not isinstance(process_id, int) or process_id < 0:
+      raise ValueError(f"process_id must be a non-negative integer, got {process_id!r}.")
+    if num_processes is not None and process_id >= num_processes:
+      raise ValueError(f"process_id must lie in [0, num_processes={num_processes}), "
+                       f"got {process_id}.")
+  if jax.distributed.is_initialized():
+    raise RuntimeError("jax.distributed is already initialised; call initialize_distributed once "
+                       "per process.")
+  jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                             process_id=process_id, local_device_ids=local_device_ids)
+  return jax.process_index(), jax.process_count()
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _check_mesh(mesh) -> None:
+  if not isinstance(mesh, Mesh):
+    raise ValueError(f"mesh must be a jax.sharding.Mesh (see seed_mesh), "
+                     f"got {type(mesh).__name__}.")
+  if SEED_AXIS not in mesh.shape:
+    raise ValueError(f"mesh has axes {tuple(mesh.shape)}; a '{SEED_AXIS}' axis is required "
+                     f"(use seed_mesh()).")
+
+
+def _seed_count(args) -> int:
+  """The common leading axis of every leaf of ``args``; ValueError if absent or inconsistent."""
+  shapes = [jnp.shape(a) for a in jax.tree.leaves(args)]
+  if not shapes:
+    raise ValueError("the sweep arguments hold no arrays; pass the keys with a leading seed axis.")
+  if any(len(sh) == 0 for sh in shapes):
+    raise ValueError("every leaf of the sweep arguments needs a leading seed axis, found a scalar; "
+                     "close over constants in fn instead.")
+  sizes = sorted({sh[0] for sh in shapes})
+  if len(sizes) > 1:
+    raise ValueError(f"the sweep arguments disagree on the seed count (leading axes {sizes}); "
+                     f"every leaf needs the same leading axis.")
+  return sizes[0]
+
+
+def _env_int(name: str) -> Optional[int]:
+  value = os.environ.get(name)
+  if value is None or value == "":
+    return None
+  try:
+    return int(value)
+  except ValueError:
+    raise ValueError(f"environment variable {name} must be an integer, got {value!r}.") from None

@@ -1,0 +1,274 @@
+"""The fused BP(λ) trace-step kernel (Pallas, interpret mode on CPU) against its references.
+
+The chain of oracles: explicit Python loops in float64 (numpy) pin the convention of
+``trace_step_reference`` (E_new[b, i] = c·Σ_j M[b, i, j]·E[b, j] + G[b, i], as ``td_step``'s
+einsum); the reference is then the oracle for the Pallas kernel over odd shapes that exercise the
+padding of d and P and several column tiles; the diagonal (linear-synthesiser) variants are checked
+against the dense step with G = 1[o = i]·z_j written out, and against the dense step fed the
+``jax.jacrev`` Jacobian of ``synthesisers.linear`` (the G that ``td_step`` builds).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bplambda_jax import kernels
+from bplambda_jax import synthesisers
+
+F32_TOL = 1e-5
+F64_TOL = 1e-12
+# The oracles, jitted: one compilation per shape instead of one per op (keeps the file fast).
+_REF = jax.jit(kernels.trace_step_reference)
+_REF_DIAG = jax.jit(kernels.trace_step_diag_reference)
+
+
+@pytest.fixture(autouse=True)
+def _no_rank_promotion():
+  """Implicit rank broadcasting is an error inside these tests (scoped: other files unaffected)."""
+  with jax.numpy_rank_promotion("raise"):
+    yield
+
+
+def _rng(seed):
+  return np.random.default_rng(seed)
+
+
+def _dense_inputs(seed, B, d, P, dtype):
+  """Random E [B, d, P], M [B, d, d], G [B, d, P], δ [B, d] (numpy: no compilation per shape)."""
+  r = _rng(seed)
+  E, G = r.standard_normal((B, d, P)), r.standard_normal((B, d, P))
+  M = r.standard_normal((B, d, d)) / np.sqrt(d)
+  delta = r.standard_normal((B, d))
+  return tuple(np.asarray(a, dtype) for a in (E, M, G, delta))
+
+
+def _diag_inputs(seed, B, d, n, dtype):
+  """Random E [B, d, d, n], M [B, d, d], z [B, n], δ [B, d]."""
+  r = _rng(seed)
+  E = r.standard_normal((B, d, d, n))
+  M = r.standard_normal((B, d, d)) / np.sqrt(d)
+  z = r.standard_normal((B, n))
+  delta = r.standard_normal((B, d))
+  return tuple(np.asarray(a, dtype) for a in (E, M, z, delta))
+
+
+def _f64(tree):
+  return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
+
+
+def _rel(a, b):
+  """‖a − b‖ / ‖b‖ over all leaves, in numpy float64 (no compilation per shape)."""
+  assert jax.tree.structure(a) == jax.tree.structure(b), (jax.tree.structure(a),
+                                                          jax.tree.structure(b))
+  fa = np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(a)])
+  fb = np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(b)])
+  return float(np.linalg.norm(fa - fb) / max(np.linalg.norm(fb), 1e-300))
+
+
+def _has_pallas(fn, *args):
+  return "pallas_call" in str(jax.make_jaxpr(fn)(*args))
+
+
+def test_reference_matches_loop_oracle():
+  B, d, P, c = 3, 4, 5, 0.63
+  E, M, G, delta = (np.asarray(a) for a in _dense_inputs(0, B, d, P, jnp.float64))
+  E_new = np.zeros_like(E)
+  inc = np.zeros(P)
+  for b in range(B):
+    for i in range(d):
+      for p in range(P):
+        E_new[b, i, p] = c * sum(M[b, i, j] * E[b, j, p] for j in range(d)) + G[b, i, p]
+        inc[p] += delta[b, i] * E_new[b, i, p] / B
+  got = _REF(E, M, G, delta, c)
+  assert _rel(got, (jnp.asarray(E_new), jnp.asarray(inc))) < F64_TOL
+
+
+# Every B ∈ {1, 3}, d ∈ {1, 5, 7}, P ∈ {1, 13, 130, 257} appears; block_p = 64 gives up to five
+# column tiles with a padded tail, block_p = 256 a single tile of P rounded up to a power of two.
+DENSE_CASES = [
+    # B, d, P, block_p, c_mode
+    (1, 1, 1, 64, "concrete"),
+    (3, 5, 13, 64, "traced"),
+    (1, 7, 130, 64, "traced"),
+    (3, 1, 257, 64, "concrete"),
+    (3, 7, 257, 256, "traced"),
+    (1, 5, 257, 64, "concrete"),
+    (3, 5, 130, 256, "concrete"),
+]
+
+
+@pytest.mark.parametrize("B,d,P,block_p,c_mode", DENSE_CASES)
+def test_pallas_matches_reference_float32(B, d, P, block_p, c_mode):
+  E, M, G, delta = _dense_inputs(100 + 7 * B + 11 * d + P, B, d, P, jnp.float32)
+  c = 0.81
+  if c_mode == "traced":
+    fn = jax.jit(lambda E, M, G, delta, c: kernels.trace_step_pallas(
+        E, M, G, delta, c, interpret=True, block_p=block_p))
+    E_new, inc = fn(E, M, G, delta, jnp.float32(c))
+  else:
+    E_new, inc = kernels.trace_step_pallas(E, M, G, delta, c, interpret=True, block_p=block_p)
+  assert E_new.shape == (B, d, P) and inc.shape == (P,)
+  assert E_new.dtype == jnp.float32 and inc.dtype == jnp.float32
+  want = _REF(*_f64((E, M, G, delta)), c)
+  assert _rel(_f64((E_new, inc)), want) < F32_TOL
+  # The tolerance separates the terms: dropping c·M·E or G, or flipping a sign, is an O(1) error.
+  assert _rel(_f64(G), want[0]) > 0.1
+  assert _rel(want[0] - _f64(G), want[0]) > 0.1
+
+
+def test_pallas_float64_exact():
+  E, M, G, delta = _dense_inputs(1, 3, 7, 130, jnp.float64)
+  got = kernels.trace_step_pallas(E, M, G, delta, -0.37, interpret=True, block_p=32)
+  want = _REF(E, M, G, delta, -0.37)
+  assert got[0].dtype == jnp.float64
+  assert _rel(got, want) < F64_TOL
+
+
+def test_gradients_match_reference():
+  """Reverse mode through the kernel (its jvp rule) equals reverse mode through the jnp step."""
+  E, M, G, delta = _dense_inputs(10, 2, 3, 5, jnp.float64)
+  E4, _, z, _ = _diag_inputs(11, 2, 3, 4, jnp.float64)
+  loss = lambda f: lambda args: (lambda o: jnp.sum(jnp.sin(o[0])) + jnp.sum(o[1] ** 2))(f(*args))
+  for fused, ref, args in ((kernels.trace_step_pallas, kernels.trace_step_reference,
+                            (E, M, G, delta, jnp.asarray(0.7))),
+                           (kernels.trace_step_diag_pallas, kernels.trace_step_diag_reference,
+                            (E4, M, z, delta, jnp.asarray(0.7)))):
+    got = jax.jit(jax.grad(loss(fused)))(args)
+    want = jax.jit(jax.grad(loss(ref)))(args)
+    assert _rel(got, want) < F64_TOL, fused.__name__
+    assert all(np.linalg.norm(g) > 0 for g in jax.tree.leaves(want))
+
+
+def test_interpret_default_on_cpu():
+  assert jax.default_backend() == "cpu"
+  E, M, G, delta = _dense_inputs(2, 1, 5, 13, jnp.float32)
+  got = kernels.trace_step_pallas(E, M, G, delta, 0.5)  # interpret=None must run on CPU
+  want = _REF(*_f64((E, M, G, delta)), 0.5)
+  assert _rel(_f64(got), want) < F32_TOL
+
+
+def test_auto_selection():
+  assert kernels.select_impl() == "xla"  # this CI runs on CPU
+  assert kernels.select_impl("cpu") == "xla"
+  assert kernels.select_impl("gpu") == "pallas"
+  assert kernels.select_impl("tpu", jnp.float32) == "pallas"
+  assert kernels.select_impl("tpu", jnp.float64) == "xla"
+  args = _dense_inputs(3, 3, 5, 13, jnp.float32) + (0.9,)
+  auto = lambda *a: kernels.trace_step(*a)
+  assert not _has_pallas(auto, *args)
+  assert _has_pallas(lambda *a: kernels.trace_step(*a, impl="pallas"), *args)
+  assert not _has_pallas(lambda *a: kernels.trace_step(*a, impl="xla"), *args)
+  assert _has_pallas(lambda *a: kernels.trace_step(*a, backend="gpu"), *args)
+  want = _REF(*_f64(args[:4]), 0.9)
+  for impl in (None, "xla", "pallas"):
+    assert _rel(_f64(kernels.trace_step(*args, impl=impl)), want) < F32_TOL, impl
+
+
+def test_bad_arguments():
+  E, M, G, delta = _dense_inputs(4, 2, 3, 5, jnp.float32)
+  with pytest.raises(ValueError, match="impl must be one of .*'triton'"):
+    kernels.trace_step(E, M, G, delta, 0.5, impl="triton")
+  with pytest.raises(ValueError, match="block_p must be a positive power of two"):
+    kernels.trace_step_pallas(E, M, G, delta, 0.5, block_p=100)
+  with pytest.raises(ValueError, match="M must have shape"):
+    kernels.trace_step(E, M[:, :2], G, delta, 0.5)
+  with pytest.raises(ValueError, match="G must have the shape of E"):
+    kernels.trace_step(E, M, G[..., :4], delta, 0.5)
+  with pytest.raises(ValueError, match="delta must have shape"):
+    kernels.trace_step(E, M, G, delta[0], 0.5)
+  with pytest.raises(ValueError, match="c must be a scalar"):
+    kernels.trace_step(E, M, G, delta, jnp.ones(2))
+  with pytest.raises(ValueError, match="E must have shape"):
+    kernels.trace_step(E[0], M, G, delta, 0.5)
+  with pytest.raises(ValueError, match="interpret must be"):
+    kernels.trace_step_pallas(E, M, G, delta, 0.5, interpret="yes")
+  with pytest.raises(ValueError, match="backend must be"):
+    kernels.select_impl(3)
+
+
+def test_jit_vmap_over_seeds():
+  S, B, d, P = 2, 3, 5, 130
+  E, M, G, delta = (np.stack(a) for a in zip(*[_dense_inputs(50 + s, B, d, P, jnp.float32)
+                                                 for s in range(S)]))
+  c = jnp.asarray([0.9, -0.4], jnp.float32)  # a per-seed decay, batched along with the inputs
+  fn = jax.jit(jax.vmap(lambda *a: kernels.trace_step(*a, impl="pallas", block_p=64)))
+  E_new, inc = fn(E, M, G, delta, c)
+  assert E_new.shape == (S, B, d, P) and inc.shape == (S, P)
+  for s in range(S):
+    want = _REF(*_f64((E[s], M[s], G[s], delta[s])), float(c[s]))
+    assert _rel(_f64((E_new[s], inc[s])), want) < F32_TOL
+
+
+def test_scan_over_time_matches_reference():
+  """The use in td_step: E carried through lax.scan, increments summed over steps."""
+  T, B, d, P = 4, 3, 5, 13
+  _, M, G, delta = (np.stack(a) for a in zip(*[_dense_inputs(60 + t, B, d, P, jnp.float64)
+                                                 for t in range(T)]))
+  c = jnp.asarray(0.7)
+
+  def run(step):
+    def body(carry, inp):
+      E, acc = carry
+      E, inc = step(E, *inp, c)
+      return (E, acc + inc), None
+    (E, acc), _ = jax.lax.scan(body, (jnp.zeros((B, d, P)), jnp.zeros(P)), (M, G, delta))
+    return E, acc
+
+  got = jax.jit(lambda: run(lambda *a: kernels.trace_step(*a, impl="pallas")))()
+  want = run(kernels.trace_step_reference)
+  assert _rel(got, want) < F64_TOL
+
+
+@pytest.mark.parametrize("B,d,n,block_p", [(1, 1, 1, 64), (3, 5, 7, 16), (3, 7, 13, 64)])
+def test_diag_matches_dense(B, d, n, block_p):
+  E, M, z, delta = _diag_inputs((7 + d + n), B, d, n, jnp.float32)
+  c = 0.77
+  G = np.eye(d, dtype=np.float32)[None, :, :, None] * z[:, None, None, :]  # [B, d, d, n]
+  dense = _REF(*_f64((E.reshape(B, d, -1), M, G.reshape(B, d, -1), delta)), c)
+  want = (dense[0].reshape(B, d, d, n), dense[1].reshape(d, n))
+  ref = _REF_DIAG(*_f64((E, M, z, delta)), c)
+  assert _rel(ref, want) < F64_TOL
+  got = jax.jit(lambda *a: kernels.trace_step_diag_pallas(*a, interpret=True, block_p=block_p))(
+      E, M, z, delta, jnp.float32(c))
+  assert got[0].shape == (B, d, d, n) and got[1].shape == (d, n)
+  assert _rel(_f64(got), want) < F32_TOL
+
+
+def test_linear_trace_step_matches_jacrev_tree():
+  """linear_trace_step without G equals trace_step_tree fed td_step's jacrev ∂ĝ/∂θ."""
+  B, d, n = 3, 5, 4
+  synth = synthesisers.linear()
+  theta = synth.init(jax.random.key(0), n, d)["train"]
+  Ew, M, z, delta = _diag_inputs(8, B, d, n, jnp.float64)
+  trace = {"w": Ew, "b": _rng(80).standard_normal((B, d, d))}
+  c, g_scale = jnp.asarray(0.6), jnp.asarray(0.5)
+  apply = lambda th, zz: synth.apply({"train": th, "frozen": {}}, zz)
+  dgdth = jax.vmap(jax.jacrev(apply), in_axes=(None, 0))(theta, z)  # leaves [B, d, *θ]
+  G = jax.tree.map(lambda g: g_scale * g, dgdth)
+  want = jax.jit(lambda *a: kernels.trace_step_tree(*a, impl="xla"))(trace, M, G, delta, c)
+  assert jax.tree.map(jnp.shape, want[1]) == jax.tree.map(jnp.shape, theta)
+  for impl in ("xla", "pallas"):
+    got = jax.jit(lambda *a: kernels.linear_trace_step(*a, g_scale=g_scale, impl=impl,
+                                                       block_p=16))(trace, M, z, delta, c)
+    assert _rel(got, want) < F64_TOL, impl
+
+
+def test_trace_step_tree_per_leaf():
+  B, d = 2, 3
+  r = _rng(9)
+  shapes = {"a": (d, 4), "b": (d,), "c": (2, 3, 5)}
+  trace = {name: r.standard_normal((B, d) + s) for name, s in shapes.items()}
+  G = {name: r.standard_normal((B, d) + s) for name, s in shapes.items()}
+  M = r.standard_normal((B, d, d))
+  delta = r.standard_normal((B, d))
+  new, inc = jax.jit(lambda *a: kernels.trace_step_tree(*a, impl="pallas", block_p=8))(
+      trace, M, G, delta, 0.4)
+  for name, s in shapes.items():
+    e, i = _REF(trace[name].reshape(B, d, -1), M, G[name].reshape(B, d, -1), delta, 0.4)
+    assert new[name].shape == (B, d) + s and inc[name].shape == s
+    assert _rel((new[name], inc[name]), (e.reshape((B, d) + s), i.reshape(s))) < F64_TOL
+  with pytest.raises(ValueError, match="tree structure of trace"):
+    kernels.trace_step_tree(trace, M, {"a": G["a"]}, delta, 0.4)
+  with pytest.raises(ValueError, match="trace must be a dict with key 'w'"):
+    kernels.linear_trace_step({"v": trace["a"]}, M, delta, delta, 0.4)
