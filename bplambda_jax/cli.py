@@ -3,6 +3,8 @@
 ``bplambda toy``    trains BP(λ) synthesisers on the toy task for several λ and seeds (one compiled
                     program) and reports gradient alignment with BPTT: terminal table,
                     ``results.json`` and ``alignment.png`` in ``--out``.
+``bplambda align``  a table of rules (BPTT, truncated BPTT, DNI, BP(λ), RTRL, e-prop, SnAp-n,
+                    columnar RTRL, m-order e-prop) and their alignment with BPTT on a task.
 """
 
 from __future__ import annotations
@@ -126,6 +128,45 @@ def cmd_toy(args) -> int:
   return 0
 
 
+DEFAULT_ALIGN_RULES = ("bptt,tbptt:1,tbptt:3,dni:1,dni:3,bp_lambda,rtrl,eprop,snap:1,snap:2,"
+                       "columnar_rtrl,eprop_m:1,eprop_m:2,eprop_m:3")
+
+
+def cmd_align(args) -> int:
+  from bplambda_jax.rules import registry
+  from bplambda_jax.tasks import alignment
+
+  specs = [s.strip() for s in args.rules.split(",") if s.strip()]
+  try:
+    for spec in specs:
+      registry.parse_spec(spec)
+  except ValueError as e:
+    raise SystemExit(f"error: --rules: {e}")
+  if args.task not in alignment.TASKS:
+    raise SystemExit(f"error: --task must be one of {alignment.TASKS}, got {args.task!r}")
+  seeds = _ints(args.seeds, "seeds")
+  for name in ("lambda_", "gamma"):
+    if not 0.0 <= getattr(args, name) <= 1.0:
+      raise SystemExit(f"error: --{name.rstrip('_')} must lie in [0, 1], got {getattr(args, name)}")
+  config = {"task": args.task, "rules": specs, "seeds": seeds, "cell": args.cell,
+            "hidden": args.hidden, "synth_steps": args.synth_steps, "lr_synth": args.lr_synth,
+            "lambda_": args.lambda_, "gamma": args.gamma}
+  print(f"alignment with BPTT on task {args.task!r}: {len(specs)} rules, {len(seeds)} seeds; "
+        f"synthesisers trained for {args.synth_steps} updates first", flush=True)
+  t0 = time.perf_counter()
+  rows = alignment.run_alignment(args.task, specs, seeds, cell=args.cell, hidden=args.hidden,
+                                 synth_steps=args.synth_steps, lr_synth=args.lr_synth,
+                                 lambda_=args.lambda_, gamma=args.gamma)
+  print(alignment.format_rows(rows))
+  elapsed = time.perf_counter() - t0
+  print(f"\n{elapsed:.1f} s")
+  if args.out:
+    write_json(os.path.join(args.out, "alignment.json"),
+               {"config": config, "provenance": _provenance(), "seconds": elapsed, "rows": rows})
+    print(f"wrote {os.path.join(args.out, 'alignment.json')}")
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="bplambda", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -149,6 +190,23 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--record-every", type=int, default=100, help="stride of the recorded curve")
   t.add_argument("--out", default=None, help="output directory for results.json and the plot")
   t.set_defaults(func=cmd_toy)
+
+  a = sub.add_parser("align", help="alignment of many learning rules with BPTT on one task")
+  a.add_argument("--task", default="copy", help="'toy' (linear RNN, H=30) or 'copy' "
+                 "(copy-repeat N=3, R=2, batch 16)")
+  a.add_argument("--rules", default=DEFAULT_ALIGN_RULES,
+                 help="comma-separated rule specs: name or name:k (see rules.registry)")
+  a.add_argument("--cell", default=None,
+                 help="cell name (default: linear for toy, lstm for copy; e.g. columnar_lstm)")
+  a.add_argument("--hidden", type=int, default=None, help="hidden size (toy 30, copy 16)")
+  a.add_argument("--seeds", default="0,1,2", help="comma-separated integer seeds")
+  a.add_argument("--synth-steps", type=int, default=1000,
+                 help="updates that train each synthesiser (network fixed) before measuring")
+  a.add_argument("--lr-synth", type=float, default=1e-3, help="Adam learning rate of ĝ")
+  a.add_argument("--lambda", dest="lambda_", type=float, default=1.0, help="BP(λ)'s λ")
+  a.add_argument("--gamma", type=float, default=1.0, help="BP(λ)'s γ")
+  a.add_argument("--out", default=None, help="output directory for alignment.json")
+  a.set_defaults(func=cmd_align)
   return p
 
 

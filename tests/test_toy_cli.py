@@ -55,3 +55,24 @@ def test_cli_toy_writes_results_and_plot(tmp_path, capsys):
 def test_cli_rejects_bad_arguments(argv, match):
   with pytest.raises(SystemExit, match=match):
     cli.main(argv)
+
+
+def test_cli_align_table(tmp_path, capsys):
+  out = tmp_path / "align"
+  code = cli.main(["align", "--task", "copy", "--hidden", "3", "--rules",
+                   "bptt,tbptt:1,bp_lambda,rtrl,eprop,columnar_rtrl", "--seeds", "0",
+                   "--synth-steps", "3", "--out", str(out)])
+  assert code == 0
+  text = capsys.readouterr().out
+  assert "n/a" in text  # columnar_rtrl on an LSTM
+  rows = json.loads((out / "alignment.json").read_text())["rows"]
+  by_rule = {r["rule"]: r for r in rows}
+  assert by_rule["bptt"]["all"] == pytest.approx(1.0, abs=1e-6)
+  assert by_rule["rtrl"]["cell"] == pytest.approx(1.0, abs=1e-5)
+  assert by_rule["tbptt:1"]["cell"] < 0.9999
+  assert "error" in by_rule["columnar_rtrl"]
+
+
+def test_cli_align_rejects_unknown_rule():
+  with pytest.raises(SystemExit, match="unknown rule"):
+    cli.main(["align", "--rules", "bptt,magic"])

@@ -223,7 +223,8 @@ def bp_lambda(model: model_lib.Model,
   if hc_faithful and sens.name != "immediate":
     raise ValueError("the faithful LSTM [h, c] flavour uses the reference's local eligibilities "
                      f"(sensitivity='immediate'); got {sens.name!r}.")
-  if mode == "sequence" and sens.name != "immediate" and sens.adjoint is None:
+  sens_rev = sens_lib.reverse_form(sens)  # None for 'immediate' (A_t = 0) and for SnAp
+  if mode == "sequence" and sens.name != "immediate" and sens_rev is None:
     raise ValueError(f"mode='sequence' needs a sensitivity with a reverse (adjoint) form; "
                      f"{sens.name!r} has none. Use mode='online'.")
 
@@ -513,15 +514,18 @@ def bp_lambda(model: model_lib.Model,
       _, hc_vjp = jax.vjp(lambda q: tb(lambda s, x: hc_local(q, s, x))(s_prev, batch.x), cp)
       cell_grads = hc_vjp(ls)[0]
     else:
-      a = ls
-      if sens.adjoint is not None:
+      a = ls  # co-state: Σ_t ls_t·Z_t = Σ_t a_t·Ī_t with a_t = ls_t + (a_{t+1}·A_{t+1})[0]
+      if sens_rev is not None:
+        copies = sens_rev.copies  # stacked co-states (m-order e-prop carries m + 1)
+        lift = lambda v: jnp.broadcast_to(v[:, None, :], (v.shape[0], copies, v.shape[-1]))
         def adj(a_next, inp):
           ls_t, s_t, x_next = inp
-          a_t = ls_t + jax.vmap(sens.adjoint, in_axes=(None, 0, 0, 0))(cp, s_t, x_next, a_next)
-          return a_t, a_t
-        a_last = ls[-1]
+          a_t = lift(ls_t) + jax.vmap(sens_rev.propagate, in_axes=(None, 0, 0, 0))(
+              cp, s_t, x_next, a_next)
+          return a_t, a_t[:, 0]
+        a_last = lift(ls[-1])
         _, a_rest = jax.lax.scan(adj, a_last, (ls[:-1], states[:-1], batch.x[1:]), reverse=True)
-        a = jnp.concatenate([a_rest, a_last[None]])
+        a = jnp.concatenate([a_rest, a_last[None, :, 0]])
       _, step_vjp = jax.vjp(lambda q: tb(lambda s, x: cell.step(q, s, x))(s_prev, batch.x), cp)
       cell_grads = step_vjp(a)[0]
 
