@@ -207,6 +207,11 @@ def bp_lambda(model: model_lib.Model,
   readout_scale = 1.0 if readout_scale is None else float(readout_scale)
   if bias_grad_scale is None:
     bias_grad_scale = 2.0 if (faithful and cell.name == "lstm") else 1.0
+  elif bias_grad_scale != 1.0:
+    cell_params = jax.eval_shape(lambda: cell.init(jax.random.key(0), model.input_size))
+    if "b" not in cell_params:
+      raise ValueError(f"bias_grad_scale applies to cells with a bias 'b'; cell {cell.name!r} "
+                       f"has parameters {sorted(cell_params)}.")
   if mode == "sequence" and clip_increments:
     raise ValueError("mode='sequence' computes the summed update exactly and cannot apply "
                      "per-step clipping (clip_increments=True, the faithful default, quirk Q7); "
