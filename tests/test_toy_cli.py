@@ -60,7 +60,7 @@ def test_cli_rejects_bad_arguments(argv, match):
 def test_cli_align_table(tmp_path, capsys):
   out = tmp_path / "align"
   code = cli.main(["align", "--task", "copy", "--hidden", "3", "--rules",
-                   "bptt,tbptt:1,bp_lambda,rtrl,eprop,columnar_rtrl", "--seeds", "0",
+                   "bptt,tbptt:1,rtrl,columnar_rtrl", "--seeds", "0",
                    "--synth-steps", "3", "--out", str(out)])
   assert code == 0
   text = capsys.readouterr().out

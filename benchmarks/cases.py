@@ -1,0 +1,376 @@
+"""The benchmark cases: what is timed, at which sizes, with which rule and hyper-parameters.
+
+Every case is a :class:`Case` (a NamedTuple of plain values) whose rule is built by a small
+factory, :class:`RuleSpec`, that imports its rule module lazily: a case whose module (or factory)
+does not exist in this checkout raises :class:`Unavailable` and is reported, not run.
+
+Families (all float32):
+
+* ``seqmnist_lstm30_*``: LSTM 30 units, batch 50, T = 28 rows of 28 pixels in [0, 1], 10 classes
+  (softmax cross-entropy on the last step only), Adam(0.9, 0.98, 1e-9) with learning rate 3e-4 for
+  every group (spec §8). BP(λ): e-prop flavour, λ = γ = 1, sg_scale = 0.1, no clipping.
+* ``copyrepeat_lstm100_*``: LSTM 100 units, batch 100, T = 40, 10 input bits, 9 outputs (BCE on
+  every step), learning rates (1e-3, 1e-3, 1e-5). BP(λ): e-prop flavour, γ = 0.9, λ = 1,
+  sg_scale = 1.
+* ``scale_h{H}_t{T}_*``: seqMNIST shapes at batch 16 (to keep the whole run short), H ∈ {32, 64,
+  128, 256} at T = 28 and T ∈ {100, 300, 1000} at H = 32, for BPTT, e-prop, BP(λ) online and
+  sequence, RTRL, and columnar RTRL (with its own BPTT row on the columnar LSTM). Sizes whose
+  analytic cost exceeds :data:`SCALE_FLOP_LIMIT` are listed as skipped, with the estimate.
+* ``seeds{S}_{vmap,loop}``: S ∈ {1, …, 64} seeds of BP(λ) sequence mode at seqMNIST shapes
+  (H = 30, batch 50 per seed): one ``jax.vmap``-ed update over the seeds against a Python loop of
+  single-seed jitted updates.
+* ``floor_matmul``: a 2048×2048 float32 matmul, the machine's achievable GFLOP/s.
+* ``kernel_trace_step_*``: one online BP(λ) trace step of the linear synthesiser at copy-repeat
+  size through :func:`bplambda_jax.kernels.linear_trace_step` (the fused Pallas kernel on GPU/TPU;
+  on CPU the XLA path, and the Pallas interpreter row is skipped).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import numpy as np
+
+from bplambda_jax import model as model_lib
+
+KINDS = ("update", "matmul", "trace_step")
+SEED_IMPLS = ("vmap", "loop")
+
+# Scaling rows whose analytic cost (see :func:`estimated_flops`) exceeds this are skipped: on the
+# 2-core CPU this suite was tuned on, batched contractions run at ~10 GFLOP/s, so 1.5e11 FLOP is
+# ≈ 15 s per update and six runs of it would take most of the suite's time budget.
+SCALE_FLOP_LIMIT = 1.5e11
+
+# Sizes used by ``--tiny`` (the test): every case runs, at these sizes.
+TINY = {"batch": 2, "seq_len": 5, "hidden": 4, "max_seeds": 2, "matmul": 64}
+
+
+class Unavailable(RuntimeError):
+  """The case's rule module or factory does not exist in this checkout."""
+
+
+class RuleSpec(NamedTuple):
+  """A lazily imported rule factory: ``getattr(import_module(module), attr)(model, *args, **kw)``.
+
+  Attributes:
+    label: the rule's name in the table, e.g. 'bp_lambda', 'rtrl', 'dni3'.
+    mode: 'online' (no storage that grows with T) or 'sequence' (stores the sequence); checked
+      against the built rule's ``online`` flag.
+    module: the module holding the factory, e.g. 'bplambda_jax.rules.online'.
+    attr: the factory's name in the module.
+    args: extra positional arguments after the model.
+    kwargs: keyword arguments, as a tuple of (name, value) pairs (hashable).
+  """
+
+  label: str
+  mode: str
+  module: str
+  attr: str
+  args: tuple = ()
+  kwargs: tuple = ()
+
+  def factory(self) -> Callable:
+    """The factory function; raises :class:`Unavailable` if it does not exist."""
+    try:
+      mod = importlib.import_module(self.module)
+    except ModuleNotFoundError as e:
+      raise Unavailable(f"rule module {self.module} is not available ({e}).") from e
+    if not hasattr(mod, self.attr):
+      raise Unavailable(f"{self.module}.{self.attr} is not available in this checkout.")
+    return getattr(mod, self.attr)
+
+  def build(self, model: model_lib.Model):
+    rule = self.factory()(model, *self.args, **dict(self.kwargs))
+    if rule.online != (self.mode == "online"):
+      raise ValueError(f"case declares mode {self.mode!r} but {self.module}.{self.attr} built a "
+                       f"rule with online={rule.online}.")
+    return rule
+
+
+class Case(NamedTuple):
+  """One benchmark row.
+
+  Attributes:
+    name: unique row name.
+    family: 'seqmnist', 'copyrepeat', 'scale', 'seeds', 'floor' or 'kernel'.
+    kind: 'update' (one jitted ``train.make_update`` step), 'matmul' or 'trace_step'.
+    rule: the rule factory (None for floors and kernels).
+    cell: cell name ('lstm', 'columnar_lstm') or None.
+    loss: 'ce' or 'bce' (None for floors and kernels).
+    input_size, output_size: D_in, D_out.
+    hidden: H.
+    batch: B (per seed).
+    seq_len: T.
+    seeds: number of seeds timed together (1 unless ``seed_impl`` is set).
+    seed_impl: None, 'vmap' (one vmapped update) or 'loop' (a Python loop of jitted updates).
+    lrs: (lr_cell, lr_readout, lr_synth) for ``train.optimiser``.
+    bptt_ref: name of the BPTT row of the same model, for ``ratio_to_bptt``.
+    skip: reason the case is not run at its full size (None: it is run).
+    note: free text carried into the row.
+    impl: the trace-step implementation for 'trace_step' cases ('xla' or 'pallas').
+  """
+
+  name: str
+  family: str
+  kind: str = "update"
+  rule: Optional[RuleSpec] = None
+  cell: Optional[str] = None
+  loss: Optional[str] = None
+  input_size: int = 0
+  output_size: int = 0
+  hidden: int = 0
+  batch: int = 0
+  seq_len: int = 0
+  seeds: int = 1
+  seed_impl: Optional[str] = None
+  lrs: tuple = (0.0, 0.0, 0.0)
+  bptt_ref: Optional[str] = None
+  skip: Optional[str] = None
+  note: str = ""
+  impl: Optional[str] = None
+
+  def tiny(self) -> "Case":
+    """The same case at the ``--tiny`` sizes (never skipped)."""
+    if self.kind == "matmul":
+      return self._replace(hidden=TINY["matmul"], skip=None)
+    return self._replace(batch=TINY["batch"], seq_len=TINY["seq_len"] if self.seq_len > 1 else 1,
+                         hidden=TINY["hidden"], seeds=min(self.seeds, TINY["max_seeds"]),
+                         skip=None)
+
+  def program_key(self) -> tuple:
+    """Everything that determines the compiled program (cases with equal keys share it)."""
+    return (self.kind, self.rule, self.cell, self.loss, self.input_size, self.output_size,
+            self.hidden, self.batch, self.seq_len, self.lrs, self.impl,
+            ("vmap", self.seeds) if self.seed_impl == "vmap" else ("single",))
+
+
+# ------------------------------------------------------------------------------ rule factories
+
+
+def _kw(**kwargs) -> tuple:
+  return tuple(sorted(kwargs.items()))
+
+
+def bptt() -> RuleSpec:
+  return RuleSpec("bptt", "sequence", "bplambda_jax.rules.bptt", "bptt")
+
+
+def eprop() -> RuleSpec:
+  return RuleSpec("eprop", "online", "bplambda_jax.rules.online", "eprop", (), _kw(mode="online"))
+
+
+def rtrl() -> RuleSpec:
+  return RuleSpec("rtrl", "online", "bplambda_jax.rules.online", "rtrl", (), _kw(mode="online"))
+
+
+def snap(n: int) -> RuleSpec:
+  return RuleSpec(f"snap{n}", "online", "bplambda_jax.rules.online", "snap", (n,))
+
+
+def columnar_rtrl() -> RuleSpec:
+  return RuleSpec("columnar_rtrl", "online", "bplambda_jax.rules.online", "columnar_rtrl", (),
+                  _kw(mode="online"))
+
+
+def tbptt(n: int) -> RuleSpec:
+  return RuleSpec(f"tbptt{n}", "online", "bplambda_jax.rules.tbptt", "tbptt", (n,))
+
+
+def dni(n: int, sg_scale: float) -> RuleSpec:
+  return RuleSpec(f"dni{n}", "online", "bplambda_jax.rules.dni", "dni", (),
+                  _kw(n=n, sg_scale=sg_scale))
+
+
+def bp_lambda(mode: str, lambda_: float, gamma: float, sg_scale: float) -> RuleSpec:
+  """BP(λ), e-prop flavour (the reference's LSTM configuration), default clipping (off)."""
+  return RuleSpec("bp_lambda", mode, "bplambda_jax.rules.bp_lambda", "bp_lambda", (),
+                  _kw(flavour="eprop", mode=mode, lambda_=lambda_, gamma=gamma,
+                      sg_scale=sg_scale))
+
+
+# ------------------------------------------------------------------------------ analytic costs
+
+
+def trace_flops(batch: int, steps: int, hidden: int) -> float:
+  """FLOPs of BP(λ) online's trace contractions, e-prop flavour with the linear synthesiser.
+
+  ``td_step`` keeps a dense trace E [B, d_out, *θ] for every synthesiser leaf (w [d_out, d_in] and
+  b [d_out], |θ| = d_out·d_in + d_out, d_out = H, d_in = 2H) and per TD step computes M·E
+  (B·d_out²·|θ| multiply-adds) and δ·E (B·d_out·|θ|); the e-prop flavour has T + 1 TD steps. One
+  multiply-add is 2 FLOPs. Elementwise work (adding ∂ĝ/∂θ, scaling) is not counted.
+  """
+  d_out, d_in = hidden, 2 * hidden
+  theta = d_out * d_in + d_out
+  return 2.0 * batch * steps * (d_out * d_out + d_out) * theta
+
+
+def analytic_flops(case: Case) -> Optional[float]:
+  """The analytic FLOP count reported for a case (BP(λ) online and trace-step rows), or None."""
+  if case.kind == "trace_step":
+    return trace_flops(case.batch, 1, case.hidden)
+  if case.rule is not None and case.rule.label == "bp_lambda" and case.rule.mode == "online":
+    return trace_flops(case.batch, case.seq_len + 1, case.hidden) * case.seeds
+  return None
+
+
+def _lstm_params(hidden: int, input_size: int) -> int:
+  return 4 * hidden * (input_size + hidden + 1)
+
+
+def estimated_flops(case: Case) -> Optional[float]:
+  """Dominant cost of the rules that scale badly: dense RTRL (J·Z, 2·B·T·n²·P) and BP(λ) online."""
+  if case.rule is None:
+    return None
+  if case.rule.label == "rtrl":
+    n = 2 * case.hidden
+    return 2.0 * case.batch * case.seq_len * n * n * _lstm_params(case.hidden, case.input_size)
+  return analytic_flops(case)
+
+
+# ------------------------------------------------------------------------------ data
+
+
+def make_batch(case: Case, rng: np.random.Generator, lead: tuple = ()) -> model_lib.Batch:
+  """A random float32 batch with the case's shapes (time-major), made with numpy.
+
+  seqMNIST: x ~ U[0, 1] [T, B, 28], integer labels [T, B], loss on the last step only.
+  copy-repeat: random bits x [T, B, 10] and targets [T, B, 9], loss on every step.
+  ``lead`` is prepended to every shape (e.g. (S,) for S seeds). The data are made on the host so
+  that preparing a case compiles nothing (XLA compiles cost seconds each on a small CPU).
+  """
+  T, B = case.seq_len, case.batch
+  if case.loss == "ce":
+    x = rng.uniform(0.0, 1.0, lead + (T, B, case.input_size))
+    y = np.broadcast_to(rng.integers(0, case.output_size, lead + (1, B)), lead + (T, B))
+    mask = np.zeros(lead + (T, B))
+    mask[..., -1, :] = 1.0
+  elif case.loss == "bce":
+    x = rng.integers(0, 2, lead + (T, B, case.input_size))
+    y = rng.integers(0, 2, lead + (T, B, case.output_size))
+    mask = np.ones(lead + (T, B))
+  else:
+    raise ValueError(f"case {case.name!r}: loss must be 'ce' or 'bce', got {case.loss!r}.")
+  f32 = lambda a: np.ascontiguousarray(a, np.float32)
+  y = np.ascontiguousarray(y, np.int32) if case.loss == "ce" else f32(y)
+  return model_lib.Batch(f32(x), y, f32(mask))
+
+
+# ------------------------------------------------------------------------------ the registry
+
+SEQMNIST = dict(cell="lstm", loss="ce", input_size=28, output_size=10, seq_len=28,
+                lrs=(3e-4, 3e-4, 3e-4))
+COPYREPEAT = dict(cell="lstm", loss="bce", input_size=10, output_size=9, hidden=100, batch=100,
+                  seq_len=40, lrs=(1e-3, 1e-3, 1e-5))
+SEQMNIST_BPL = dict(lambda_=1.0, gamma=1.0, sg_scale=0.1)
+COPYREPEAT_BPL = dict(lambda_=1.0, gamma=0.9, sg_scale=1.0)
+
+SCALE_HIDDEN = (32, 64, 128, 256)
+SCALE_TIME = (28, 100, 300, 1000)
+SCALE_BATCH = 16
+SEED_COUNTS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def _seqmnist_cases():
+  rules = {
+      "bptt": bptt(),
+      "eprop": eprop(),
+      "bplambda_online": bp_lambda("online", **SEQMNIST_BPL),
+      "bplambda_sequence": bp_lambda("sequence", **SEQMNIST_BPL),
+      "rtrl": rtrl(),
+      "snap1": snap(1),
+      "dni3": dni(3, SEQMNIST_BPL["sg_scale"]),
+      "tbptt3": tbptt(3),
+  }
+  notes = {"dni3": "n = 3, bootstrap 'faithful', sg_scale 0.1, linear synthesiser"}
+  return [Case(f"seqmnist_lstm30_{k}", "seqmnist", rule=r, hidden=30, batch=50,
+               bptt_ref="seqmnist_lstm30_bptt", note=notes.get(k, ""), **SEQMNIST)
+          for k, r in rules.items()]
+
+
+def _copyrepeat_cases():
+  rules = {
+      "bptt": bptt(),
+      "eprop": eprop(),
+      "bplambda_online": bp_lambda("online", **COPYREPEAT_BPL),
+      "bplambda_sequence": bp_lambda("sequence", **COPYREPEAT_BPL),
+  }
+  return [Case(f"copyrepeat_lstm100_{k}", "copyrepeat", rule=r,
+               bptt_ref="copyrepeat_lstm100_bptt", **COPYREPEAT)
+          for k, r in rules.items()]
+
+
+def _scale_cases():
+  sizes = [(h, 28) for h in SCALE_HIDDEN] + [(32, t) for t in SCALE_TIME if t != 28]
+  rules = [("bptt", "lstm", bptt()), ("eprop", "lstm", eprop()),
+           ("bplambda_online", "lstm", bp_lambda("online", **SEQMNIST_BPL)),
+           ("bplambda_sequence", "lstm", bp_lambda("sequence", **SEQMNIST_BPL)),
+           ("rtrl", "lstm", rtrl()),
+           ("columnar_bptt", "columnar_lstm", bptt()),
+           ("columnar_rtrl", "columnar_lstm", columnar_rtrl())]
+  shapes = {k: v for k, v in SEQMNIST.items() if k not in ("seq_len", "cell")}
+  out = []
+  for h, t in sizes:
+    for label, cell, spec in rules:
+      ref = f"scale_h{h}_t{t}_{'columnar_bptt' if cell == 'columnar_lstm' else 'bptt'}"
+      case = Case(f"scale_h{h}_t{t}_{label}", "scale", rule=spec, cell=cell, hidden=h,
+                  batch=SCALE_BATCH, seq_len=t, bptt_ref=ref, **shapes)
+      est = estimated_flops(case)
+      if est is not None and est > SCALE_FLOP_LIMIT:
+        case = case._replace(skip=f"estimated {est:.2g} FLOP per update > {SCALE_FLOP_LIMIT:.2g} "
+                                  f"(too slow for this machine's time budget)")
+      out.append(case)
+  return out
+
+
+def _seed_cases():
+  spec = bp_lambda("sequence", **SEQMNIST_BPL)
+  out = []
+  for s in SEED_COUNTS:
+    for impl in SEED_IMPLS:
+      out.append(Case(f"seeds{s}_{impl}", "seeds", rule=spec, hidden=30, batch=50, seeds=s,
+                      seed_impl=impl, bptt_ref="seqmnist_lstm30_bptt", **SEQMNIST))
+  return out
+
+
+def _floor_and_kernel_cases():
+  cases = [Case("floor_matmul", "floor", kind="matmul", hidden=2048,
+                note="2048x2048 float32 matmul, 2·N³ FLOP")]
+  for impl in ("xla", "pallas"):
+    skip = None
+    if impl == "pallas" and jax.default_backend() == "cpu":
+      skip = "Pallas runs only in interpret mode on CPU (a correctness tool, not timed)"
+    cases.append(Case(f"kernel_trace_step_{impl}", "kernel", kind="trace_step", hidden=100,
+                      batch=100, seq_len=1, impl=impl, skip=skip,
+                      note="one TD step of kernels.linear_trace_step at copy-repeat size"))
+  return cases
+
+
+def all_cases() -> list[Case]:
+  """Every case, in run order (the floor first, so later rows can use it)."""
+  extra = _floor_and_kernel_cases()
+  cases = extra[:1] + _seqmnist_cases() + _copyrepeat_cases() + _scale_cases() + _seed_cases()
+  cases += extra[1:]
+  # The floor again at the end: its drift shows how much the machine's load changed during the run.
+  cases.append(extra[0]._replace(name="floor_matmul_end",
+                                 note="floor_matmul again at the end of the run (drift check)"))
+  names = [c.name for c in cases]
+  if len(set(names)) != len(names):
+    raise AssertionError("benchmark case names must be unique")
+  return cases
+
+
+def availability(case: Case) -> Optional[str]:
+  """None if the case's rule factory (or kernel module) exists, else why it is unavailable."""
+  try:
+    if case.kind == "trace_step":
+      try:
+        importlib.import_module("bplambda_jax.kernels")
+      except ModuleNotFoundError as e:
+        raise Unavailable(f"bplambda_jax.kernels is not available ({e}).") from e
+    if case.rule is not None:
+      case.rule.factory()
+  except Unavailable as e:
+    return str(e)
+  return None
