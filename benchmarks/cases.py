@@ -174,6 +174,11 @@ def columnar_rtrl() -> RuleSpec:
                   _kw(mode="online"))
 
 
+def eprop_m(m: int) -> RuleSpec:
+  return RuleSpec(f"eprop_m{m}", "online", "bplambda_jax.rules.online", "eprop_m", (m,),
+                  _kw(mode="online"))
+
+
 def tbptt(n: int) -> RuleSpec:
   return RuleSpec(f"tbptt{n}", "online", "bplambda_jax.rules.tbptt", "tbptt", (n,))
 
@@ -280,6 +285,8 @@ def _seqmnist_cases():
       "bplambda_sequence": bp_lambda("sequence", **SEQMNIST_BPL),
       "rtrl": rtrl(),
       "snap1": snap(1),
+      "eprop_m1": eprop_m(1),
+      "eprop_m2": eprop_m(2),
       "dni3": dni(3, SEQMNIST_BPL["sg_scale"]),
       "tbptt3": tbptt(3),
   }

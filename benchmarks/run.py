@@ -280,7 +280,8 @@ class Runner:
 
   # -------------------------------------------------------------------------- one program
   def _update_program(self, case: cases_lib.Case):
-    """(compiled update, make_args(seed_key) -> args, meta) for an 'update' case, cached."""
+    """(program, shared): the compiled update of an 'update' case with its arguments and costs,
+    cached by :meth:`Case.program_key`; ``shared`` is True when an earlier row compiled it."""
     key = case.program_key()
     if key in self._programs:
       return self._programs[key], True
