@@ -171,26 +171,6 @@ def validate_batch(model: Model, batch: Batch) -> None:
       raise ValueError(f"batch.y labels must lie in [0, {model.output_size}).")
 
 
-def unroll(cell: cells_lib.Cell, cell_params, xs: jax.Array, s0: jax.Array | None = None):
-  """States s_0..s_{T−1} of one example, [T, n], from xs [T, D_in] (lax.scan)."""
-  if s0 is None:
-    s0 = cell.initial_state(xs.dtype)
-
-  def body(s, x):
-    s = cell.step(cell_params, s, x)
-    return s, s
-
-  _, states = jax.lax.scan(body, s0, xs)
-  return states
-
-
-def example_loss(model: Model, params, states, y, w):
-  """Σ_t w_t loss(y_t) for one example; states [T, n], y [T, ...], w [T] -> scalar."""
-  out = model.readout(params, states)  # [T, D_out]
-  per_step = jax.vmap(model.loss.value)(out, y)  # [T]
-  return jnp.sum(w * per_step)
-
-
 def loss_and_states(model: Model, params, batch: Batch, perturb=None):
   """Batch loss L (mean over examples) and the states [T, B, n].
 

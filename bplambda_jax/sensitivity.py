@@ -169,11 +169,6 @@ def state_jacobian(cell: cells_lib.Cell, params, s_tm1, x_t):
   return jax.jacfwd(cell.step, argnums=1)(params, s_tm1, x_t)
 
 
-def apply_rows(a, z):
-  """A·Z for every leaf: [n, n] · [n, *P] -> [n, *P]."""
-  return jax.tree.map(lambda zl: jnp.tensordot(a, zl, axes=1), z)
-
-
 def contract(ls, z):
   """ls·Z for every leaf: [n] · [n, *P] -> [*P]."""
   return jax.tree.map(lambda zl: jnp.tensordot(ls, zl, axes=1), z)
