@@ -435,6 +435,50 @@ def _compressed_ibar(cell, params, s_tm1, x_t, basis):
   return jax.vmap(lambda e: vjp(e)[0])(basis)
 
 
+class _Spread(NamedTuple):
+  """How a per-unit table reaches the entries of one parameter leaf (static, numpy).
+
+  Attributes:
+    units: int array [*P], the unit each entry feeds.
+    shape: a view of P in which the unit is one axis, e.g. [4H, D] -> (4, H, D) for gate-major
+      rows, or P itself when no such view exists.
+    axis: the unit axis in ``shape``, or None (then tables are gathered by ``units``).
+  """
+
+  units: np.ndarray
+  shape: tuple
+  axis: Optional[int]
+
+  def view(self, a):
+    """[m, *P] -> [m, *shape] (a free reshape)."""
+    return a.reshape(a.shape[:1] + self.shape)
+
+  def table(self, t):
+    """A per-unit table t [m, U] as an array broadcastable against [m, *shape]."""
+    if self.axis is None:
+      return t[:, self.units]
+    ones = len(self.shape) - self.axis - 1
+    return t.reshape((t.shape[0],) + (1,) * self.axis + (t.shape[1],) + (1,) * ones)
+
+
+def _spread_of(pu: np.ndarray, num_units: int) -> _Spread:
+  """Find a view of pu's shape where pu is arange(U) broadcast along one axis (no gathers).
+
+  Splits one axis of size m = q·U into (q, U) and checks pu against the broadcast arange; the
+  library cells' gate-major weights (rows r feed unit r mod H) and per-unit vectors all qualify.
+  Other layouts fall back to a gather by ``pu`` (same numbers, slower on CPU).
+  """
+  for ax, m in enumerate(pu.shape):
+    if m % num_units:
+      continue
+    shape = pu.shape[:ax] + (m // num_units, num_units) + pu.shape[ax + 1:]
+    axis = ax + 1
+    ar = np.arange(num_units).reshape((1,) * axis + (num_units,) + (1,) * (len(shape) - axis - 1))
+    if np.array_equal(pu.reshape(shape), np.broadcast_to(ar, shape)):
+      return _Spread(pu, shape, axis)
+  return _Spread(pu, pu.shape, None)
+
+
 def _gather_ls(ls_t, layout, pu):
   """ls gathered by unit for every parameter entry: [k, *P] with row c = ls_(u(p), c)."""
   lsu = ls_t[layout.index].T  # [U, k] -> [k, U]
@@ -508,30 +552,40 @@ def compressed_trace(cell: cells_lib.Cell, name: str,
     mask: optional ``mask(params, x_t) -> pytree of bool [k, *P]`` (shapes only).
   """
   layout = unit_layout(cell, what)
-  units_of = _cached(lambda params, x_t: param_unit_arrays(cell, params, layout, what))
-  k = layout.width
+  k, num_units = layout.width, layout.units
+
+  def spreads_of(params, x_t):  # one _Spread per leaf of params, in leaf order
+    pu = param_unit_arrays(cell, params, layout, what)
+    return [_spread_of(ul, num_units) for ul in jax.tree.leaves(pu)]
+
+  spreads_of = _cached(spreads_of)
 
   def init(params):
     param_unit_arrays(cell, params, layout, what)
     return jax.tree.map(lambda p: jnp.zeros((k,) + p.shape, p.dtype), params)
 
   def update(params, z, s_tm1, x_t):
-    pu = units_of(params, x_t)
     bt = jnp.moveaxis(blocks(params, s_tm1, x_t), 0, -1)  # [U, k, k] -> [k, k, U]
     ibar = _compressed_ibar(cell, params, s_tm1, x_t, layout.basis(s_tm1.shape[0], s_tm1.dtype))
 
-    def leaf(zl, il, ul):  # zl, il [k, *P]; ul [*P]
-      new = jnp.einsum("ab...,b...->a...", bt[:, :, ul], zl) + il  # [k, k, *P]·[k, *P]
-      return new.astype(zl.dtype)
+    def leaf(zl, il, sp):  # zl, il [k, *P]: new[a] = Σ_b A[(u, a), (u, b)]·zl[b] + il[a]
+      zv = sp.view(zl)
+      new = sp.view(il) + sum(sp.table(bt[:, b]) * zv[b] for b in range(k))  # [k, *view]
+      return new.reshape(zl.shape).astype(zl.dtype)
 
-    new = jax.tree.map(leaf, z, ibar, pu)
+    z_leaves, treedef = jax.tree.flatten(z)
+    new = treedef.unflatten([leaf(zl, il, sp) for zl, il, sp in
+                             zip(z_leaves, treedef.flatten_up_to(ibar), spreads_of(params, x_t))])
     if mask is not None:
       new = jax.tree.map(lambda zl, ml: jnp.where(ml, zl, 0), new, mask(params, x_t))
     return new
 
   def credit(params, z, s_tm1, x_t, ls_t):
-    pu = units_of(params, x_t)
-    return jax.tree.map(lambda zl, ul: jnp.sum(_gather_ls(ls_t, layout, ul) * zl, axis=0), z, pu)
+    lsu = ls_t[layout.index].T  # [U, k] -> [k, U]
+    z_leaves, treedef = jax.tree.flatten(z)
+    return treedef.unflatten([
+        jnp.sum(sp.table(lsu) * sp.view(zl), axis=0).reshape(zl.shape[1:])
+        for zl, sp in zip(z_leaves, spreads_of(params, x_t))])
 
   reverse = None if adjoint is None else _single_row(adjoint)
   return Sensitivity(name, init, update, credit, adjoint, reverse)

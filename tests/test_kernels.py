@@ -2,7 +2,7 @@
 
 The chain of oracles: explicit Python loops in float64 (numpy) pin the convention of
 ``trace_step_reference`` (E_new[b, i] = c·Σ_j M[b, i, j]·E[b, j] + G[b, i], as ``td_step``'s
-einsum); the reference is then the oracle for the Pallas kernel over odd shapes that exercise the
+einsum); the reference is then the oracle for the reassociated XLA path and the Pallas kernel over odd shapes that exercise the
 padding of d and P and several column tiles; the diagonal (linear-synthesiser) variants are checked
 against the dense step with G = 1[o = i]·z_j written out, and against the dense step fed the
 ``jax.jacrev`` Jacobian of ``synthesisers.linear`` (the G that ``td_step`` builds).
@@ -138,6 +138,20 @@ def test_gradients_match_reference():
     want = jax.jit(jax.grad(loss(ref)))(args)
     assert _rel(got, want) < F64_TOL, fused.__name__
     assert all(np.linalg.norm(g) > 0 for g in jax.tree.leaves(want))
+
+
+@pytest.mark.parametrize("B,d,P", [(1, 1, 1), (3, 5, 13), (2, 7, 130)])
+def test_xla_path_matches_reference(B, d, P):
+  """The reassociated XLA steps (increment read from the old trace) equal the textbook order."""
+  c = -0.83
+  args = _dense_inputs(300 + B + d + P, B, d, P, jnp.float64)
+  want = _REF(*args, c)
+  assert _rel(jax.jit(kernels.trace_step_xla)(*args, c), want) < F64_TOL
+  # The increment's δ·G term is separate from the product: dropping it is an O(1) error.
+  assert _rel(want[1] - _REF(*args[:2], 0 * args[2], args[3], c)[1], want[1]) > 0.1
+  E, M, z, delta = _diag_inputs(400 + B + d + P, B, d, P, jnp.float64)
+  want = _REF_DIAG(E, M, z, delta, c)
+  assert _rel(jax.jit(kernels.trace_step_diag_xla)(E, M, z, delta, c), want) < F64_TOL
 
 
 def test_interpret_default_on_cpu():

@@ -8,9 +8,11 @@ from bplambda_jax.kernels.trace_step import trace_step
 from bplambda_jax.kernels.trace_step import trace_step_diag
 from bplambda_jax.kernels.trace_step import trace_step_diag_pallas
 from bplambda_jax.kernels.trace_step import trace_step_diag_reference
+from bplambda_jax.kernels.trace_step import trace_step_diag_xla
 from bplambda_jax.kernels.trace_step import trace_step_pallas
 from bplambda_jax.kernels.trace_step import trace_step_reference
 from bplambda_jax.kernels.trace_step import trace_step_tree
+from bplambda_jax.kernels.trace_step import trace_step_xla
 
 __all__ = [
     "DEFAULT_BLOCK_P",
@@ -21,7 +23,9 @@ __all__ = [
     "trace_step_diag",
     "trace_step_diag_pallas",
     "trace_step_diag_reference",
+    "trace_step_diag_xla",
     "trace_step_pallas",
     "trace_step_reference",
     "trace_step_tree",
+    "trace_step_xla",
 ]

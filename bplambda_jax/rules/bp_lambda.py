@@ -59,6 +59,7 @@ from bplambda_jax import kernels
 from bplambda_jax import model as model_lib
 from bplambda_jax import sensitivity as sens_lib
 from bplambda_jax import synthesisers as synth_lib
+from bplambda_jax import traces as traces_lib
 from bplambda_jax.rules import base
 
 logger = logging.getLogger("bplambda_jax")
@@ -70,12 +71,14 @@ MODES = ("online", "sequence")
 class _Flavour(NamedTuple):
   """Per-example pieces of one flavour (all pure, vmappable over time and batch).
 
-  ctx is a per-step pytree of arrays; ``link(cp, ctx, v) = v·M`` for v in ĝ's output space.
+  ctx is a per-step pytree of arrays; ``link(cp, ctx, v) = v·M`` for v in ĝ's output space and
+  ``transition(cp, ctx) = M`` [d_out, d_out] (None: built from d_out links of the unit rows).
   """
 
   d_in: int
   d_out: int
   link: Any
+  transition: Any = None
 
 
 def _lstm_only(cell, what):
@@ -90,6 +93,24 @@ def _lstm_c(cell, cp, h, c, x):
   return cell.step(cp, jnp.concatenate([h, c]), x)[H:]
 
 
+def _lstm_c_partials(cell, cp, s_tm1, x):
+  """(π [3, H], f_t [H]) with π_q = ∂c_t/∂z^q for the pre-activations of gates q = i, f, g.
+
+  Then v·∂c_t/∂h_{t−1} = Σ_q (v⊙π_q)·W_hh^q and v·∂c_t/∂c_{t−1} = v⊙f_t: the e-prop flavour's
+  maps as one [3H]·[3H, H] product, with no forward recomputation inside reverse scans.
+  """
+  H = cell.hidden_size
+  i, f, g, _ = cells_lib.lstm_gates(cp, x, s_tm1[:H], H)
+  pi = jnp.stack([g * i * (1.0 - i), s_tm1[H:] * f * (1.0 - f), i * (1.0 - g * g)])
+  return pi, f
+
+
+def _lstm_dc_dh(cp, pi, v):
+  """v·∂c_t/∂h_{t−1} = Σ_q (v⊙π_q)·W_hh^q for v [H], π [3, H] (gate rows i, f, g of W_hh)."""
+  H = v.shape[-1]
+  return (pi * v[None]).reshape(3 * H) @ cp["w_hh"][:3 * H]  # [3H]·[3H, H] -> [H]
+
+
 def _lstm_d(cell, cp, s_tm1, x):
   """D_t = o_t⊙(1 − tanh² c_t) = ∂h_t/∂c_t at fixed o_t, [H]."""
   H = cell.hidden_size
@@ -98,10 +119,19 @@ def _lstm_d(cell, cp, s_tm1, x):
   return o * (1.0 - jnp.tanh(c) ** 2)
 
 
-def trace_bytes_per_example(theta, d_out: int) -> int:
-  """Bytes of the online-mode traces of one example: d_out·|θ| entries plus M [d_out, d_out]."""
+def trace_bytes_per_example(theta, d_out: int, chunk: int = 0, steps: Optional[int] = None) -> int:
+  """Bytes of the online-mode traces of one example.
+
+  Dense (chunk = 0): d_out·|θ| entries plus M [d_out, d_out]. Chunked (linear θ = {'w', 'b'},
+  chunk L ≥ 1, ``steps`` TD steps): see :func:`bplambda_jax.traces.bytes_per_example`.
+  """
   leaves = jax.tree.leaves(theta)
   itemsize = jnp.dtype(leaves[0].dtype).itemsize if leaves else 4
+  if chunk:
+    n_cols = theta["w"].shape[1] + int("b" in theta)
+    L = chunk if steps is None else min(chunk, steps)
+    return traces_lib.bytes_per_example(d_out, n_cols, L, itemsize,
+                                        base=steps is None or L < steps)
   return int(d_out * (sum(int(np.prod(l.shape)) for l in leaves) + d_out) * itemsize)
 
 
@@ -123,7 +153,8 @@ def available_memory_bytes() -> Optional[int]:
   return None
 
 
-def check_trace_memory(theta, d_out: int, batch_size: int) -> int:
+def check_trace_memory(theta, d_out: int, batch_size: int, chunk: int = 0,
+                       steps: Optional[int] = None) -> int:
   """Log the online trace memory and fail early if it cannot fit.
 
   Runs at trace time, before compilation. The estimate counts three trace-sized buffers (the
@@ -133,7 +164,7 @@ def check_trace_memory(theta, d_out: int, batch_size: int) -> int:
     MemoryError: when the estimate exceeds the available memory, suggesting mode='sequence'
       (whose memory grows with B·T·n, not with B·d_out·|θ|) or a smaller batch.
   """
-  per_example = trace_bytes_per_example(theta, d_out)
+  per_example = trace_bytes_per_example(theta, d_out, chunk, steps)
   need = 3 * batch_size * per_example
   logger.info("BP(λ) online traces: %.1f MB per example, about %.1f MB for batch %d",
               per_example / 2**20, need / 2**20, batch_size)
@@ -161,7 +192,8 @@ def bp_lambda(model: model_lib.Model,
               alpha_learning: bool = False,
               synth_alpha: float = 0.1,
               readout_scale: Optional[float] = None,
-              bias_grad_scale: Optional[float] = None) -> base.Rule:
+              bias_grad_scale: Optional[float] = None,
+              trace_chunk: Optional[int] = None) -> base.Rule:
   """Accumulate BP(λ) as a :class:`~bplambda_jax.rules.base.Rule`.
 
   Args:
@@ -183,6 +215,12 @@ def bp_lambda(model: model_lib.Model,
     synth_alpha: the SGD step size with ``alpha_learning`` (hyper-parameter ``'synth_alpha'``).
     readout_scale: κ of spec §2.4 (faithful only; default 1).
     bias_grad_scale: factor on the LSTM bias gradient (Q12); default 2 if faithful and LSTM, else 1.
+    trace_chunk: online mode's trace representation. For a linear synthesiser the default (None)
+      is the chunked trace of :mod:`bplambda_jax.traces` with chunks of
+      ``traces.DEFAULT_CHUNK`` steps: the same per-step increments at O(B·d_out²·d_in) per step
+      instead of O(B·d_out³·d_in). An int L ≥ 1 sets the chunk length (memory B·(d_out²·d_in +
+      L·(d_out² + d_in))); 0 selects the dense per-step trace (the fused kernel of
+      :mod:`bplambda_jax.kernels`), which is also what non-linear synthesisers always use.
 
   Returns:
     A rule whose ``grads`` returns {'cell', 'readout', 'synth'} descent directions and aux with
@@ -219,6 +257,20 @@ def bp_lambda(model: model_lib.Model,
   if mode == "sequence" and alpha_learning:
     raise ValueError("mode='sequence' needs θ fixed within the sequence; alpha_learning=True "
                      "updates θ at every step. Use mode='online'.")
+  if trace_chunk is not None:
+    if not isinstance(trace_chunk, int) or isinstance(trace_chunk, bool) or trace_chunk < 0:
+      raise ValueError(f"trace_chunk must be None or an int >= 0 (0: dense trace), got "
+                       f"{trace_chunk!r}.")
+    if mode == "sequence":
+      raise ValueError("trace_chunk sets the online mode's trace representation; "
+                       "mode='sequence' has no trace. Leave trace_chunk=None.")
+    if trace_chunk and not synthesiser.linear:
+      raise ValueError(f"trace_chunk={trace_chunk} (the chunked trace) needs a linear "
+                       f"synthesiser; {synthesiser.name!r} uses the dense trace (trace_chunk=0 "
+                       f"or None).")
+  chunk = 0
+  if synthesiser.linear:
+    chunk = traces_lib.DEFAULT_CHUNK if trace_chunk is None else trace_chunk
   if flavour == "eprop":
     _lstm_only(cell, "flavour='eprop'")
   if sensitivity is None:
@@ -257,17 +309,22 @@ def bp_lambda(model: model_lib.Model,
       return jnp.concatenate([a_h, a_c])
     flav = _Flavour(n, n, link)
   else:
-    def link(cp, ctx, v):  # v·K_t with h_{t−1} = o_{t−1}⊙tanh(c_{t−1})
-      s_tm1, x, d_tm1 = ctx
-      _, vjp = jax.vjp(lambda h, c: _lstm_c(cell, cp, h, c, x), s_tm1[:H], s_tm1[H:])
-      a_h, a_c = vjp(v)
-      return a_h * d_tm1 + a_c
-    flav = _Flavour(n, H, link)
+    # ctx = (π_t [3, H], f_t [H], D_{t−1} [H]) from eprop_ctx; h_{t−1} = o_{t−1}⊙tanh(c_{t−1}).
+    def link(cp, ctx, v):  # v·K_t = (v·∂c_t/∂h_{t−1})⊙D_{t−1} + v⊙f_t
+      pi, f_, d_tm1 = ctx
+      return _lstm_dc_dh(cp, pi, v) * d_tm1 + v * f_
+
+    def transition(cp, ctx):  # K_t[k, l] = Σ_q π_q[k]·W_hh^q[k, l]·D_{t−1}[l] + 1[k = l]·f_t[k]
+      pi, f_, d_tm1 = ctx
+      w3 = cp["w_hh"][:3 * H].reshape(3, H, H)
+      return jnp.einsum("qk,qkl->kl", pi, w3) * d_tm1[None, :] + jnp.diag(f_)
+    flav = _Flavour(n, H, link, transition)
 
   def q_map(cp, ctx, v):  # e-prop flavour: v·∂c_t/∂h_{t−1}
-    s_tm1, x, _ = ctx
-    _, vjp = jax.vjp(lambda h: _lstm_c(cell, cp, h, s_tm1[H:], x), s_tm1[:H])
-    return vjp(v)[0]
+    return _lstm_dc_dh(cp, ctx[0], v)
+
+  def eprop_ctx(cp, s_tm1, x, d_tm1):  # the e-prop flavour's per-step ctx (one example)
+    return _lstm_c_partials(cell, cp, s_tm1, x) + (d_tm1,)
 
   def pad_h(v):  # [..., H] -> [..., n] with zeros on the non-hidden part
     return jnp.concatenate([v, jnp.zeros(v.shape[:-1] + (n - H,), v.dtype)], axis=-1)
@@ -285,6 +342,9 @@ def bp_lambda(model: model_lib.Model,
     return jax.vjp(lambda p: hc_local(p, s_tm1, x), cp)[1](ls)[0]
 
   # ------------------------------------------------------------------------ shared pieces
+  def td_steps(T):  # TD steps per sequence (the e-prop flavour has a final one after the loop)
+    return T + 1 if flavour == "eprop" else T
+
   def out_grad(params, s, y, w, m, batch_size):
     """dy_t [D_out] for one example and step (fixed: exact; faithful: reference hand form)."""
     out = model.readout(params, s)
@@ -344,7 +404,16 @@ def bp_lambda(model: model_lib.Model,
     # GPU/TPU, XLA on CPU); nothing happens at the first step. A linear ĝ = W z + β has
     # ∂ĝ_o/∂W_ij = 1[o = i]·z_j (spec §4.4): added on the diagonal, the Jacobian is never formed.
     keep_trace = 1.0 - first
-    if synthesiser.linear:
+    if chunk:
+      a = z_prev * keep_trace  # [B, d_in], then β's input column of ones
+      if "b" in theta:
+        a = jnp.concatenate([a, jnp.broadcast_to(keep_trace, a.shape[:1] + (1,)).astype(a.dtype)],
+                            axis=1)
+      trace, inc_wb = traces_lib.chunked_step(trace, m_prev, a, delta, gamma_ * lam * keep_trace)
+      inc = {"w": inc_wb[:, :flav.d_in]}
+      if "b" in theta:
+        inc["b"] = inc_wb[:, flav.d_in]
+    elif synthesiser.linear:
       trace, inc = kernels.linear_trace_step(trace, m_prev, z_prev, delta,
                                              gamma_ * lam * keep_trace, g_scale=keep_trace)
     else:
@@ -359,8 +428,11 @@ def bp_lambda(model: model_lib.Model,
       g = apply_b(theta, frozen, z) * keep  # Q29: emitted with the updated θ
     else:
       g = p
-    m = jax.vmap(lambda c: jax.vmap(lambda v: flav.link(cp, c, v))(
-        jnp.eye(flav.d_out, dtype=z.dtype)))(ctx)  # rows e_i·M -> M, [B, d_out, d_out]
+    if flav.transition is not None:
+      m = jax.vmap(flav.transition, in_axes=(None, 0))(cp, ctx)  # [B, d_out, d_out]
+    else:
+      m = jax.vmap(lambda c: jax.vmap(lambda v: flav.link(cp, c, v))(
+          jnp.eye(flav.d_out, dtype=z.dtype)))(ctx)  # rows e_i·M -> M, [B, d_out, d_out]
     td = (z, g, m, trace)
     return td, theta, inc, g, jnp.mean(jnp.linalg.norm(delta, axis=-1))
 
@@ -373,9 +445,13 @@ def bp_lambda(model: model_lib.Model,
     out_grad_b = jax.vmap(out_grad, in_axes=(None, 0, 0, 0, 0, None))
     sens_state0 = jax.vmap(lambda _: sens.init(cp))(jnp.arange(B))
     s0 = jnp.zeros((B, n), dtype)
+    if chunk:
+      trace0 = traces_lib.chunked_init(B, flav.d_out, flav.d_in, bias="b" in theta, chunk=chunk,
+                                       steps=td_steps(T), dtype=theta["w"].dtype)
+    else:
+      trace0 = jax.tree.map(lambda t_: jnp.zeros((B, flav.d_out) + t_.shape, t_.dtype), theta)
     td0 = (jnp.zeros((B, flav.d_in), dtype), jnp.zeros((B, flav.d_out), dtype),
-           jnp.zeros((B, flav.d_out, flav.d_out), dtype),
-           jax.tree.map(lambda t_: jnp.zeros((B, flav.d_out) + t_.shape, t_.dtype), theta))
+           jnp.zeros((B, flav.d_out, flav.d_out), dtype), trace0)
     zero_cell = jax.tree.map(jnp.zeros_like, cp)
     zero_synth = jax.tree.map(jnp.zeros_like, theta)
     sens_update_b = jax.vmap(sens.update, in_axes=(None, 0, 0, 0))
@@ -418,7 +494,7 @@ def bp_lambda(model: model_lib.Model,
         s_tm1, sstate_tm1, s_tm2, x_tm1, ell_tm1, d_tm1, td, th, acc_c, acc_s = carry
         x, y, wt, mt, first = inp
         s = step_b(cp, s_tm1, x)
-        ctx = (s_tm1, x, d_tm1)
+        ctx = jax.vmap(eprop_ctx, in_axes=(None, 0, 0, 0))(cp, s_tm1, x, d_tm1)
         u = ell_tm1 * d_tm1
         td, th, inc, g, dnorm = td_step(hp, th, frozen, td, s_tm1, ctx, u, first,
                                         jnp.zeros((), dtype), cp)
@@ -440,7 +516,8 @@ def bp_lambda(model: model_lib.Model,
           body, carry0, (batch.x, batch.y, w, batch.mask.astype(dtype), firsts))
       s_last, sstate_last, s_tm2, x_tm1, ell, d, td, theta_t, acc_c, acc_s = carry
       # The final TD step τ = T (spec §5.4, after the loop): ĝ ≡ 0, δ = ℓ_{T−1}⊙D_{T−1} − ĝ_prev.
-      ctx = (s_last, x_tm1, d)  # unused by the link since ĝ ≡ 0 at the final step
+      # unused by the link since ĝ ≡ 0 at the final step; any ctx of the right shapes will do
+      ctx = jax.vmap(eprop_ctx, in_axes=(None, 0, 0, 0))(cp, s_last, x_tm1, d)
       td, theta_t, inc, _, dnorm_f = td_step(hp, theta_t, frozen, td, s_last, ctx, ell * d,
                                              jnp.zeros((), dtype), jnp.ones((), dtype), cp)
       acc_s = jax.tree.map(jnp.subtract, acc_s, inc)
@@ -486,7 +563,7 @@ def bp_lambda(model: model_lib.Model,
     else:
       d = tb(lambda s, x: _lstm_d(cell, cp, s, x))(s_prev, batch.x)  # D_t, [T, B, H]
       d_prev = jnp.concatenate([jnp.zeros_like(d[:1]), d[:-1]])  # D_{t−1}
-      ctx = (s_prev, batch.x, d_prev)
+      ctx = tb(lambda s, x, dd: eprop_ctx(cp, s, x, dd))(s_prev, batch.x, d_prev)
       ctx = jax.tree.map(lambda a: jnp.concatenate([a, a[-1:]]), ctx)  # dummy ctx at τ = T
       z = jnp.concatenate([s_prev, states[-1:]])  # z_τ = s_{τ−1}, τ = 0..T
       ell_prev = jnp.concatenate([jnp.zeros_like(ell_h[:1]), ell_h])  # ℓ_{τ−1}
@@ -547,7 +624,8 @@ def bp_lambda(model: model_lib.Model,
     hp = check(params, batch, hparams)
     hp = {k: jnp.asarray(v, batch.x.dtype) for k, v in hp.items()}
     if mode == "online":
-      check_trace_memory(params["synth"]["train"], flav.d_out, batch.x.shape[1])
+      check_trace_memory(params["synth"]["train"], flav.d_out, batch.x.shape[1], chunk,
+                         td_steps(batch.x.shape[0]))
       return online_grads(params, batch, hp)
     return sequence_grads(params, batch, hp)
 

@@ -1,0 +1,122 @@
+"""The chunked linear-synthesiser trace equals the dense trace step by step (float64).
+
+Oracle: the dense step ``kernels.trace_step_diag_reference`` (E ← c·M·E + D(a), inc = mean_b δ·E)
+iterated over a random sequence, including zero decays (the first TD step) and chunk lengths that
+do and do not divide the sequence. At the rule level, ``bp_lambda``'s online mode with chunked
+traces must give the dense trace's gradients, also with per-step clipping and per-step synthesiser
+updates, where every single increment matters.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bplambda_jax import kernels
+from bplambda_jax import synthesisers
+from bplambda_jax import traces
+from bplambda_jax.model import make_model
+from bplambda_jax.rules import bp_lambda
+
+from helpers import random_batch, randomize, rel_err
+
+_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+TOL = 1e-12
+
+
+def _sequence(seed, S, B, d, n):
+  r = np.random.default_rng(seed)
+  M = r.standard_normal((S, B, d, d)) / np.sqrt(d)
+  a = r.standard_normal((S, B, n))
+  delta = r.standard_normal((S, B, d))
+  c = r.uniform(0.3, 1.0, S)
+  c[0] = 0.0  # the first TD step: no decay term (and the rule's a is 0 there too)
+  c[S // 2] = 0.0  # a reset inside the sequence
+  return M, a, delta, c
+
+
+def _dense_incs(M, a, delta, c):
+  S, B, d, _ = M.shape
+  step = _jit(kernels.trace_step_diag_reference)
+  E = jnp.zeros((B, d, d, a.shape[-1]))
+  incs = []
+  for t in range(S):
+    E, inc = step(E, M[t], a[t], delta[t], c[t])
+    incs.append(inc)
+  return jnp.stack(incs), E
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 6, 7, 50])
+def test_chunked_equals_dense_step_by_step(chunk):
+  S, B, d, n = 7, 3, 4, 5
+  M, a, delta, c = _sequence(chunk, S, B, d, n)
+  want, E_final = _dense_incs(M, a, delta, c)
+
+  @_jit
+  def run(M, a, delta, c):
+    tr = traces.chunked_init(B, d, n, bias=False, chunk=chunk, steps=S, dtype=jnp.float64)
+
+    def body(tr, xs):
+      return traces.chunked_step(tr, *xs)
+
+    return jax.lax.scan(body, tr, (M, a, delta, c))
+
+  tr, got = run(M, a, delta, c)
+  assert got.shape == (S, d, n)
+  assert rel_err(got, want) < TOL, chunk
+  assert (tr.base is None) == (chunk >= S)
+  assert tr.factors.shape == (min(chunk, S), B, d, d)
+  if tr.base is not None and S % chunk == 0:  # folded at the last step: E⁰ is the dense trace
+    assert rel_err(tr.base, E_final) < TOL
+  # Wrong-sign or dropped decay terms are O(1) errors at this tolerance.
+  assert rel_err(_dense_incs(M, a, delta, 0 * c)[0], want) > 0.1
+
+
+def test_bytes_per_example():
+  assert traces.bytes_per_example(3, 5, 4, 8, base=True) == (3 * 3 * 5 + 4 * (9 + 5)) * 8
+  assert traces.bytes_per_example(3, 5, 4, 4, base=False) == 4 * (9 + 5) * 4
+  with pytest.raises(ValueError, match="chunk must be an int >= 1"):
+    traces.chunked_init(2, 3, 4, bias=True, chunk=0, steps=5, dtype=jnp.float32)
+
+
+_RULES = {
+    # name: (cell, flavour, extra bp_lambda kwargs)
+    "tanh_state_clip": ("tanh", "state", dict(clip_increments=True)),
+    "lstm_state_alpha": ("lstm", "state", dict(alpha_learning=True, synth_alpha=0.3)),
+    "lstm_eprop_faithful": ("lstm", "eprop", dict(faithful=True)),
+    "lstm_eprop_alpha": ("lstm", "eprop", dict(alpha_learning=True, synth_alpha=0.3)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_RULES))
+def test_bp_lambda_online_chunked_equals_dense(name):
+  cell_name, flavour, kw = _RULES[name]
+  T, B, D, H = 7, 3, 2, 3
+  model = make_model(cell_name, "mse", D, 2, hidden_size=H)
+  kw = dict(flavour=flavour, lambda_=0.8, gamma=0.9, sg_scale=0.7, **kw)
+  dense = bp_lambda(model, trace_chunk=0, **kw)
+  k1, k2, k3 = jax.random.split(jax.random.key(sorted(_RULES).index(name)), 3)
+  params = dense.init(k1)
+  params["synth"]["train"] = randomize(params["synth"]["train"], k2, 0.5)
+  batch = random_batch(k3, T, B, D, 2)
+  g_dense, aux_dense = _jit(dense.grads)(params, batch)
+  for chunk in (1, 3, None):  # None: the default chunk (> T: E⁰ never stored)
+    rule = bp_lambda(model, trace_chunk=chunk, **kw)
+    g, aux = _jit(rule.grads)(params, batch)
+    assert rel_err(g, g_dense) < 1e-11, (chunk, rel_err(g, g_dense))
+    assert rel_err(aux["td_error_norm"], aux_dense["td_error_norm"]) < 1e-11
+    if kw.get("alpha_learning"):
+      assert rel_err(aux["synth_params"], aux_dense["synth_params"]) < 1e-11
+
+
+def test_trace_chunk_validation():
+  model = make_model("tanh", "mse", 2, 2, hidden_size=3)
+  with pytest.raises(ValueError, match="trace_chunk must be None or an int >= 0"):
+    bp_lambda(model, trace_chunk=-1)
+  with pytest.raises(ValueError, match="mode='sequence' has no trace"):
+    bp_lambda(model, trace_chunk=4, mode="sequence")
+  with pytest.raises(ValueError, match="needs a linear synthesiser"):
+    bp_lambda(model, synthesisers.mlp(1, 4), trace_chunk=4)
+  bp_lambda(model, synthesisers.mlp(1, 4), trace_chunk=0)  # dense: allowed
