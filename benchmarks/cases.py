@@ -199,22 +199,33 @@ def bp_lambda(mode: str, lambda_: float, gamma: float, sg_scale: float) -> RuleS
 
 
 def trace_flops(batch: int, steps: int, hidden: int) -> float:
-  """FLOPs of BP(λ) online's trace contractions, e-prop flavour with the linear synthesiser.
+  """The floor of BP(λ) online's trace work, e-prop flavour with the linear synthesiser.
 
-  ``td_step`` keeps a dense trace E [B, d_out, *θ] for every synthesiser leaf (w [d_out, d_in] and
-  b [d_out], |θ| = d_out·d_in + d_out, d_out = H, d_in = 2H) and per TD step computes M·E
-  (B·d_out²·|θ| multiply-adds) and δ·E (B·d_out·|θ|); the e-prop flavour has T + 1 TD steps. One
-  multiply-add is 2 FLOPs. Elementwise work (adding ∂ĝ/∂θ, scaling) is not counted.
+  The issue's count: B·d_out²·d_in multiply-adds per TD step (one per entry of the trace of
+  W [d_out, d_in], d_out = H, d_in = 2H), 2 FLOPs each; the e-prop flavour has T + 1 TD steps.
+  The default chunked trace (:mod:`bplambda_jax.traces`) does L·B·(d_out² + d_out·d_in) per step
+  in its chain and outer products (L = min(64, T + 1)), plus this count per step once E⁰ is
+  stored (sequences longer than a chunk) and a fold every L steps.
+  """
+  d_out, d_in = hidden, 2 * hidden
+  return 2.0 * batch * steps * d_out * d_out * d_in
+
+
+def dense_step_flops(batch: int, hidden: int) -> float:
+  """FLOPs of one dense trace step (``kernels.linear_trace_step``): M·E and δ·E.
+
+  E [B, d_out, *θ] for w [d_out, d_in] and b [d_out], |θ| = d_out·d_in + d_out; M·E costs
+  B·d_out²·|θ| multiply-adds and δ·E B·d_out·|θ|. Elementwise work is not counted.
   """
   d_out, d_in = hidden, 2 * hidden
   theta = d_out * d_in + d_out
-  return 2.0 * batch * steps * (d_out * d_out + d_out) * theta
+  return 2.0 * batch * (d_out * d_out + d_out) * theta
 
 
 def analytic_flops(case: Case) -> Optional[float]:
   """The analytic FLOP count reported for a case (BP(λ) online and trace-step rows), or None."""
   if case.kind == "trace_step":
-    return trace_flops(case.batch, 1, case.hidden)
+    return dense_step_flops(case.batch, case.hidden)
   if case.rule is not None and case.rule.label == "bp_lambda" and case.rule.mode == "online":
     return trace_flops(case.batch, case.seq_len + 1, case.hidden) * case.seeds
   return None
@@ -275,6 +286,8 @@ SCALE_HIDDEN = (32, 64, 128, 256)
 SCALE_TIME = (28, 100, 300, 1000)
 SCALE_BATCH = 16
 SEED_COUNTS = (1, 2, 4, 8, 16, 32, 64)
+SMALL_SEED_BATCH = 10
+SMALL_BATCH_SEED_COUNTS = (1, 8, 32)
 
 
 def _seqmnist_cases():
@@ -338,6 +351,11 @@ def _seed_cases():
     for impl in SEED_IMPLS:
       out.append(Case(f"seeds{s}_{impl}", "seeds", rule=spec, hidden=30, batch=50, seeds=s,
                       seed_impl=impl, bptt_ref="seqmnist_lstm30_bptt", **SEQMNIST))
+  for s in SMALL_BATCH_SEED_COUNTS:  # the toy task's batch size: per-call overheads dominate
+    for impl in SEED_IMPLS:
+      out.append(Case(f"seeds{s}_b{SMALL_SEED_BATCH}_{impl}", "seeds", rule=spec, hidden=30,
+                      batch=SMALL_SEED_BATCH, seeds=s, seed_impl=impl,
+                      bptt_ref="seqmnist_lstm30_bptt", **SEQMNIST))
   return out
 
 

@@ -101,8 +101,12 @@ def _lstm_c_partials(cell, cp, s_tm1, x):
   """
   H = cell.hidden_size
   i, f, g, _ = cells_lib.lstm_gates(cp, x, s_tm1[:H], H)
-  pi = jnp.stack([g * i * (1.0 - i), s_tm1[H:] * f * (1.0 - f), i * (1.0 - g * g)])
-  return pi, f
+  return _lstm_pi(i, f, g, s_tm1[H:]), f
+
+
+def _lstm_pi(i, f, g, c_tm1):
+  """π [..., 3, H] = ∂c_t/∂(z^i, z^f, z^g) from the gate activations and c_{t−1} ([..., H] each)."""
+  return jnp.stack([g * i * (1.0 - i), c_tm1 * f * (1.0 - f), i * (1.0 - g * g)], axis=-2)
 
 
 def _lstm_dc_dh(cp, pi, v):
@@ -561,9 +565,11 @@ def bp_lambda(model: model_lib.Model,
       u = link_tb(ctx, v)
       final = (jnp.arange(T) == T - 1).astype(dtype)
     else:
-      d = tb(lambda s, x: _lstm_d(cell, cp, s, x))(s_prev, batch.x)  # D_t, [T, B, H]
+      # The gates once for all (t, b): D_t, π_t, f_t without recomputing the forward pass.
+      i_, f_, g_, o_ = tb(lambda s, x: cells_lib.lstm_gates(cp, x, s[:H], H))(s_prev, batch.x)
+      d = o_ * (1.0 - jnp.tanh(states[..., H:]) ** 2)  # D_t, [T, B, H]
       d_prev = jnp.concatenate([jnp.zeros_like(d[:1]), d[:-1]])  # D_{t−1}
-      ctx = tb(lambda s, x, dd: eprop_ctx(cp, s, x, dd))(s_prev, batch.x, d_prev)
+      ctx = (_lstm_pi(i_, f_, g_, s_prev[..., H:]), f_, d_prev)  # eprop_ctx for every (t, b)
       ctx = jax.tree.map(lambda a: jnp.concatenate([a, a[-1:]]), ctx)  # dummy ctx at τ = T
       z = jnp.concatenate([s_prev, states[-1:]])  # z_τ = s_{τ−1}, τ = 0..T
       ell_prev = jnp.concatenate([jnp.zeros_like(ell_h[:1]), ell_h])  # ℓ_{τ−1}
@@ -573,7 +579,12 @@ def bp_lambda(model: model_lib.Model,
     apply_all = lambda th: tb(lambda zz: synth_apply(th, frozen, zz))(z)
     p, synth_vjp = jax.vjp(apply_all, theta)
     p = p * (1.0 - final)[:, None, None]  # [N, B, d_out]
-    r = u + gamma_ * link_tb(ctx, p)
+    if flavour == "state":
+      r = u + gamma_ * link_tb(ctx, p)
+    else:  # link = (ĝ·∂c/∂h)⊙D_{τ−1} + ĝ⊙f; the first factor is also the learning signal's q_map
+      pi, f_, d_tm1 = ctx
+      qg_all = tb(lambda pp, vv: _lstm_dc_dh(cp, pp, vv))(pi, p)  # ĝ_τ·∂c_τ/∂h_{τ−1}, [N, B, H]
+      r = u + gamma_ * (qg_all * d_tm1 + p * f_)
     delta = jnp.concatenate([jnp.zeros_like(r[:1]), r[1:] - p[:-1]])  # δ_0 := 0
 
     def rev(w_next, inp):  # w_k = δ_{k+1} + γλ·w_{k+1}·M_{k+1}
@@ -589,8 +600,7 @@ def bp_lambda(model: model_lib.Model,
     if flavour == "state":
       ls = v + sg * p
     else:
-      qg = tb(lambda c, vv: q_map(cp, c, vv))(ctx_next, p[1:])  # ĝ_{t+1}·∂c_{t+1}/∂h_t
-      ls = pad_h(ell_h + sg * qg)
+      ls = pad_h(ell_h + sg * qg_all[1:])  # ĝ_{t+1}·∂c_{t+1}/∂h_t
 
     if hc_faithful:
       _, hc_vjp = jax.vjp(lambda q: tb(lambda s, x: hc_local(q, s, x))(s_prev, batch.x), cp)
