@@ -112,6 +112,33 @@ class Sensitivity(NamedTuple):
   credit: Callable[..., Params]
   adjoint: Optional[Callable[..., jax.Array]]
   reverse: Optional[Reverse] = None
+  credit_sum: Optional[Callable[..., Params]] = None
+
+
+def sum_leading(tree, axes: int = 1):
+  """Sum every leaf over its ``axes`` leading axes, as a product with a vector of ones.
+
+  XLA on CPU reduces a major axis of a large array an order of magnitude slower than it runs
+  the same sum as a matrix–vector product (90 ms vs 5 ms for a [200, 4e6] float32 sum on the
+  benchmark machine).
+  """
+  def one(g):
+    lead = int(np.prod(g.shape[:axes]))
+    ones = jnp.ones((lead,), g.dtype)
+    return (ones @ g.reshape(lead, -1)).reshape(g.shape[axes:])
+
+  return jax.tree.map(one, tree)
+
+
+def batch_credit(sens: "Sensitivity", params, state, s_tm1, x_t, ls_t):
+  """Σ_b ls_{t,b}·Z_{t,b} over a batch (leading axis of state, s_tm1 [B, n], x_t, ls_t [B, n]).
+
+  Uses the sensitivity's own ``credit_sum`` when it has one, else vmaps ``credit`` and sums.
+  """
+  if sens.credit_sum is not None:
+    return sens.credit_sum(params, state, s_tm1, x_t, ls_t)
+  return sum_leading(jax.vmap(sens.credit, in_axes=(None, 0, 0, 0, 0))(params, state, s_tm1, x_t,
+                                                                        ls_t))
 
 
 def reverse_form(sens: Sensitivity) -> Optional[Reverse]:
@@ -449,16 +476,16 @@ class _Spread(NamedTuple):
   shape: tuple
   axis: Optional[int]
 
-  def view(self, a):
-    """[m, *P] -> [m, *shape] (a free reshape)."""
-    return a.reshape(a.shape[:1] + self.shape)
+  def view(self, a, lead: int = 1):
+    """[*lead, *P] -> [*lead, *shape] (a free reshape)."""
+    return a.reshape(a.shape[:lead] + self.shape)
 
   def table(self, t):
-    """A per-unit table t [m, U] as an array broadcastable against [m, *shape]."""
+    """A per-unit table t [*lead, U] as an array broadcastable against [*lead, *shape]."""
     if self.axis is None:
-      return t[:, self.units]
+      return t[..., self.units]
     ones = len(self.shape) - self.axis - 1
-    return t.reshape((t.shape[0],) + (1,) * self.axis + (t.shape[1],) + (1,) * ones)
+    return t.reshape(t.shape[:-1] + (1,) * self.axis + (t.shape[-1],) + (1,) * ones)
 
 
 def _spread_of(pu: np.ndarray, num_units: int) -> _Spread:
@@ -587,8 +614,15 @@ def compressed_trace(cell: cells_lib.Cell, name: str,
         jnp.sum(sp.table(lsu) * sp.view(zl), axis=0).reshape(zl.shape[1:])
         for zl, sp in zip(z_leaves, spreads_of(params, x_t))])
 
+  def credit_sum(params, z, s_tm1, x_t, ls_t):  # batched: z leaves [B, k, *P], ls_t [B, n]
+    lsu = jnp.swapaxes(ls_t[:, layout.index], 1, 2)  # [B, U, k] -> [B, k, U]
+    z_leaves, treedef = jax.tree.flatten(z)
+    return treedef.unflatten([
+        sum_leading(sp.table(lsu) * sp.view(zl, 2), 2).reshape(zl.shape[2:])
+        for zl, sp in zip(z_leaves, spreads_of(params, x_t[0]))])
+
   reverse = None if adjoint is None else _single_row(adjoint)
-  return Sensitivity(name, init, update, credit, adjoint, reverse)
+  return Sensitivity(name, init, update, credit, adjoint, reverse, credit_sum)
 
 
 def _resolve_compressed(cell, compressed, what):

@@ -384,6 +384,44 @@ def test_compressed_trace_equals_dense_trace(cell_name, key):
   assert jax.tree.leaves(sens.init(params["cell"]))[0].shape[0] == 2
 
 
+def test_unit_spread_views_and_gather_fallback():
+  """Gate-major leaves get a gather-free view; other layouts fall back to a gather; both spread
+  a per-unit table to the entries exactly as indexing by the unit array does."""
+  U, rng = 3, np.random.default_rng(0)
+  gate_major = np.tile(np.arange(U), 4)[:, None] * np.ones((1, 5), np.int64)  # [4U, 5]
+  shuffled = rng.permutation(gate_major.ravel()).reshape(gate_major.shape)
+  per_unit = np.arange(U)
+  for pu, has_view in ((gate_major, True), (shuffled, False), (per_unit, True)):
+    sp = S._spread_of(pu, U)
+    assert (sp.axis is not None) == has_view, pu
+    table = rng.standard_normal((2, 7, U))  # [*lead, U]
+    z = rng.standard_normal((2, 7) + pu.shape)
+    got = np.asarray(sp.table(jnp.asarray(table)) * sp.view(jnp.asarray(z), 2)).reshape(z.shape)
+    np.testing.assert_allclose(got, table[..., pu] * z, rtol=1e-14)
+    summed = S.sum_leading(jnp.asarray(got), 2)
+    np.testing.assert_allclose(np.asarray(summed), got.sum(axis=(0, 1)), rtol=1e-12)
+
+
+def test_batch_credit_equals_summed_credit():
+  """The compressed trace's batched credit equals Σ_b of its per-example credit."""
+  cell = _model("lstm").cell
+  params, batch = _params("lstm", 13), _batch(13)
+  sens = S.get_sensitivity("eprop", cell)
+  assert sens.credit_sum is not None
+  cp, x = params["cell"], batch.x[0]
+  Bn = x.shape[0]
+  r = np.random.default_rng(1)
+  s = jnp.asarray(r.standard_normal((Bn, cell.state_size)))
+  ls = jnp.asarray(r.standard_normal((Bn, cell.state_size)))
+  z = jax.vmap(sens.update, in_axes=(None, 0, 0, 0))(cp, jax.vmap(lambda _: sens.init(cp))(
+      jnp.arange(Bn)), s, x)
+  want = jax.tree.map(lambda g: jnp.sum(g, axis=0),
+                      jax.vmap(sens.credit, in_axes=(None, 0, 0, 0, 0))(cp, z, s, x, ls))
+  assert rel_err(S.batch_credit(sens, cp, z, s, x, ls), want) < TOL
+  dense = S.get_sensitivity("rtrl", cell)  # no credit_sum: the vmapped fallback
+  assert dense.credit_sum is None
+
+
 # ------------------------------------------------------------- online == sequence modes
 
 

@@ -47,6 +47,7 @@ LSTM bias gradient (Q12)   doubled                                     not doubl
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, NamedTuple, Optional
 
@@ -459,11 +460,11 @@ def bp_lambda(model: model_lib.Model,
     zero_cell = jax.tree.map(jnp.zeros_like, cp)
     zero_synth = jax.tree.map(jnp.zeros_like, theta)
     sens_update_b = jax.vmap(sens.update, in_axes=(None, 0, 0, 0))
-    sens_credit_b = jax.vmap(sens.credit, in_axes=(None, 0, 0, 0, 0))
+    sens_credit_b = functools.partial(sens_lib.batch_credit, sens)  # Σ_b ls_b·Z_b
     ts = jnp.arange(T)
     firsts = (ts == 0).astype(dtype)
     finals = (ts == T - 1).astype(dtype)
-    sum_b = lambda tree: jax.tree.map(lambda g: jnp.sum(g, axis=0), tree)
+    sum_b = sens_lib.sum_leading
 
     if flavour == "state":
       def body(carry, inp):
@@ -484,7 +485,7 @@ def bp_lambda(model: model_lib.Model,
         if hc_faithful:
           credit = sum_b(jax.vmap(hc_credit, in_axes=(None, 0, 0, 0))(cp, s_tm1, x, ls))
         else:
-          credit = sum_b(sens_credit_b(cp, sstate, s_tm1, x, ls))
+          credit = sens_credit_b(cp, sstate, s_tm1, x, ls)
         acc_c = jax.tree.map(jnp.add, acc_c, credit)
         acc_s = jax.tree.map(jnp.subtract, acc_s, inc)
         return (s, sstate, td, th, acc_c, acc_s), (s, dy, ls, dnorm)
@@ -503,7 +504,7 @@ def bp_lambda(model: model_lib.Model,
         td, th, inc, g, dnorm = td_step(hp, th, frozen, td, s_tm1, ctx, u, first,
                                         jnp.zeros((), dtype), cp)
         ls = pad_h(ell_tm1 + hp["sg_scale"] * jax.vmap(q_map, in_axes=(None, 0, 0))(cp, ctx, g))
-        credit = sum_b(sens_credit_b(cp, sstate_tm1, s_tm2, x_tm1, ls))
+        credit = sens_credit_b(cp, sstate_tm1, s_tm2, x_tm1, ls)
         acc_c = jax.tree.map(lambda a, c: a + c * (1.0 - first), acc_c, credit)
         acc_s = jax.tree.map(jnp.subtract, acc_s, inc)
         sstate = sens_update_b(cp, sstate_tm1, s_tm1, x)
@@ -526,7 +527,7 @@ def bp_lambda(model: model_lib.Model,
                                              jnp.zeros((), dtype), jnp.ones((), dtype), cp)
       acc_s = jax.tree.map(jnp.subtract, acc_s, inc)
       ls_last = pad_h(ell)
-      credit = sum_b(sens_credit_b(cp, sstate_last, s_tm2, x_tm1, ls_last))
+      credit = sens_credit_b(cp, sstate_last, s_tm2, x_tm1, ls_last)
       acc_c = jax.tree.map(jnp.add, acc_c, credit)
       ls = jnp.concatenate([ls[1:], ls_last[None]], axis=0)
       dnorm = jnp.concatenate([dnorm, dnorm_f[None]])

@@ -119,7 +119,6 @@ def online(model: model_lib.Model, sensitivity, *, signal: str = "immediate",
     w = model_lib.step_weights(batch.mask)
     step_b = jax.vmap(cell.step, in_axes=(None, 0, 0))
     update_b = jax.vmap(sens.update, in_axes=(None, 0, 0, 0))
-    credit_b = jax.vmap(sens.credit, in_axes=(None, 0, 0, 0, 0))
     z0 = jax.vmap(lambda _: sens.init(cp))(jnp.arange(B))
     s0 = jnp.zeros((B, n), batch.x.dtype)
     acc0 = jax.tree.map(jnp.zeros_like, cp)
@@ -130,8 +129,8 @@ def online(model: model_lib.Model, sensitivity, *, signal: str = "immediate",
       s = step_b(cp, s_tm1, x)
       z = update_b(cp, z, s_tm1, x)
       dy, ell = signal_b(params, s, y, wt)
-      credit = credit_b(cp, z, s_tm1, x, ell)  # [B, *P]
-      acc = jax.tree.map(lambda a, c: a + jnp.sum(c, axis=0).astype(a.dtype), acc, credit)
+      credit = sens_lib.batch_credit(sens, cp, z, s_tm1, x, ell)  # Σ_b ℓ_b·Z_b, like params
+      acc = jax.tree.map(lambda a, c: a + c.astype(a.dtype), acc, credit)
       return (s, z, acc), (s, dy, ell)
 
     (_, _, acc), (states, dy, ell) = jax.lax.scan(body, (s0, z0, acc0), (batch.x, batch.y, w))
