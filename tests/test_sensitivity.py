@@ -400,6 +400,8 @@ def test_unit_spread_views_and_gather_fallback():
     np.testing.assert_allclose(got, table[..., pu] * z, rtol=1e-14)
     summed = S.sum_leading(jnp.asarray(got), 2)
     np.testing.assert_allclose(np.asarray(summed), got.sum(axis=(0, 1)), rtol=1e-12)
+  big = rng.standard_normal((4, S.SUM_AS_PRODUCT_MIN_SIZE // 4 + 1))  # the product branch
+  np.testing.assert_allclose(np.asarray(S.sum_leading(jnp.asarray(big))), big.sum(0), rtol=1e-12)
 
 
 def test_batch_credit_equals_summed_credit():
