@@ -178,7 +178,7 @@ def tanh_rnn(hidden_size: int) -> Cell:
 
 def lstm_gates(params, x, h_rec, H):
   """Gate activations (i, f, g, o), each [H], from z = W_ih x + W_hh h_rec + b (order i,f,g,o)."""
-  z = params["w_ih"] @ x + params["w_hh"] @ h_rec + params["b"]  # [4H]
+  z = x @ params["w_ih"].T + h_rec @ params["w_hh"].T + params["b"]  # [4H]
   zi, zf, zg, zo = jnp.split(z, 4)
   return jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg), jax.nn.sigmoid(zo)
 

@@ -87,10 +87,51 @@ class Reverse(NamedTuple):
   Attributes:
     copies: number of stacked co-state rows (1 for single traces, m+1 for m-order e-prop).
     propagate: ``propagate(params, s_tm1 [n], x_t, a [copies, n]) -> a·A_t [copies, n]``.
+    prepare, apply: optionally the same map split in two, ``prepare(params, s_tm1, x_t) -> ctx``
+      and ``apply(ctx, a) -> a·A_t``, so that :func:`costates` can evaluate every ctx in parallel
+      over (t, b) before the (sequential) reverse scan, which then only applies them.
   """
 
   copies: int
   propagate: Callable[..., jax.Array]
+  prepare: Optional[Callable[..., Any]] = None
+  apply: Optional[Callable[..., jax.Array]] = None
+
+
+def costates(rev: "Reverse", params, ls, states, xs):
+  """The reverse-form co-states a_t[0] of a sequence, [T, B, n].
+
+  a_{T−1} = 1⊗ls_{T−1} and a_t = 1⊗ls_t + a_{t+1}·A_{t+1}, with A_{t+1} evaluated at (s_t, x_{t+1});
+  then Σ_t ls_t·Z_t = Σ_t a_t[0]·Ī_t.
+
+  Args:
+    rev: the sensitivity's :class:`Reverse` form.
+    params: the cell parameters.
+    ls: learning signals [T, B, n].
+    states: s_t [T, B, n].
+    xs: inputs x_t [T, B, D_in].
+  """
+  B, n = ls.shape[1:]
+  lift = lambda v: jnp.broadcast_to(v[:, None, :], (B, rev.copies, n))  # [B, copies, n]
+  if rev.prepare is not None:
+    tb = lambda f: jax.vmap(jax.vmap(f, in_axes=(None, 0, 0)), in_axes=(None, 0, 0))
+    # A_t at (s_{t−1}, x_t) for every (t, b) in parallel, the same operands as the rules' other
+    # per-step passes (so XLA can share their work); A_{t+1} is then entry t + 1.
+    s_prev = jnp.concatenate([jnp.zeros_like(states[:1]), states[:-1]])
+    ctx = jax.tree.map(lambda c: c[1:], tb(rev.prepare)(params, s_prev, xs))
+    step = jax.vmap(rev.apply)
+  else:
+    ctx = (states[:-1], xs[1:])
+    step = lambda c, a: jax.vmap(rev.propagate, in_axes=(None, 0, 0, 0))(params, *c, a)
+
+  def back(a_next, inp):
+    ls_t, c = inp
+    a_t = lift(ls_t) + step(c, a_next)
+    return a_t, a_t[:, 0]
+
+  a_last = lift(ls[-1])
+  _, a_rest = jax.lax.scan(back, a_last, (ls[:-1], ctx), reverse=True)
+  return jnp.concatenate([a_rest, a_last[None, :, 0]])
 
 
 class Sensitivity(NamedTuple):
@@ -388,6 +429,24 @@ class UnitLayout(NamedTuple):
   def width(self) -> int:
     return int(self.index.shape[1])
 
+  @property
+  def component_major(self) -> bool:
+    """True when s = [component 0 of every unit; component 1 of every unit; ...] (e.g. [h; c])."""
+    U, k = self.index.shape
+    return bool(np.array_equal(self.index, np.arange(k * U).reshape(k, U).T))
+
+  def gather(self, v):
+    """v [..., n] -> [..., U, k] with [u, c] = v[index[u, c]] (a reshape when component-major)."""
+    if self.component_major:
+      return jnp.swapaxes(v.reshape(v.shape[:-1] + (self.width, self.units)), -1, -2)
+    return v[..., self.index]
+
+  def scatter(self, w):
+    """The inverse of :meth:`gather`: w [..., U, k] -> v [..., n]."""
+    if self.component_major:
+      return jnp.swapaxes(w, -1, -2).reshape(w.shape[:-2] + (self.width * self.units,))
+    return jnp.zeros(w.shape[:-2] + (self.index.size,), w.dtype).at[..., self.index].set(w)
+
   def basis(self, n: int, dtype) -> np.ndarray:
     """E [k, n] with E[c] = 1 at component c of every unit (the jvp tangents / vjp cotangents)."""
     e = np.zeros((self.width, n), np.dtype(dtype))
@@ -455,7 +514,7 @@ def _unit_blocks_jvp(fn, s_tm1, layout: UnitLayout):
   """
   e = layout.basis(s_tm1.shape[0], s_tm1.dtype)  # [k, n]
   cols = jax.vmap(lambda t: jax.jvp(fn, (s_tm1,), (t,))[1])(e)  # [k, n]
-  return jnp.transpose(cols[:, layout.index], (1, 2, 0))  # [c, U, a] -> [U, a, c]
+  return jnp.transpose(layout.gather(cols), (1, 2, 0))  # [c, U, a] -> [U, a, c]
 
 
 def _unit_blocks_dense(jac, layout: UnitLayout):
@@ -616,20 +675,24 @@ def compressed_trace(cell: cells_lib.Cell, name: str,
     return new
 
   def credit(params, z, s_tm1, x_t, ls_t):
-    lsu = ls_t[layout.index].T  # [U, k] -> [k, U]
+    lsu = layout.gather(ls_t).T  # [U, k] -> [k, U]
     z_leaves, treedef = jax.tree.flatten(z)
     return treedef.unflatten([
         jnp.sum(sp.table(lsu) * sp.view(zl), axis=0).reshape(zl.shape[1:])
         for zl, sp in zip(z_leaves, spreads_of(params, x_t))])
 
   def credit_sum(params, z, s_tm1, x_t, ls_t):  # batched: z leaves [B, k, *P], ls_t [B, n]
-    lsu = jnp.swapaxes(ls_t[:, layout.index], 1, 2)  # [B, U, k] -> [B, k, U]
+    lsu = jnp.swapaxes(layout.gather(ls_t), 1, 2)  # [B, U, k] -> [B, k, U]
     z_leaves, treedef = jax.tree.flatten(z)
     return treedef.unflatten([
         sum_leading(sp.table(lsu) * sp.view(zl, 2), 2).reshape(zl.shape[2:])
         for zl, sp in zip(z_leaves, spreads_of(params, x_t[0]))])
 
-  reverse = None if adjoint is None else _single_row(adjoint)
+  reverse = None
+  if adjoint is not None:  # a·A_t from A_t's diagonal blocks, prepared for all steps at once
+    def apply(bl, a):  # bl [U, k, k], a [1, n]: (a·A)[(u, c)] = Σ_b a[(u, b)]·A[(u, b), (u, c)]
+      return layout.scatter(jnp.einsum("ub,ubc->uc", layout.gather(a[0]), bl))[None]
+    reverse = _single_row(adjoint)._replace(prepare=blocks, apply=apply)
   return Sensitivity(name, init, update, credit, adjoint, reverse, credit_sum)
 
 

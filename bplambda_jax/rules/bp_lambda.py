@@ -608,17 +608,8 @@ def bp_lambda(model: model_lib.Model,
       cell_grads = hc_vjp(ls)[0]
     else:
       a = ls  # co-state: Σ_t ls_t·Z_t = Σ_t a_t·Ī_t with a_t = ls_t + (a_{t+1}·A_{t+1})[0]
-      if sens_rev is not None:
-        copies = sens_rev.copies  # stacked co-states (m-order e-prop carries m + 1)
-        lift = lambda v: jnp.broadcast_to(v[:, None, :], (v.shape[0], copies, v.shape[-1]))
-        def adj(a_next, inp):
-          ls_t, s_t, x_next = inp
-          a_t = lift(ls_t) + jax.vmap(sens_rev.propagate, in_axes=(None, 0, 0, 0))(
-              cp, s_t, x_next, a_next)
-          return a_t, a_t[:, 0]
-        a_last = lift(ls[-1])
-        _, a_rest = jax.lax.scan(adj, a_last, (ls[:-1], states[:-1], batch.x[1:]), reverse=True)
-        a = jnp.concatenate([a_rest, a_last[None, :, 0]])
+      if sens_rev is not None and sens.name != "immediate":  # immediate: A_t = 0, a = ls
+        a = sens_lib.costates(sens_rev, cp, ls, states, batch.x)
       _, step_vjp = jax.vjp(lambda q: tb(lambda s, x: cell.step(q, s, x))(s_prev, batch.x), cp)
       cell_grads = step_vjp(a)[0]
 

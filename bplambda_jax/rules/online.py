@@ -127,7 +127,7 @@ def online(model: model_lib.Model, sensitivity, *, signal: str = "immediate",
       s_tm1, z, acc = carry
       x, y, wt = inp
       s = step_b(cp, s_tm1, x)
-      z = update_b(cp, z, s_tm1, x)
+      z = jax.lax.optimization_barrier(update_b(cp, z, s_tm1, x))
       dy, ell = signal_b(params, s, y, wt)
       credit = sens_lib.batch_credit(sens, cp, z, s_tm1, x, ell)  # Σ_b ℓ_b·Z_b, like params
       acc = jax.tree.map(lambda a, c: a + c.astype(a.dtype), acc, credit)
@@ -142,17 +142,7 @@ def online(model: model_lib.Model, sensitivity, *, signal: str = "immediate",
     states = model_lib.loss_and_states(model, params, batch)[1]  # [T, B, n]
     s_prev = jnp.concatenate([jnp.zeros_like(states[:1]), states[:-1]])  # s_{t−1}
     dy, ell = jax.vmap(signal_b, in_axes=(None, 0, 0, 0))(params, states, batch.y, w)
-    lift = lambda v: jnp.broadcast_to(v[:, None, :], (v.shape[0], rev.copies, n))  # [B, c, n]
-    propagate_b = jax.vmap(rev.propagate, in_axes=(None, 0, 0, 0))
-
-    def back(a_next, inp):  # a_t = 1⊗ℓ_t + a_{t+1}·A_{t+1}
-      ell_t, s_t, x_next = inp
-      a_t = lift(ell_t) + propagate_b(cp, s_t, x_next, a_next)
-      return a_t, a_t[:, 0]
-
-    a_last = lift(ell[-1])
-    _, a_rest = jax.lax.scan(back, a_last, (ell[:-1], states[:-1], batch.x[1:]), reverse=True)
-    a0 = jnp.concatenate([a_rest, a_last[None, :, 0]])  # [T, B, n]
+    a0 = sens_lib.costates(rev, cp, ell, states, batch.x)  # a_t = 1⊗ℓ_t + a_{t+1}·A_{t+1}
     step_tb = jax.vmap(jax.vmap(cell.step, in_axes=(None, 0, 0)), in_axes=(None, 0, 0))
     _, vjp = jax.vjp(lambda q: step_tb(q, s_prev, batch.x), cp)
     return finish(params, batch, states, dy, ell, vjp(a0)[0])
