@@ -16,12 +16,17 @@ so with the row vectors w_j = δ_τ·C_τ⋯C_{j+1} (one vector–matrix product
 
     δ_τ·E_τ = w_0·E⁰ + Σ_j w_j ⊗ a_j.
 
-A step therefore costs d·n for w_0·E⁰ per row of E⁰, i.e. d²·n, plus L·(d² + d·n) for the chain
-and the outer products; nothing of size d³·n. Every L steps the chunk is folded into E⁰ once:
-E⁰ ← (C_L⋯C_1)·E⁰ + Σ_j (C_L⋯C_{j+1})·D(a_j), a single dense product (the fused trace-step
-kernel of :mod:`bplambda_jax.kernels`, auto-selected by backend). When the whole sequence fits in
-one chunk E⁰ stays zero and is not stored at all. Memory per example: d²·n (E⁰, unless skipped)
-plus L·(d² + n) for the chunk; independent of the sequence length.
+The chain never forms C_j: each slot stores the *context* of its step (what the rule's ``link``
+needs, e.g. the gate derivatives of an LSTM step) and the chain applies w ← c_j·link(ctx_j, w)
+= w·C_j, a vector–Jacobian product that for the library cells is a product with the cell's
+shared weight matrix (efficient GEMMs) instead of a per-example d×d matrix read from memory.
+A step therefore costs d²·n for w_0·E⁰ (when E⁰ is stored) plus, per filled slot, one link and
+one outer product; nothing of size d³·n. Every L steps the chunk is folded into E⁰ once:
+E⁰ ← (C_L⋯C_1)·E⁰ + Σ_j (C_L⋯C_{j+1})·D(a_j), with the products formed row by row through
+the links and applied by one dense product (the fused trace-step kernel of
+:mod:`bplambda_jax.kernels`, auto-selected by backend). When the whole sequence fits in one chunk
+E⁰ stays zero and is not stored at all. Memory per example: d²·n (E⁰, unless skipped) plus L
+contexts and inputs; independent of the sequence length.
 
 The increments are exact per step (not only their sum), so per-step clipping and per-step
 synthesiser updates work as with the dense trace: the factors C and inputs a depend on the
@@ -30,7 +35,8 @@ network, not on θ. Only the order of floating-point sums differs from the dense
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+import functools
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -49,23 +55,25 @@ class ChunkedTrace(NamedTuple):
   Attributes:
     base: E⁰ at the chunk start, [B, d, d, n'] (n' = n + 1 with a bias), or None when the whole
       sequence fits in one chunk (E⁰ ≡ 0).
-    factors: C_j of the chunk's steps, slot-major, [L, B, d, d].
+    ctxs: the contexts of the chunk's steps, a pytree with leaves [L, B, ...] (slot-major).
+    decays: c_j of the chunk's steps, [L].
     inputs: a_j of the chunk's steps, [L, B, n'].
     count: number of filled slots, int32 scalar.
   """
 
   base: Optional[Array]
-  factors: Array
+  ctxs: Any
+  decays: Array
   inputs: Array
   count: Array
 
 
-def chunked_init(batch_size: int, d: int, n: int, *, bias: bool, chunk: int, steps: int,
+def chunked_init(ctx, d: int, n: int, *, bias: bool, chunk: int, steps: int,
                  dtype) -> ChunkedTrace:
   """An empty chunked trace (all traces zero).
 
   Args:
-    batch_size: B.
+    ctx: an example context for a batch (pytree of [B, ...] arrays; only shapes are used).
     d: ĝ's output size (rows of W).
     n: ĝ's input size (columns of W).
     bias: whether the synthesiser has a bias β (an extra input column of 1).
@@ -78,64 +86,79 @@ def chunked_init(batch_size: int, d: int, n: int, *, bias: bool, chunk: int, ste
     raise ValueError(f"chunk must be an int >= 1, got {chunk!r}.")
   L = min(chunk, steps)
   n_cols = n + int(bias)
-  base = None if L >= steps else jnp.zeros((batch_size, d, d, n_cols), dtype)
-  return ChunkedTrace(base, jnp.zeros((L, batch_size, d, d), dtype),
-                      jnp.zeros((L, batch_size, n_cols), dtype), jnp.zeros((), jnp.int32))
-
-
-def bytes_per_example(d: int, n_cols: int, chunk: int, itemsize: int, *, base: bool) -> int:
-  """Memory of one example's chunked trace: E⁰ (if kept) plus L·(d² + n') for the chunk."""
-  return int(((d * d * n_cols) if base else 0) + chunk * (d * d + n_cols)) * itemsize
-
-
-def _fold(tr: ChunkedTrace) -> ChunkedTrace:
-  """E⁰ ← (C_L⋯C_1)·E⁰ + Σ_j (C_L⋯C_{j+1})·D(a_j); empties the chunk."""
-  L, B, d, _ = tr.factors.shape
-  eye = jnp.broadcast_to(jnp.eye(d, dtype=tr.factors.dtype), (B, d, d))
-
-  def back(prod, c_j):  # prod = C_L⋯C_{j+1} before the step, C_L⋯C_j after
-    return jnp.einsum("bkl,bli->bki", prod, c_j, precision=_PRECISION), prod
-
-  prod, tails = jax.lax.scan(back, eye, tr.factors, reverse=True)  # tails [L, B, d, d]
-  added = jnp.einsum("lbki,lbj->bkij", tails, tr.inputs, precision=_PRECISION)  # [B, d, d, n']
-  n_cols = tr.inputs.shape[-1]
-  base, _ = kernels.trace_step(tr.base.reshape(B, d, d * n_cols), prod,
-                               added.reshape(B, d, d * n_cols), jnp.zeros((B, d), prod.dtype), 1.0)
-  return ChunkedTrace(base.reshape(B, d, d, n_cols), tr.factors, tr.inputs,
+  leaves = jax.tree.leaves(ctx)
+  if not leaves:
+    raise ValueError("ctx must be a non-empty pytree of [B, ...] arrays.")
+  B = leaves[0].shape[0]
+  base = None if L >= steps else jnp.zeros((B, d, d, n_cols), dtype)
+  ctxs = jax.tree.map(lambda c: jnp.zeros((L,) + c.shape, c.dtype), ctx)
+  return ChunkedTrace(base, ctxs, jnp.zeros((L,), dtype), jnp.zeros((L, B, n_cols), dtype),
                       jnp.zeros((), jnp.int32))
 
 
-def chunked_step(tr: ChunkedTrace, M: Array, a: Array, delta: Array,
-                 c) -> tuple[ChunkedTrace, Array]:
+def bytes_per_example(d: int, n_cols: int, chunk: int, itemsize: int, *, base: bool,
+                      ctx_size: int) -> int:
+  """Memory of one example's chunked trace: E⁰ (if kept) plus L·(ctx_size + n') for the chunk."""
+  return int(((d * d * n_cols) if base else 0) + chunk * (ctx_size + n_cols)) * itemsize
+
+
+def _slot(tree, i):
+  return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, 0, keepdims=False), tree)
+
+
+def _fold(tr: ChunkedTrace, link: Callable) -> ChunkedTrace:
+  """E⁰ ← (C_L⋯C_1)·E⁰ + Σ_j (C_L⋯C_{j+1})·D(a_j); empties the chunk."""
+  L, B, n_cols = tr.inputs.shape
+  d = tr.base.shape[1]
+  rows_link = jax.vmap(link, in_axes=(None, 1), out_axes=1)  # d row vectors per example
+
+  def back(prod, slot):  # prod = C_L⋯C_{j+1} (rows) before the step, C_L⋯C_j after
+    ctx_j, c_j = slot
+    return c_j * rows_link(ctx_j, prod), prod
+
+  eye = jnp.broadcast_to(jnp.eye(d, dtype=tr.inputs.dtype), (B, d, d))
+  prod, tails = jax.lax.scan(back, eye, (tr.ctxs, tr.decays), reverse=True)  # tails [L, B, d, d]
+  added = jnp.einsum("lbki,lbj->bkij", tails, tr.inputs, precision=_PRECISION)  # [B, d, d, n']
+  base, _ = kernels.trace_step(tr.base.reshape(B, d, d * n_cols), prod,
+                               added.reshape(B, d, d * n_cols), jnp.zeros((B, d), prod.dtype), 1.0)
+  return tr._replace(base=base.reshape(B, d, d, n_cols), count=jnp.zeros((), jnp.int32))
+
+
+def chunked_step(tr: ChunkedTrace, ctx, a: Array, delta: Array, c,
+                 link: Callable) -> tuple[ChunkedTrace, Array]:
   """One TD step: E ← c·M·E + D(a) and inc = (1/B)·Σ_b δ_b·E_b, on the chunked trace.
 
   Args:
     tr: the trace before the step.
-    M: transitions M_{τ−1}, [B, d, d].
+    ctx: the context of M_{τ−1} for the batch (pytree of [B, ...]).
     a: the new inputs (g_scale·[z_{τ−1}; 1] with a bias), [B, n'].
     delta: TD errors δ_τ, [B, d].
     c: the decay γλ (possibly traced, possibly 0).
+    link: ``link(ctx, v) -> v·M`` for a batch (ctx leaves [B, ...], v [B, d] -> [B, d]); linear
+      in v.
 
   Returns:
     (trace after the step, inc [d, n'] = (1/B)·Σ_b δ_b·E_b).
   """
-  L, B = tr.factors.shape[:2]
+  L, B, n_cols = tr.inputs.shape
   j = tr.count
-  factors = jax.lax.dynamic_update_index_in_dim(tr.factors, (c * M).astype(tr.factors.dtype), j, 0)
-  inputs = jax.lax.dynamic_update_index_in_dim(tr.inputs, a.astype(tr.inputs.dtype), j, 0)
-  active = jnp.arange(L) <= j  # filled slots, [L]
+  put = lambda buf, v: jax.lax.dynamic_update_index_in_dim(buf, v.astype(buf.dtype), j, 0)
+  ctxs = jax.tree.map(put, tr.ctxs, ctx)
+  decays = put(tr.decays, jnp.asarray(c))
+  inputs = put(tr.inputs, a)
 
-  def back(w, slot):  # w = δ·C_m⋯C_{i+1} on entry; slot i's coefficient is w
-    c_i, on = slot
-    w_next = jnp.einsum("bk,bki->bi", w, c_i, precision=_PRECISION)
-    return jnp.where(on, w_next, w), jnp.where(on, w, jnp.zeros_like(w))
+  def back(it, carry):  # slots i = j, j−1, ..., 0 (the filled ones only)
+    w, inc = carry  # w = δ·C_j⋯C_{i+1}: slot i's coefficient
+    i = j - it
+    inc = inc + jnp.einsum("bi,bj->ij", w, _slot(inputs, i), precision=_PRECISION)  # Σ_b w⊗a_i
+    return _slot(decays, i) * link(_slot(ctxs, i), w), inc
 
-  w0, coef = jax.lax.scan(back, delta.astype(factors.dtype), (factors, active),
-                          reverse=True)  # coef [L, B, d]
-  inc = jnp.einsum("lbi,lbj->ij", coef, inputs, precision=_PRECISION)  # Σ_{b,j} w_j ⊗ a_j
+  d = delta.shape[-1]
+  w0, inc = jax.lax.fori_loop(0, j + 1, back, (delta.astype(inputs.dtype),
+                                               jnp.zeros((d, n_cols), inputs.dtype)))
   if tr.base is not None:
     inc = inc + jnp.einsum("bk,bkij->ij", w0, tr.base, precision=_PRECISION)
-  tr = ChunkedTrace(tr.base, factors, inputs, j + 1)
+  tr = ChunkedTrace(tr.base, ctxs, decays, inputs, j + 1)
   if tr.base is not None:
-    tr = jax.lax.cond(j + 1 == L, _fold, lambda t: t, tr)
+    tr = jax.lax.cond(j + 1 == L, functools.partial(_fold, link=link), lambda t: t, tr)
   return tr, inc / B

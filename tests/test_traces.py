@@ -54,12 +54,14 @@ def test_chunked_equals_dense_step_by_step(chunk):
   M, a, delta, c = _sequence(chunk, S, B, d, n)
   want, E_final = _dense_incs(M, a, delta, c)
 
+  link = lambda m, v: jnp.einsum("bk,bki->bi", v, m)  # the context is M itself: v·M
+
   @_jit
   def run(M, a, delta, c):
-    tr = traces.chunked_init(B, d, n, bias=False, chunk=chunk, steps=S, dtype=jnp.float64)
+    tr = traces.chunked_init(M[0], d, n, bias=False, chunk=chunk, steps=S, dtype=jnp.float64)
 
     def body(tr, xs):
-      return traces.chunked_step(tr, *xs)
+      return traces.chunked_step(tr, xs[0], *xs[1:], link)
 
     return jax.lax.scan(body, tr, (M, a, delta, c))
 
@@ -67,7 +69,7 @@ def test_chunked_equals_dense_step_by_step(chunk):
   assert got.shape == (S, d, n)
   assert rel_err(got, want) < TOL, chunk
   assert (tr.base is None) == (chunk >= S)
-  assert tr.factors.shape == (min(chunk, S), B, d, d)
+  assert tr.ctxs.shape == (min(chunk, S), B, d, d)
   if tr.base is not None and S % chunk == 0:  # folded at the last step: E⁰ is the dense trace
     assert rel_err(tr.base, E_final) < TOL
   # Wrong-sign or dropped decay terms are O(1) errors at this tolerance.
@@ -75,10 +77,10 @@ def test_chunked_equals_dense_step_by_step(chunk):
 
 
 def test_bytes_per_example():
-  assert traces.bytes_per_example(3, 5, 4, 8, base=True) == (3 * 3 * 5 + 4 * (9 + 5)) * 8
-  assert traces.bytes_per_example(3, 5, 4, 4, base=False) == 4 * (9 + 5) * 4
+  assert traces.bytes_per_example(3, 5, 4, 8, base=True, ctx_size=7) == (45 + 4 * (7 + 5)) * 8
+  assert traces.bytes_per_example(3, 5, 4, 4, base=False, ctx_size=9) == 4 * (9 + 5) * 4
   with pytest.raises(ValueError, match="chunk must be an int >= 1"):
-    traces.chunked_init(2, 3, 4, bias=True, chunk=0, steps=5, dtype=jnp.float32)
+    traces.chunked_init(jnp.zeros((2, 3)), 3, 4, bias=True, chunk=0, steps=5, dtype=jnp.float32)
 
 
 _RULES = {

@@ -124,11 +124,13 @@ def _lstm_d(cell, cp, s_tm1, x):
   return o * (1.0 - jnp.tanh(c) ** 2)
 
 
-def trace_bytes_per_example(theta, d_out: int, chunk: int = 0, steps: Optional[int] = None) -> int:
+def trace_bytes_per_example(theta, d_out: int, chunk: int = 0, steps: Optional[int] = None,
+                            ctx_size: int = 0) -> int:
   """Bytes of the online-mode traces of one example.
 
   Dense (chunk = 0): d_out·|θ| entries plus M [d_out, d_out]. Chunked (linear θ = {'w', 'b'},
-  chunk L ≥ 1, ``steps`` TD steps): see :func:`bplambda_jax.traces.bytes_per_example`.
+  chunk L ≥ 1, ``steps`` TD steps, ``ctx_size`` numbers per step context): see
+  :func:`bplambda_jax.traces.bytes_per_example`.
   """
   leaves = jax.tree.leaves(theta)
   itemsize = jnp.dtype(leaves[0].dtype).itemsize if leaves else 4
@@ -136,7 +138,7 @@ def trace_bytes_per_example(theta, d_out: int, chunk: int = 0, steps: Optional[i
     n_cols = theta["w"].shape[1] + int("b" in theta)
     L = chunk if steps is None else min(chunk, steps)
     return traces_lib.bytes_per_example(d_out, n_cols, L, itemsize,
-                                        base=steps is None or L < steps)
+                                        base=steps is None or L < steps, ctx_size=ctx_size)
   return int(d_out * (sum(int(np.prod(l.shape)) for l in leaves) + d_out) * itemsize)
 
 
@@ -159,7 +161,7 @@ def available_memory_bytes() -> Optional[int]:
 
 
 def check_trace_memory(theta, d_out: int, batch_size: int, chunk: int = 0,
-                       steps: Optional[int] = None) -> int:
+                       steps: Optional[int] = None, ctx_size: int = 0) -> int:
   """Log the online trace memory and fail early if it cannot fit.
 
   Runs at trace time, before compilation. The estimate counts three trace-sized buffers (the
@@ -169,7 +171,7 @@ def check_trace_memory(theta, d_out: int, batch_size: int, chunk: int = 0,
     MemoryError: when the estimate exceeds the available memory, suggesting mode='sequence'
       (whose memory grows with B·T·n, not with B·d_out·|θ|) or a smaller batch.
   """
-  per_example = trace_bytes_per_example(theta, d_out, chunk, steps)
+  per_example = trace_bytes_per_example(theta, d_out, chunk, steps, ctx_size)
   need = 3 * batch_size * per_example
   logger.info("BP(λ) online traces: %.1f MB per example, about %.1f MB for batch %d",
               per_example / 2**20, need / 2**20, batch_size)
@@ -350,6 +352,14 @@ def bp_lambda(model: model_lib.Model,
   def td_steps(T):  # TD steps per sequence (the e-prop flavour has a final one after the loop)
     return T + 1 if flavour == "eprop" else T
 
+  def ctx_zeros(cp, batch_size, dtype):  # a zero link context for a batch (the flavour's ctx)
+    s = jnp.zeros((batch_size, n), dtype)
+    x = jnp.zeros((batch_size, model.input_size), dtype)
+    if flavour == "state":
+      return (s, x)
+    shapes = jax.eval_shape(jax.vmap(eprop_ctx, in_axes=(None, 0, 0, 0)), cp, s, x, s[:, :H])
+    return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+
   def out_grad(params, s, y, w, m, batch_size):
     """dy_t [D_out] for one example and step (fixed: exact; faithful: reference hand form)."""
     out = model.readout(params, s)
@@ -397,7 +407,11 @@ def bp_lambda(model: model_lib.Model,
 
   # -------------------------------------------------------------------------- online mode
   def td_step(hp, theta, frozen, td, z, ctx, u, first, final, cp):
-    """One TD(λ) step on the batch. td = (z_prev, g_prev, m_prev, trace)."""
+    """One TD(λ) step on the batch. td = (z_prev, g_prev, m_prev, trace).
+
+    m_prev is M_{τ−1} [B, d_out, d_out] for the dense trace, and its context ctx_{τ−1} (the
+    arguments of ``flav.link``) for the chunked trace, which never forms M.
+    """
     z_prev, g_prev, m_prev, trace = td
     gamma_, lam = hp["gamma"], hp["lambda_"]
     apply_b = jax.vmap(synth_apply, in_axes=(None, None, 0))
@@ -414,7 +428,9 @@ def bp_lambda(model: model_lib.Model,
       if "b" in theta:
         a = jnp.concatenate([a, jnp.broadcast_to(keep_trace, a.shape[:1] + (1,)).astype(a.dtype)],
                             axis=1)
-      trace, inc_wb = traces_lib.chunked_step(trace, m_prev, a, delta, gamma_ * lam * keep_trace)
+      link_b = lambda c, v: jax.vmap(flav.link, in_axes=(None, 0, 0))(cp, c, v)
+      trace, inc_wb = traces_lib.chunked_step(trace, m_prev, a, delta, gamma_ * lam * keep_trace,
+                                              link_b)
       inc = {"w": inc_wb[:, :flav.d_in]}
       if "b" in theta:
         inc["b"] = inc_wb[:, flav.d_in]
@@ -433,7 +449,9 @@ def bp_lambda(model: model_lib.Model,
       g = apply_b(theta, frozen, z) * keep  # Q29: emitted with the updated θ
     else:
       g = p
-    if flav.transition is not None:
+    if chunk:
+      m = ctx  # the chunked trace keeps contexts, not matrices
+    elif flav.transition is not None:
       m = jax.vmap(flav.transition, in_axes=(None, 0))(cp, ctx)  # [B, d_out, d_out]
     else:
       m = jax.vmap(lambda c: jax.vmap(lambda v: flav.link(cp, c, v))(
@@ -451,12 +469,13 @@ def bp_lambda(model: model_lib.Model,
     sens_state0 = jax.vmap(lambda _: sens.init(cp))(jnp.arange(B))
     s0 = jnp.zeros((B, n), dtype)
     if chunk:
-      trace0 = traces_lib.chunked_init(B, flav.d_out, flav.d_in, bias="b" in theta, chunk=chunk,
+      m0 = ctx_zeros(cp, B, dtype)
+      trace0 = traces_lib.chunked_init(m0, flav.d_out, flav.d_in, bias="b" in theta, chunk=chunk,
                                        steps=td_steps(T), dtype=theta["w"].dtype)
     else:
+      m0 = jnp.zeros((B, flav.d_out, flav.d_out), dtype)
       trace0 = jax.tree.map(lambda t_: jnp.zeros((B, flav.d_out) + t_.shape, t_.dtype), theta)
-    td0 = (jnp.zeros((B, flav.d_in), dtype), jnp.zeros((B, flav.d_out), dtype),
-           jnp.zeros((B, flav.d_out, flav.d_out), dtype), trace0)
+    td0 = (jnp.zeros((B, flav.d_in), dtype), jnp.zeros((B, flav.d_out), dtype), m0, trace0)
     zero_cell = jax.tree.map(jnp.zeros_like, cp)
     zero_synth = jax.tree.map(jnp.zeros_like, theta)
     sens_update_b = jax.vmap(sens.update, in_axes=(None, 0, 0, 0))
@@ -626,8 +645,12 @@ def bp_lambda(model: model_lib.Model,
     hp = check(params, batch, hparams)
     hp = {k: jnp.asarray(v, batch.x.dtype) for k, v in hp.items()}
     if mode == "online":
+      ctx_size = 0
+      if chunk:
+        ctx = jax.eval_shape(lambda: ctx_zeros(params["cell"], 1, batch.x.dtype))
+        ctx_size = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(ctx))
       check_trace_memory(params["synth"]["train"], flav.d_out, batch.x.shape[1], chunk,
-                         td_steps(batch.x.shape[0]))
+                         td_steps(batch.x.shape[0]), ctx_size)
       return online_grads(params, batch, hp)
     return sequence_grads(params, batch, hp)
 
