@@ -188,11 +188,14 @@ def dni(n: int, sg_scale: float) -> RuleSpec:
                   _kw(n=n, sg_scale=sg_scale))
 
 
-def bp_lambda(mode: str, lambda_: float, gamma: float, sg_scale: float) -> RuleSpec:
-  """BP(λ), e-prop flavour (the reference's LSTM configuration), default clipping (off)."""
+def bp_lambda(mode: str, lambda_: float, gamma: float, sg_scale: float, **extra) -> RuleSpec:
+  """BP(λ), e-prop flavour (the reference's LSTM configuration), default clipping (off).
+
+  ``extra`` passes further bp_lambda keywords (e.g. sensitivity, trace_chunk).
+  """
   return RuleSpec("bp_lambda", mode, "bplambda_jax.rules.bp_lambda", "bp_lambda", (),
                   _kw(flavour="eprop", mode=mode, lambda_=lambda_, gamma=gamma,
-                      sg_scale=sg_scale))
+                      sg_scale=sg_scale, **extra))
 
 
 # ------------------------------------------------------------------------------ analytic costs
@@ -314,9 +317,17 @@ def _copyrepeat_cases():
       "bptt": bptt(),
       "eprop": eprop(),
       "bplambda_online": bp_lambda("online", **COPYREPEAT_BPL),
+      "bplambda_online_immediate": bp_lambda("online", sensitivity="immediate", **COPYREPEAT_BPL),
+      "bplambda_online_dense": bp_lambda("online", trace_chunk=0, **COPYREPEAT_BPL),
       "bplambda_sequence": bp_lambda("sequence", **COPYREPEAT_BPL),
   }
-  return [Case(f"copyrepeat_lstm100_{k}", "copyrepeat", rule=r,
+  notes = {
+      "bplambda_online_immediate": "sensitivity='immediate': the TD(λ) part without e-prop's "
+                                   "traces for the network",
+      "bplambda_online_dense": "trace_chunk=0: the dense per-step trace (M·E, B·d_out³·d_in "
+                               "multiply-adds per step)",
+  }
+  return [Case(f"copyrepeat_lstm100_{k}", "copyrepeat", rule=r, note=notes.get(k, ""),
                bptt_ref="copyrepeat_lstm100_bptt", **COPYREPEAT)
           for k, r in rules.items()]
 
