@@ -359,6 +359,9 @@ class Runner:
                min_s=float(min(times)), max_s=float(max(times)), first_run_s=float(first))
     if row.get("flops") is not None:
       row["gflops"] = row["flops"] / row["median_s"] / 1e9
+    elif row.get("kind") == "update":
+      note = "; ".join(x for x in (note, "FLOPs not counted: a while loop with a data-dependent "
+                                         "trip count") if x)
     if note:
       row["note"] = "; ".join(x for x in (row["note"], note) if x)
 

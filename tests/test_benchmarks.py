@@ -32,7 +32,13 @@ def test_every_case_runs_tiny_with_complete_rows(tiny_rows):
     assert 0 < r["min_s"] <= r["median_s"] <= r["max_s"]
     assert r["first_run_s"] > 0 and r["compile_s"] > 0
     assert r["peak_bytes"] == r["argument_bytes"] + r["output_bytes"] + r["temp_bytes"] > 0
-    assert r["flops"] > 0 and r["gflops"] > 0
+    # The chunked BP(λ) trace loops over its filled slots (a while loop with a data-dependent
+    # trip count), which the jaxpr counter refuses to guess; everything else is counted.
+    chunked = r["rule"] == "bp_lambda" and r["mode"] == "online" and "dense" not in r["name"]
+    if chunked:
+      assert r["flops"] is None and r["gflops"] is None
+    else:
+      assert r["flops"] > 0 and r["gflops"] > 0
     if r["kind"] == "update":
       assert r["timed"].startswith("train_update")
       assert r["mode"] in ("online", "sequence")
