@@ -404,6 +404,19 @@ def test_unit_spread_views_and_gather_fallback():
   np.testing.assert_allclose(np.asarray(S.sum_leading(jnp.asarray(big))), big.sum(0), rtol=1e-12)
 
 
+def test_unit_layout_gather_and_scatter():
+  """Component-major layouts ([h; c]) gather by reshape, others by index; both invert."""
+  U, k = 3, 2
+  major = S.UnitLayout(np.arange(k * U).reshape(k, U).T)  # index[u, c] = c·U + u
+  interleaved = S.UnitLayout(np.arange(k * U).reshape(U, k))  # index[u, c] = u·k + c
+  assert major.component_major and not interleaved.component_major
+  v = jnp.asarray(np.random.default_rng(2).standard_normal((4, k * U)))
+  for layout in (major, interleaved):
+    g = layout.gather(v)
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(v)[:, layout.index])
+    np.testing.assert_array_equal(np.asarray(layout.scatter(g)), np.asarray(v))
+
+
 def test_batch_credit_equals_summed_credit():
   """The compressed trace's batched credit equals Σ_b of its per-example credit."""
   cell = _model("lstm").cell

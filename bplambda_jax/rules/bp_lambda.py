@@ -24,7 +24,9 @@ Flavours (what ĝ predicts):
 Modes:
 
 * ``'online'``: the algorithm as published, traces carried in the ``lax.scan`` state; memory
-  independent of T, O(B·d_out²·|θ|) per step.
+  independent of T, exact per-step increments. The dense trace costs O(B·d_out²·|θ|) per step;
+  a linear synthesiser uses the chunked trace of :mod:`bplambda_jax.traces` by default,
+  O(B·d_out·|θ|) per step plus one link per chunk slot (``trace_chunk``).
 * ``'sequence'``: with θ fixed within the sequence, Σ_τ δ_τ·E_τ = Σ_k w_k·∂ĝ(z_k)/∂θ with the
   reverse recursion w_k = δ_{k+1} + γλ·w_{k+1}·M_{k+1}: the same numbers at about the cost of one
   BPTT pass, using only vector–Jacobian products. Per-step clipping or per-step synthesiser updates
@@ -226,7 +228,8 @@ def bp_lambda(model: model_lib.Model,
       is the chunked trace of :mod:`bplambda_jax.traces` with chunks of
       ``traces.DEFAULT_CHUNK`` steps: the same per-step increments at O(B·d_out²·d_in) per step
       instead of O(B·d_out³·d_in). An int L ≥ 1 sets the chunk length (memory B·(d_out²·d_in +
-      L·(d_out² + d_in))); 0 selects the dense per-step trace (the fused kernel of
+      L·(c + d_in)) with c the numbers in one step's link context, the first term only when the
+      sequence is longer than a chunk); 0 selects the dense per-step trace (the fused kernel of
       :mod:`bplambda_jax.kernels`), which is also what non-linear synthesisers always use.
 
   Returns:
