@@ -522,7 +522,7 @@ FAMILY_TITLES = {
     "floor": "Floors", "seqmnist": "Sequential MNIST shapes (LSTM 30, B = 50, T = 28)",
     "copyrepeat": "Copy-repeat shapes (LSTM 100, B = 100, T = 40)",
     "scale": "Scaling (seqMNIST shapes, B = 16)",
-    "seeds": "Seeds: vmap vs loop (BP(λ) sequence mode, seqMNIST shapes, H = 30, B = 50 per seed)",
+    "seeds": "Seeds: vmap vs loop (BP(λ) sequence mode, seqMNIST shapes, H = 30, B = 50 per seed; `_b10` rows: B = 10)",
     "kernel": "Trace-step kernel (one TD step, B = 100, d_out = 100, d_in = 200)",
 }
 
