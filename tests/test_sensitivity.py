@@ -240,7 +240,8 @@ def test_eprop_on_flax_cell_with_split_step_uses_dense_trace():
   flax_cell = cells.from_flax(nn.SimpleCell(features=H), split_step=split_step)
   flax_model = model_lib.make_model(flax_cell, "mse", D_IN, D_OUT)
   sens = S.eprop(flax_cell)
-  params = flax_model.init(jax.random.key(4))
+  # flax creates float32 parameters even with x64 on: cast, so both sides run in float64.
+  params = jax.tree.map(lambda a: a.astype(jnp.float64), flax_model.init(jax.random.key(4)))
   assert jax.tree.leaves(sens.init(params["cell"]))[0].shape[0] == H  # dense [n, *P]
   batch = _batch(4)
   got = _jit(O.online(flax_model, sens).grads)(params, batch)[0]["cell"]
