@@ -122,3 +122,30 @@ def test_trace_chunk_validation():
   with pytest.raises(ValueError, match="needs a linear synthesiser"):
     bp_lambda(model, synthesisers.mlp(1, 4), trace_chunk=4)
   bp_lambda(model, synthesisers.mlp(1, 4), trace_chunk=0)  # dense: allowed
+
+
+def test_trace_memory_is_logged_and_a_run_that_cannot_fit_fails_early(monkeypatch, caplog):
+  """The online mode estimates its trace memory before compiling: logged per example, and a
+  MemoryError naming the sequence mode when the estimate exceeds the available memory."""
+  import importlib
+  bpl = importlib.import_module("bplambda_jax.rules.bp_lambda")
+  T, B, D, H = 6, 4, 2, 5
+  model = make_model("lstm", "mse", D, 2, hidden_size=H)
+  batch = random_batch(jax.random.key(0), T, B, D, 2)
+  dense = bp_lambda(model, flavour="eprop", trace_chunk=0)
+  chunked = bp_lambda(model, flavour="eprop")
+  params = dense.init(jax.random.key(1))
+  theta = params["synth"]["train"]  # w [H, 2H], b [H]
+  n_theta = H * 2 * H + H
+  assert bpl.trace_bytes_per_example(theta, H) == H * (n_theta + H) * 8  # float64
+  ctx = 3 * H + H + H  # the e-prop flavour's link context: π [3, H], f [H], D [H]
+  assert bpl.trace_bytes_per_example(theta, H, 64, T + 1, ctx) == (T + 1) * (ctx + 2 * H + 1) * 8
+  with caplog.at_level("INFO", logger="bplambda_jax"):
+    chunked.grads(params, batch)
+  assert any("MB per example" in r.getMessage() for r in caplog.records)
+  monkeypatch.setattr(bpl, "available_memory_bytes", lambda: 1000)
+  for rule in (dense, chunked):
+    with pytest.raises(MemoryError, match="mode='sequence'"):
+      rule.grads(params, batch)
+  monkeypatch.setattr(bpl, "available_memory_bytes", lambda: 10**12)
+  dense.grads(params, batch)  # fits: runs
