@@ -1,9 +1,19 @@
 """Small shared test utilities: random batches, tree relative errors."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from bplambda_jax.model import Batch
+
+# Tests compile many small programs once each: XLA's backend optimisation costs more than it saves.
+jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
+
+def grads_bundle(rules):
+  """One compiled program ``(params, batch) -> {key: rule.grads(params, batch)}`` for ``rules``."""
+  return jit(lambda params, batch: {k: r.grads(params, batch) for k, r in rules.items()})
 
 
 def random_batch(key, T, B, d_in, d_out, loss="mse", mask_prob=0.6, dtype=jnp.float64):

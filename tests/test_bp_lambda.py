@@ -5,7 +5,6 @@ Every oracle below is written independently of ``bp_lambda``'s internals: Python
 spec. All checks run in float64 with a relative tolerance of 1e-9 unless stated otherwise.
 """
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -17,10 +16,8 @@ from bplambda_jax import synthesisers
 from bplambda_jax.model import make_model, step_weights
 from bplambda_jax.rules import bp_lambda, exact_gradients
 
-from helpers import flat, random_batch, rel_err, randomize, to_f32
+from helpers import flat, jit as _jit, random_batch, randomize, rel_err, to_f32
 
-# Each test compiles a few small programs once; XLA backend optimisation costs more than it saves.
-_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 TOL = 1e-9
 T, B, D_IN, H = 5, 3, 2, 3

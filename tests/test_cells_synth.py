@@ -1,7 +1,6 @@
 """Cells, the flax adapter, the implicit/explicit split, and synthesiser initialisation."""
 
 import flax.linen as nn
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -13,10 +12,8 @@ from bplambda_jax import sensitivity as sens_lib
 from bplambda_jax.model import make_model, step_weights
 from bplambda_jax.rules import bptt
 
-from helpers import random_batch, rel_err
+from helpers import jit as _jit, random_batch, rel_err
 
-# Each test compiles a few small programs once; XLA backend optimisation costs more than it saves.
-_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 TOL = 1e-12
 T, B, D_IN, D_OUT, H = 4, 2, 3, 2, 4
@@ -121,13 +118,18 @@ def test_split_step_on_equal_states_is_step(name):
   assert rel_err(cell.split_step(params, s, s, x), cell.step(params, s, x)) < TOL
 
 
+def _split_jacobians(name, seed):
+  """A library cell at a random point with its implicit D, explicit X and full J Jacobians."""
+  cell = _LIBRARY_CELLS[name]()
+  params, s, x = _random_point(cell, seed)
+  return (cell, params, s, x, sens_lib.implicit_jacobian(cell, params, s, x),
+          sens_lib.explicit_jacobian(cell, params, s, x),
+          sens_lib.state_jacobian(cell, params, s, x))
+
+
 @pytest.mark.parametrize("name", sorted(_LIBRARY_CELLS))
 def test_implicit_plus_explicit_is_state_jacobian(name):
-  cell = _LIBRARY_CELLS[name]()
-  params, s, x = _random_point(cell, 5)
-  d = sens_lib.implicit_jacobian(cell, params, s, x)
-  xj = sens_lib.explicit_jacobian(cell, params, s, x)
-  j = sens_lib.state_jacobian(cell, params, s, x)
+  cell, params, s, x, d, xj, j = _split_jacobians(name, 5)
   assert rel_err(d + xj, j) < TOL
   assert float(jnp.linalg.norm(d)) > 1e-3
   if name != "columnar_lstm":  # independent columns have no explicit part (tested below)
@@ -142,11 +144,7 @@ def test_implicit_plus_explicit_is_state_jacobian(name):
 @pytest.mark.parametrize("name", ["linear", "tanh", "gru"])
 def test_single_state_split_is_diagonal_vs_off_diagonal(name):
   """Single-state cells: D is the diagonal of J (self-dependence), X the off-diagonal part."""
-  cell = _LIBRARY_CELLS[name]()
-  params, s, x = _random_point(cell, 6)
-  d = sens_lib.implicit_jacobian(cell, params, s, x)
-  xj = sens_lib.explicit_jacobian(cell, params, s, x)
-  j = sens_lib.state_jacobian(cell, params, s, x)
+  _, _, _, _, d, xj, j = _split_jacobians(name, 6)
   assert rel_err(d, jnp.diag(jnp.diagonal(j))) < TOL
   assert float(jnp.max(jnp.abs(jnp.diagonal(xj)))) == 0.0
 

@@ -21,7 +21,7 @@ from bplambda_jax import sensitivity as S
 from bplambda_jax import synthesisers
 from bplambda_jax.rules import bp_lambda, bptt
 from bplambda_jax.rules import online as O
-from helpers import flat, random_batch, randomize, rel_err
+from helpers import flat, grads_bundle, jit as _jit, random_batch, randomize, rel_err
 
 T, B, D_IN, D_OUT, H = 5, 2, 2, 2, 3
 TOL = 1e-9
@@ -32,8 +32,6 @@ BUNDLES = {
     "lstm": ("bptt", "rtrl", "eprop", "eprop_m0", "eprop_m1", f"eprop_m{T - 2}",
              f"eprop_m{T - 1}", f"eprop_m{T + 2}", "eprop_m1/seq", f"eprop_m{T - 1}/seq"),
 }
-
-_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 
 @functools.cache
@@ -53,8 +51,7 @@ def _rule(cell_name, key):
 
 @functools.cache
 def _bundle(cell_name):
-  rules = {key: _rule(cell_name, key) for key in BUNDLES[cell_name]}
-  return _jit(lambda params, batch: {k: r.grads(params, batch) for k, r in rules.items()})
+  return grads_bundle({key: _rule(cell_name, key) for key in BUNDLES[cell_name]})
 
 
 def _all_grads(cell_name, params, batch):

@@ -12,7 +12,6 @@ alpha_learning (Q29).
 The library returns the reference's synthesiser ``.grad`` (−Σ_t Δ_t) as grads['synth']['train'].
 """
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -22,10 +21,8 @@ import pytest
 from bplambda_jax.model import Batch, make_model
 from bplambda_jax.rules import bp_lambda
 
-from helpers import randomize, rel_err
+from helpers import jit as _jit, randomize, rel_err
 
-# Each test compiles a few small programs once; XLA backend optimisation costs more than it saves.
-_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 TOL = 1e-9
 B, D_IN = 3, 2
@@ -123,17 +120,24 @@ def _readout_step(ro, h, target, mask_t, loss, kappa, grads):
   return dy @ ro["w"]  # ℓ_t, [B, H]
 
 
-def emulate_rnn(params, batch, loss, activation, hp):
-  """Reference vanilla RNN with BP(λ) (spec §2.2, §4.1, §5.1, §9); one batch of sequences."""
+def _prelude(params, batch, hp):
+  """Shared set-up of the emulations: cell and readout params, numpy data, the reference
+  synthesiser and zeroed gradient accumulators (cell leaves plus readout_w, readout_b)."""
   p, ro, th = _unpack(params)
   x, y, mask = (np.asarray(a) for a in batch)
-  T_, H = x.shape[0], p["w_hh"].shape[0]
-  phi, dphi = {"identity": (lambda a: a, lambda a: np.ones_like(a)),
-               "tanh": (np.tanh, lambda a: 1.0 - np.tanh(a) ** 2)}[activation]
   synth = _Synth(th["w"], th["b"], hp["gamma"], hp["lambda_"], hp["clip"],
                  hp["alpha_learning"], hp["synth_alpha"])
   grads = {k: np.zeros_like(v) for k, v in p.items()}
   grads.update(readout_w=np.zeros_like(ro["w"]), readout_b=np.zeros_like(ro["b"]))
+  return p, ro, x, y, mask, synth, grads
+
+
+def emulate_rnn(params, batch, loss, activation, hp):
+  """Reference vanilla RNN with BP(λ) (spec §2.2, §4.1, §5.1, §9); one batch of sequences."""
+  p, ro, x, y, mask, synth, grads = _prelude(params, batch, hp)
+  T_, H = x.shape[0], p["w_hh"].shape[1]
+  phi, dphi = {"identity": (lambda a: a, lambda a: np.ones_like(a)),
+               "tanh": (np.tanh, lambda a: 1.0 - np.tanh(a) ** 2)}[activation]
   h = np.zeros((B, H))
   ls_all = []
   for t in range(T_):
@@ -186,13 +190,8 @@ def _lstm_add(grads, signal, H, bias_scale):
 
 def emulate_lstm_hc(params, batch, loss, hp):
   """Reference LSTM [h, c] flavour: use_etraces=False, apply_sg=True (spec §5.3)."""
-  p, ro, th = _unpack(params)
-  x, y, mask = (np.asarray(a) for a in batch)
+  p, ro, x, y, mask, synth, grads = _prelude(params, batch, hp)
   T_, H = x.shape[0], p["w_hh"].shape[1]
-  synth = _Synth(th["w"], th["b"], hp["gamma"], hp["lambda_"], hp["clip"],
-                 hp["alpha_learning"], hp["synth_alpha"])
-  grads = {k: np.zeros_like(v) for k, v in p.items()}
-  grads.update(readout_w=np.zeros_like(ro["w"]), readout_b=np.zeros_like(ro["b"]))
   h, c = np.zeros((B, H)), np.zeros((B, H))
   ls_all = []
   for t in range(T_):
@@ -222,13 +221,8 @@ def emulate_lstm_hc(params, batch, loss, hp):
 
 def emulate_lstm_eprop(params, batch, loss, hp):
   """Reference LSTM e-prop flavour: use_etraces=True, apply_sg=True (spec §5.2, §5.4)."""
-  p, ro, th = _unpack(params)
-  x, y, mask = (np.asarray(a) for a in batch)
+  p, ro, x, y, mask, synth, grads = _prelude(params, batch, hp)
   T_, H = x.shape[0], p["w_hh"].shape[1]
-  synth = _Synth(th["w"], th["b"], hp["gamma"], hp["lambda_"], hp["clip"],
-                 hp["alpha_learning"], hp["synth_alpha"])
-  grads = {k: np.zeros_like(v) for k, v in p.items()}
-  grads.update(readout_w=np.zeros_like(ro["w"]), readout_b=np.zeros_like(ro["b"]))
   fams = {"w_ih": x.shape[2], "w_hh": H, "b": 1}
   eps = {q: {f: np.zeros((B, H, n)) for f, n in fams.items()} for q in "ifg"}  # ε^q
   e_o = {f: np.zeros((B, H, n)) for f, n in fams.items()}  # e^o

@@ -21,7 +21,7 @@ from bplambda_jax import sensitivity as S
 from bplambda_jax import synthesisers
 from bplambda_jax.rules import bp_lambda, bptt
 from bplambda_jax.rules import online as O
-from helpers import flat, random_batch, randomize, rel_err
+from helpers import flat, grads_bundle, jit as _jit, random_batch, randomize, rel_err
 
 T, B, D_IN, D_OUT, H = 5, 2, 2, 2, 3
 TOL = 1e-9
@@ -38,9 +38,6 @@ CELLS = {
     "flax_gru": lambda: cells.from_flax(nn.GRUCell(features=H)),
     "flax_lstm": lambda: cells.from_flax(nn.LSTMCell(features=H)),
 }
-
-# Cheaper XLA compiles; the numbers are the same.
-_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 
 @functools.cache
@@ -84,8 +81,7 @@ BUNDLES = {
 
 @functools.cache
 def _bundle(cell_name):
-  rules = {key: _rule(cell_name, key) for key in BUNDLES[cell_name]}
-  return _jit(lambda params, batch: {k: r.grads(params, batch) for k, r in rules.items()})
+  return grads_bundle({key: _rule(cell_name, key) for key in BUNDLES[cell_name]})
 
 
 def _grads(cell_name, key):

@@ -7,7 +7,6 @@ traces must give the dense trace's gradients, also with per-step clipping and pe
 updates, where every single increment matters.
 """
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -20,9 +19,8 @@ from bplambda_jax import traces
 from bplambda_jax.model import make_model
 from bplambda_jax.rules import bp_lambda
 
-from helpers import random_batch, randomize, rel_err
+from helpers import jit as _jit, random_batch, randomize, rel_err
 
-_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 TOL = 1e-12
 
 
