@@ -98,6 +98,36 @@ class Reverse(NamedTuple):
   apply: Optional[Callable[..., jax.Array]] = None
 
 
+def previous_states(states):
+  """s_{t−1} for t = 0..T−1 (s_{−1} = 0): states [T, B, n] shifted by one step."""
+  return jnp.concatenate([jnp.zeros_like(states[:1]), states[:-1]])
+
+
+def sequence_credit(sens: "Sensitivity", cell: cells_lib.Cell, params, ls, states, xs):
+  """Σ_{t,b} ls_{t,b}·Z_{t,b} of a whole sequence by the reverse form (batch-summed, like params).
+
+  The co-states a_t (:func:`costates`; a_t = ls_t for the immediate sensitivity, whose A_t = 0),
+  then Σ_t a_t·Ī_t as one vjp of the step over every (t, b).
+
+  Args:
+    sens: a sensitivity with a reverse form (see :func:`reverse_form`).
+    cell: its cell.
+    params: the cell parameters.
+    ls: learning signals [T, B, n].
+    states: s_t [T, B, n].
+    xs: inputs x_t [T, B, D_in].
+  """
+  a = ls
+  if sens.name != "immediate":
+    rev = reverse_form(sens)
+    if rev is None:
+      raise ValueError(f"sensitivity {sens.name!r} has no reverse form; use the online mode.")
+    a = costates(rev, params, ls, states, xs)
+  step_tb = jax.vmap(jax.vmap(cell.step, in_axes=(None, 0, 0)), in_axes=(None, 0, 0))
+  s_prev = previous_states(states)
+  return jax.vjp(lambda q: step_tb(q, s_prev, xs), params)[1](a)[0]
+
+
 def costates(rev: "Reverse", params, ls, states, xs):
   """The reverse-form co-states a_t[0] of a sequence, [T, B, n].
 
@@ -117,8 +147,7 @@ def costates(rev: "Reverse", params, ls, states, xs):
     tb = lambda f: jax.vmap(jax.vmap(f, in_axes=(None, 0, 0)), in_axes=(None, 0, 0))
     # A_t at (s_{t−1}, x_t) for every (t, b) in parallel, the same operands as the rules' other
     # per-step passes (so XLA can share their work); A_{t+1} is then entry t + 1.
-    s_prev = jnp.concatenate([jnp.zeros_like(states[:1]), states[:-1]])
-    ctx = jax.tree.map(lambda c: c[1:], tb(rev.prepare)(params, s_prev, xs))
+    ctx = jax.tree.map(lambda c: c[1:], tb(rev.prepare)(params, previous_states(states), xs))
     step = jax.vmap(rev.apply)
   else:
     ctx = (states[:-1], xs[1:])

@@ -290,8 +290,7 @@ def bp_lambda(model: model_lib.Model,
   if hc_faithful and sens.name != "immediate":
     raise ValueError("the faithful LSTM [h, c] flavour uses the reference's local eligibilities "
                      f"(sensitivity='immediate'); got {sens.name!r}.")
-  sens_rev = sens_lib.reverse_form(sens)  # None for 'immediate' (A_t = 0) and for SnAp
-  if mode == "sequence" and sens.name != "immediate" and sens_rev is None:
+  if mode == "sequence" and sens_lib.reverse_form(sens) is None:  # SnAp: its mask acts on Z
     raise ValueError(f"mode='sequence' needs a sensitivity with a reverse (adjoint) form; "
                      f"{sens.name!r} has none. Use mode='online'.")
 
@@ -573,7 +572,7 @@ def bp_lambda(model: model_lib.Model,
     dtype = batch.x.dtype
     gamma_, lam, sg = hp["gamma"], hp["lambda_"], hp["sg_scale"]
     states = model_lib.loss_and_states(model, params, batch)[1]  # [T, B, n]
-    s_prev = jnp.concatenate([jnp.zeros_like(states[:1]), states[:-1]])  # s_{t−1}
+    s_prev = sens_lib.previous_states(states)  # s_{t−1}
     w = model_lib.step_weights(batch.mask)
     tb = lambda f: jax.vmap(jax.vmap(f))  # map over [T, B]
     dy = tb(lambda s, y, wt, mt: out_grad(params, s, y, wt, mt, B))(
@@ -629,11 +628,7 @@ def bp_lambda(model: model_lib.Model,
       _, hc_vjp = jax.vjp(lambda q: tb(lambda s, x: hc_local(q, s, x))(s_prev, batch.x), cp)
       cell_grads = hc_vjp(ls)[0]
     else:
-      a = ls  # co-state: Σ_t ls_t·Z_t = Σ_t a_t·Ī_t with a_t = ls_t + (a_{t+1}·A_{t+1})[0]
-      if sens_rev is not None and sens.name != "immediate":  # immediate: A_t = 0, a = ls
-        a = sens_lib.costates(sens_rev, cp, ls, states, batch.x)
-      _, step_vjp = jax.vjp(lambda q: tb(lambda s, x: cell.step(q, s, x))(s_prev, batch.x), cp)
-      cell_grads = step_vjp(a)[0]
+      cell_grads = sens_lib.sequence_credit(sens, cell, cp, ls, states, batch.x)
 
     grads = {
         "cell": finish_cell_grads(net_reduce(cell_grads, B)),

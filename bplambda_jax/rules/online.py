@@ -140,12 +140,9 @@ def online(model: model_lib.Model, sensitivity, *, signal: str = "immediate",
     cp = params["cell"]
     w = model_lib.step_weights(batch.mask)
     states = model_lib.loss_and_states(model, params, batch)[1]  # [T, B, n]
-    s_prev = jnp.concatenate([jnp.zeros_like(states[:1]), states[:-1]])  # s_{t−1}
     dy, ell = jax.vmap(signal_b, in_axes=(None, 0, 0, 0))(params, states, batch.y, w)
-    a0 = sens_lib.costates(rev, cp, ell, states, batch.x)  # a_t = 1⊗ℓ_t + a_{t+1}·A_{t+1}
-    step_tb = jax.vmap(jax.vmap(cell.step, in_axes=(None, 0, 0)), in_axes=(None, 0, 0))
-    _, vjp = jax.vjp(lambda q: step_tb(q, s_prev, batch.x), cp)
-    return finish(params, batch, states, dy, ell, vjp(a0)[0])
+    cell_sum = sens_lib.sequence_credit(sens, cell, cp, ell, states, batch.x)
+    return finish(params, batch, states, dy, ell, cell_sum)
 
   def grads(params, batch, hparams=None):
     base.merge_hparams({}, hparams, {})
