@@ -19,6 +19,8 @@ import time
 
 import numpy as np
 
+from bplambda_jax.rules import RULE_NAMES
+
 
 def _floats(text: str, name: str) -> list[float]:
   try:
@@ -81,7 +83,7 @@ def _plot_alignment(path: str, result: dict, title: str) -> None:
 
 
 def cmd_toy(args) -> int:
-  from bplambda_jax.tasks import toy
+  from bplambda_jax import experiments
 
   lambdas = _floats(args.lambdas, "lambdas")
   seeds = _ints(args.seeds, "seeds")
@@ -103,7 +105,7 @@ def cmd_toy(args) -> int:
         f"{'plastic' if args.plastic else 'fixed'} linear RNN (H={args.hidden}, T={args.T}), "
         f"mode={args.mode}{', faithful' if args.faithful else ''}", flush=True)
   t0 = time.perf_counter()
-  result = toy.run_toy(**{k: v for k, v in config.items()})
+  result = experiments.run_toy(**config)
   elapsed = time.perf_counter() - t0
   align = np.asarray(result["alignment"])  # [S, L, K]
   rows = []
@@ -133,17 +135,17 @@ DEFAULT_ALIGN_RULES = ("bptt,tbptt:1,tbptt:3,dni:1,dni:3,bp_lambda,rtrl,eprop,sn
 
 
 def cmd_align(args) -> int:
-  from bplambda_jax.rules import registry
-  from bplambda_jax.tasks import alignment
+  from bplambda_jax import experiments as alignment
+  from bplambda_jax.rules import parse_rule_spec
 
   specs = [s.strip() for s in args.rules.split(",") if s.strip()]
   try:
     for spec in specs:
-      registry.parse_spec(spec)
+      parse_rule_spec(spec)
   except ValueError as e:
     raise SystemExit(f"error: --rules: {e}")
-  if args.task not in alignment.TASKS:
-    raise SystemExit(f"error: --task must be one of {alignment.TASKS}, got {args.task!r}")
+  if args.task not in alignment.ALIGNMENT_TASKS:
+    raise SystemExit(f"error: --task must be one of {alignment.ALIGNMENT_TASKS}, got {args.task!r}")
   seeds = _ints(args.seeds, "seeds")
   for name in ("lambda_", "gamma"):
     if not 0.0 <= getattr(args, name) <= 1.0:
@@ -186,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--lr-rnn", type=float, default=None,
                  help="Adam learning rate of the RNN and readout with --plastic (default 1e-4)")
   t.add_argument("--mode", default="sequence", help="BP(λ) mode: 'sequence' or 'online'")
-  t.add_argument("--faithful", action="store_true", help="reference conventions (spec §10)")
+  t.add_argument("--faithful", action="store_true", help="the authors' conventions and quirks")
   t.add_argument("--record-every", type=int, default=100, help="stride of the recorded curve")
   t.add_argument("--out", default=None, help="output directory for results.json and the plot")
   t.set_defaults(func=cmd_toy)
@@ -195,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
   a.add_argument("--task", default="copy", help="'toy' (linear RNN, H=30) or 'copy' "
                  "(copy-repeat N=3, R=2, batch 16)")
   a.add_argument("--rules", default=DEFAULT_ALIGN_RULES,
-                 help="comma-separated rule specs: name or name:k (see rules.registry)")
+                 help="comma-separated rule specs: name or name:k, from " + ", ".join(RULE_NAMES))
   a.add_argument("--cell", default=None,
                  help="cell name (default: linear for toy, lstm for copy; e.g. columnar_lstm)")
   a.add_argument("--hidden", type=int, default=None, help="hidden size (toy 30, copy 16)")

@@ -3,7 +3,7 @@
 For every seed, all rules share the same network initialisation. Rules with a synthesiser (BP(λ),
 DNI) first train it for ``synth_steps`` updates with the network fixed (Adam on ĝ only), as in the
 toy experiment; the other rules need no training. Each rule is then measured on a fresh batch with
-:func:`bplambda_jax.metrics.alignment`: the cosine between its gradient estimate and the exact
+:func:`bplambda_jax.experiments.alignment`: the cosine between its gradient estimate and the exact
 BPTT gradient (cell, readout, all) and the mean cosine between its learning signals and the true
 dL/ds_t for t < T−1. Seeds are a ``jax.vmap`` axis; results are means and sds over seeds.
 """
@@ -14,31 +14,37 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bplambda_jax import metrics
-from bplambda_jax import model as model_lib
-from bplambda_jax import train
-from bplambda_jax.rules import registry
-from bplambda_jax.tasks import copy_repeat
-from bplambda_jax.tasks import toy
+from bplambda_jax import tasks
+from bplambda_jax import training
+from bplambda_jax.experiments import _metrics as metrics
+from bplambda_jax.model import make_model
+from bplambda_jax.rules import make_rule, parse_rule_spec
 
 TASKS = ("toy", "copy")
 COLUMNS = ("cell", "readout", "all", "learning_signal")
+# The experiment's λ, γ and synthetic-gradient scale go to the rules that have them.
+SHARED_OPTIONS = {"bp_lambda": ("lambda_", "gamma", "sg_scale"), "dni": ("sg_scale",)}
 
 
 def task_setup(task: str, cell: str | None = None, hidden: int | None = None,
-               batch_size: int = 16, n: int = 3, r: int = 2):
-  """(model, data_fn) for a task; data_fn(key, step) -> Batch."""
+               batch_size: int | None = None, n: int = 3, r: int = 2):
+  """(model, data_fn) for a task; data_fn(key, step) -> Batch.
+
+  toy: the linear RNN (H = 30) on the toy batch (B = 10, T = 10); copy: an LSTM (H = 16) on
+  copy-repeat at (n, r) (B = 16). ``cell``, ``hidden`` and ``batch_size`` override the sizes.
+  """
   if task == "toy":
     hidden = hidden or 30
-    model = (toy.toy_model(hidden) if cell in (None, "linear") else
-             model_lib.make_model(cell, "mse", toy.INPUT_SIZE, toy.OUTPUT_SIZE, hidden))
-    batch = toy.toy_batch(10, 10)
+    model = (tasks.toy_model(hidden) if cell in (None, "linear") else
+             make_model(cell, "mse", tasks.TOY_INPUT_SIZE, tasks.TOY_OUTPUT_SIZE, hidden))
+    batch = tasks.toy_batch(batch_size or 10, 10)
     return model, lambda key, step: batch
   if task == "copy":
-    model = model_lib.make_model(cell or "lstm", "bce", copy_repeat.INPUT_SIZE,
-                                 copy_repeat.OUTPUT_SIZE, hidden or 16)
-    max_len = copy_repeat.seq_len(n, r)
-    return model, lambda key, step: copy_repeat.copy_repeat_batch(key, n, r, batch_size, max_len)
+    model = make_model(cell or "lstm", "bce", tasks.COPY_INPUT_SIZE, tasks.COPY_OUTPUT_SIZE,
+                       hidden or 16)
+    max_len = tasks.copy_repeat_len(n, r)
+    B = batch_size or 16
+    return model, lambda key, step: tasks.copy_repeat_batch(key, n, r, B, max_len)
   raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
 
 
@@ -51,8 +57,9 @@ def run_alignment(task: str, rule_specs, seeds, *, cell: str | None = None,
   rows = []
   for spec in rule_specs:
     try:
-      rule = registry.make_rule(spec, model, mode="online", lambda_=lambda_, gamma=gamma,
-                                sg_scale=sg_scale)
+      given = {"lambda_": lambda_, "gamma": gamma, "sg_scale": sg_scale}
+      name = parse_rule_spec(spec)[0]
+      rule = make_rule(spec, model, **{k: given[k] for k in SHARED_OPTIONS.get(name, ())})
     except ValueError as e:  # a rule not defined for this cell: reported, not fatal
       rows.append({"rule": spec, "error": str(e)})
       continue
@@ -61,9 +68,9 @@ def run_alignment(task: str, rule_specs, seeds, *, cell: str | None = None,
       k_model, k_rule, k_train, k_eval = jax.random.split(jax.random.wrap_key_data(kd), 4)
       params = {**rule.init(k_rule), **model.init(k_model)}  # shared network init
       if "synth" in params:
-        opt = train.optimiser(0.0, 0.0, lr_synth)
-        state = train.TrainState(params, opt.init(params), jnp.zeros((), jnp.int32))
-        state, _ = train.run(rule, opt, data_fn, k_train, synth_steps, state=state)
+        opt = training.optimiser(0.0, 0.0, lr_synth)
+        state = training.TrainState(params, opt.init(params), jnp.zeros((), jnp.int32))
+        state, _ = training.run(rule, opt, data_fn, k_train, synth_steps, state=state)
         params = state.params
       res = metrics.alignment(rule, params, data_fn(k_eval, 0), model=model)
       return {c: res[c] for c in COLUMNS}
@@ -72,8 +79,8 @@ def run_alignment(task: str, rule_specs, seeds, *, cell: str | None = None,
     row = {"rule": spec}
     for c in COLUMNS:
       v = np.asarray(res[c], dtype=np.float64)
-      row[c] = float(np.nanmean(v)) if np.any(np.isfinite(v)) else float("nan")
-      row[c + "_sd"] = float(np.nanstd(v)) if np.any(np.isfinite(v)) else float("nan")
+      row[c] = float(np.mean(v))  # a diverged seed (NaN) makes the row NaN, never hidden
+      row[c + "_sd"] = float(np.std(v, ddof=1)) if v.size > 1 else float("nan")
     rows.append(row)
   return rows
 

@@ -1,4 +1,4 @@
-"""Training: optax optimisers per parameter group, one jitted update, seed vmaps, checkpoints.
+"""Training: optax optimisers per parameter group, one jitted update, on-device runs, seed sweeps.
 
 ::
 
@@ -8,23 +8,21 @@
     update = jax.jit(make_update(rule, opt))
     state, metrics = update(state, batch)
 
-Seeds are a ``jax.vmap`` axis: ``jax.vmap(lambda k: init_state(rule, opt, k))(keys)`` and
-``jax.vmap(update)(states, batches)``; :func:`run` scans many updates inside one compiled program
-with data generated on device from a key.
+Seeds are a ``jax.vmap`` axis: :func:`sweep` runs S seeds of :func:`run` (many updates in one
+``lax.scan``, data generated on device from a key) as one compiled program, after checking that
+the online traces of all S seeds fit in memory (:func:`check_memory`).
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Any, Callable, NamedTuple, Optional
 
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import optax
 
-from bplambda_jax.rules import base
+from bplambda_jax.rules import Rule
+from bplambda_jax.training._memory import check_memory
 
 Params = Any
 
@@ -32,7 +30,7 @@ GROUPS = ("cell", "readout", "synth")
 
 
 class TrainState(NamedTuple):
-  """Everything that changes during training.
+  """Everything that changes during training by whole batches.
 
   Attributes:
     params: {'cell', 'readout'[, 'synth']}.
@@ -46,24 +44,19 @@ class TrainState(NamedTuple):
 
 
 def adam(learning_rate: float, b1: float = 0.9, b2: float = 0.98, eps: float = 1e-9):
-  """Adam as in the reference (spec §8.3): betas (0.9, 0.98), eps 1e-9 added to √v̂."""
+  """Adam as in the authors' code: betas (0.9, 0.98), eps 1e-9 added to √v̂."""
   return optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
 
 
 def optimiser(lr_cell: float, lr_readout: float, lr_synth: float = 0.0, *,
-              b1: float = 0.9, b2: float = 0.98, eps: float = 1e-9,
-              alpha_learning: bool = False) -> optax.GradientTransformation:
+              b1: float = 0.9, b2: float = 0.98, eps: float = 1e-9) -> optax.GradientTransformation:
   """Adam with a separate learning rate per group ('cell', 'readout', 'synth').
 
-  A group with learning rate 0 is frozen (``optax.set_to_zero``). With ``alpha_learning`` the
-  synthesiser is updated inside the rule by plain SGD at every step, so its optimiser is frozen
-  and ``lr_synth`` must be 0.
+  A group with learning rate 0 is frozen (``optax.set_to_zero``).
   """
   for name, v in (("lr_cell", lr_cell), ("lr_readout", lr_readout), ("lr_synth", lr_synth)):
-    if not v >= 0:
-      raise ValueError(f"{name} must be >= 0, got {v!r}.")
-  if alpha_learning and lr_synth:
-    raise ValueError("alpha_learning updates the synthesiser inside the rule; lr_synth must be 0.")
+    if not (isinstance(v, (int, float)) and v >= 0 and v < float("inf")):
+      raise ValueError(f"{name} must be a finite number >= 0, got {v!r}.")
 
   def group(lr):
     return adam(lr, b1, b2, eps) if lr > 0 else optax.set_to_zero()
@@ -76,16 +69,16 @@ def optimiser(lr_cell: float, lr_readout: float, lr_synth: float = 0.0, *,
       raise ValueError(f"params has unknown groups {sorted(unknown)}; expected {GROUPS}.")
     return {k: jax.tree.map(lambda _: k, v) for k, v in params.items()}
 
-  return optax.multi_transform(transforms, labels)
+  return optax.partition(transforms, labels)
 
 
-def init_state(rule: base.Rule, opt: optax.GradientTransformation, key) -> TrainState:
+def init_state(rule: Rule, opt: optax.GradientTransformation, key) -> TrainState:
   """Fresh parameters from ``rule.init(key)`` and the optimiser state."""
   params = rule.init(key)
   return TrainState(params, opt.init(params), jnp.zeros((), jnp.int32))
 
 
-def make_update(rule: base.Rule, opt: optax.GradientTransformation,
+def make_update(rule: Rule, opt: optax.GradientTransformation,
                 metric_fn: Optional[Callable] = None) -> Callable:
   """``update(state, batch, hparams=None) -> (state, metrics)``: one optimiser step per batch.
 
@@ -99,8 +92,6 @@ def make_update(rule: base.Rule, opt: optax.GradientTransformation,
     extra = metric_fn(state.params, batch, aux) if metric_fn is not None else {}
     updates, opt_state = opt.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    if "synth_params" in aux:  # alpha_learning: the rule already applied per-step SGD
-      params = {**params, "synth": aux["synth_params"]}
     metrics = {"loss": aux["loss"]}
     if "td_error_norm" in aux:
       metrics["td_error_norm"] = jnp.sum(aux["td_error_norm"])
@@ -109,7 +100,12 @@ def make_update(rule: base.Rule, opt: optax.GradientTransformation,
   return update
 
 
-def run(rule: base.Rule, opt: optax.GradientTransformation, data_fn: Callable, key, num_steps: int,
+def _check_steps(num_steps):
+  if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+    raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}.")
+
+
+def run(rule: Rule, opt: optax.GradientTransformation, data_fn: Callable, key, num_steps: int,
         state: Optional[TrainState] = None, hparams=None, metric_fn: Optional[Callable] = None):
   """``num_steps`` updates in one ``lax.scan`` (no host round trips), data made on device.
 
@@ -125,8 +121,7 @@ def run(rule: base.Rule, opt: optax.GradientTransformation, data_fn: Callable, k
   Returns:
     (final state, metrics with a leading [num_steps] axis).
   """
-  if not isinstance(num_steps, int) or num_steps < 1:
-    raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}.")
+  _check_steps(num_steps)
   k_init, k_data = jax.random.split(key)
   if state is None:
     state = init_state(rule, opt, k_init)
@@ -139,21 +134,28 @@ def run(rule: base.Rule, opt: optax.GradientTransformation, data_fn: Callable, k
   return jax.lax.scan(body, state, jnp.arange(num_steps))
 
 
-# ------------------------------------------------------------------------------ checkpoints
+def sweep(rule: Rule, opt: optax.GradientTransformation, data_fn: Callable, keys, num_steps: int,
+          hparams=None, metric_fn: Optional[Callable] = None):
+  """:func:`run` for every seed key at once: one compiled program, seeds a ``jax.vmap`` axis.
 
+  Before compiling, :func:`check_memory` checks that the online traces of all S seeds fit.
 
-def save_checkpoint(path: str, tree) -> None:
-  """Write a pytree atomically (temporary file + rename), so a crash never leaves half a file."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  data = flax.serialization.to_bytes(jax.device_get(tree))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ckpt-")
-  with os.fdopen(fd, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
+  Args:
+    rule, opt, data_fn, num_steps, metric_fn: as in :func:`run`.
+    keys: PRNG keys, [S].
+    hparams: hyper-parameter overrides shared by every seed, or arrays with a leading [S] axis
+      (one value per seed, e.g. a λ sweep).
 
-
-def load_checkpoint(path: str, template):
-  """Read a pytree written by :func:`save_checkpoint`, with ``template``'s structure."""
-  with open(path, "rb") as f:
-    return flax.serialization.from_bytes(template, f.read())
+  Returns:
+    (final states, metrics [S, num_steps]), every leaf with a leading [S] axis.
+  """
+  _check_steps(num_steps)
+  keys = jnp.asarray(keys) if not isinstance(keys, jax.Array) else keys
+  S = keys.shape[0]
+  k0 = keys[0]
+  params = jax.eval_shape(lambda k: rule.init(jax.random.split(k)[0]), k0)
+  batch = jax.eval_shape(lambda k: data_fn(k, jnp.zeros((), jnp.int32)), k0)
+  check_memory(rule, params, batch.x.shape[1], seeds=S)
+  per_seed = hparams is not None and all(jnp.ndim(v) == 1 for v in hparams.values())
+  fn = lambda k, hp: run(rule, opt, data_fn, k, num_steps, hparams=hp, metric_fn=metric_fn)
+  return jax.jit(jax.vmap(fn, in_axes=(0, 0 if per_seed else None)))(keys, hparams)

@@ -1,12 +1,12 @@
 """Seed sweeps spread over devices: a ('seed', 'batch') mesh, sharded vmaps, multi-host start-up.
 
-A seed sweep is ``jax.vmap`` of a per-seed function over a leading seed axis (``train`` module).
+A seed sweep is ``jax.vmap`` of a per-seed function over a leading seed axis.
 Here the same vmapped function is compiled with ``jax.jit`` so that its inputs and outputs are
 split along that axis over the mesh's ``'seed'`` devices; each device then trains S / n_seed
 seeds and nothing is communicated between seeds::
 
     mesh = seed_mesh()                                   # every device on the 'seed' axis
-    sweep = shard_seeds(lambda k: train.run(rule, opt, data_fn, k, steps), mesh)
+    sweep = shard_seeds(lambda k: training.run(rule, opt, data_fn, k, steps), mesh)
     states, metrics = sweep(jax.random.split(jax.random.key(0), 8))
     # every leaf has a leading [8] axis, laid out as NamedSharding(mesh, P('seed'))
 
@@ -133,26 +133,10 @@ def shard_seeds(fn: Callable, mesh: Mesh, *, pad: bool = False) -> Callable:
   return sweep
 
 
-def sharded_sweep(fn: Callable, keys, mesh: Mesh, *args, pad: bool = False):
-  """One call of :func:`shard_seeds`: ``jax.vmap(fn)(keys, *args)`` split over 'seed'.
-
-  Args:
-    fn: per-seed function ``fn(key, *per_seed_args)``.
-    keys: PRNG keys, [S] (or any pytree with a leading [S] axis).
-    mesh: a mesh with a 'seed' axis.
-    *args: further per-seed arguments, leading axis [S].
-    pad: see :func:`shard_seeds`.
-
-  Returns:
-    ``fn``'s outputs with a leading [S] axis, sharded along 'seed'.
-  """
-  return shard_seeds(fn, mesh, pad=pad)(keys, *args)
-
-
 def constrain_batch(tree, mesh: Mesh, axis: int = 1):
   """Split the batch axis of every leaf over the mesh's 'batch' devices (inside ``fn``).
 
-  Call it on a time-major :class:`~bplambda_jax.model.Batch` (x [T, B, D_in], y, mask [T, B];
+  Call it on a time-major :class:`~bplambda_jax.Batch` (x [T, B, D_in], y, mask [T, B];
   B is axis 1) inside the per-seed function given to :func:`shard_seeds`; under that function's
   vmap the seed axis stays split over 'seed'. A mesh whose 'batch' axis has size 1 leaves the
   layout unchanged.

@@ -1,4 +1,4 @@
-"""Copy-repeat (Graves-style), spec §7.2, generated on device from a PRNG key.
+"""Copy-repeat (Graves-style), generated on device from a PRNG key.
 
 With pattern length N and repeat count R the sequence has T = (R+1)·N + 3 steps, 10 input channels
 (8 pattern bits, a start flag on channel 8 and the repeat count R/10 on channel 9) and 9 target
@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from bplambda_jax import model as model_lib
+from bplambda_jax.model import Batch
 
 BITS = 8
 INPUT_SIZE = BITS + 2
@@ -27,7 +27,7 @@ def seq_len(n: int, r: int) -> int:
   return (r + 1) * n + 3
 
 
-def copy_repeat_batch(key, n, r, batch_size: int, max_len: int, dtype=None) -> model_lib.Batch:
+def copy_repeat_batch(key, n, r, batch_size: int, max_len: int, dtype=None) -> Batch:
   """One batch at level (N, R), padded to ``max_len`` steps.
 
   Args:
@@ -64,7 +64,7 @@ def copy_repeat_batch(key, n, r, batch_size: int, max_len: int, dtype=None) -> m
   end = (t == total - 1).astype(dtype)
   y = jnp.concatenate([y_bits, end[..., None] * jnp.ones((1, batch_size, 1), dtype)], axis=-1)
   mask = ((t >= n + 2) & (t <= total - 1)).astype(dtype) * jnp.ones((1, batch_size), dtype)
-  return model_lib.Batch(x, y, mask)
+  return Batch(x, y, mask)
 
 
 def next_level(n, r):

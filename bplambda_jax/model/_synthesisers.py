@@ -2,13 +2,14 @@
 
 A :class:`Synthesiser` is a NamedTuple of pure functions::
 
-    params = synth.init(key, d_in, d_out)       # {'train': ..., 'frozen': ...}
+    params = synth.init(key, d_in, d_out)       # {'train': ..., 'frozen': ...}; dtype= optional
     g = synth.apply(params, z)                  # z: [d_in] -> g: [d_out]
 
 Parameters are split into a ``'train'`` subtree (what learning rules update and trace) and a
 ``'frozen'`` subtree (random features kept at their initial values), so "train only the last
 layer" is a property of the parameters, not a flag the rules must remember.
-The last layer is zero-initialised (Jaderberg et al. 2017; spec §3.1), so ĝ ≡ 0 at the start.
+The last layer is zero-initialised (Jaderberg et al. 2017, as in the authors' code), so ĝ ≡ 0 at the
+start.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bplambda_jax.model._cells import check_size, float_dtype
+
 Params = Any
 
 
@@ -27,7 +30,7 @@ class Synthesiser(NamedTuple):
 
   Attributes:
     name: short name.
-    init: ``init(key, d_in, d_out) -> {'train': pytree, 'frozen': pytree}``.
+    init: ``init(key, d_in, d_out, dtype=None) -> {'train': pytree, 'frozen': pytree}``.
     apply: ``apply(params, z [d_in]) -> g [d_out]``.
     linear: True when ĝ(z) = W z + β with W, β the whole 'train' subtree (enables structured traces).
   """
@@ -38,19 +41,20 @@ class Synthesiser(NamedTuple):
   linear: bool = False
 
 
-def _check_dims(d_in, d_out):
-  for name, v in (("d_in", d_in), ("d_out", d_out)):
-    if not isinstance(v, (int, np.integer)) or v < 1:
-      raise ValueError(f"{name} must be a positive integer, got {v!r}.")
+def linear_synthesiser(bias: bool = True) -> Synthesiser:
+  """ĝ(z) = W z + β with W [d_out, d_in] and β [d_out], both zero-initialised.
 
+  Args:
+    bias: whether ĝ has the bias β.
+  """
+  if not isinstance(bias, bool):
+    raise ValueError(f"bias must be True or False, got {bias!r}.")
 
-def linear(bias: bool = True) -> Synthesiser:
-  """ĝ(z) = W z + β with W [d_out, d_in] and β [d_out], both zero-initialised (spec §3.1)."""
-
-  def init(key, d_in, d_out):
+  def init(key, d_in, d_out, dtype=None):
     del key
-    _check_dims(d_in, d_out)
-    dtype = jnp.result_type(float)
+    check_size("d_in", d_in)
+    check_size("d_out", d_out)
+    dtype = float_dtype(dtype)
     train = {"w": jnp.zeros((d_out, d_in), dtype)}
     if bias:
       train["b"] = jnp.zeros((d_out,), dtype)
@@ -64,27 +68,30 @@ def linear(bias: bool = True) -> Synthesiser:
   return Synthesiser("linear", init, apply, linear=True)
 
 
-def mlp(hidden_layers: int, hidden_size: int, train_last_only: bool = False,
-        bias: bool = True) -> Synthesiser:
+def mlp_synthesiser(hidden_layers: int, hidden_size: int, train_last_only: bool = False,
+                    bias: bool = True) -> Synthesiser:
   """ĝ = W_{K+1} relu(… relu(W_1 z + β_1) …) + β_{K+1} with K hidden ReLU layers.
 
   Hidden layers use U(±1/√fan_in) for weights and biases; the output layer is zero-initialised.
 
   Args:
-    hidden_layers: K ≥ 1 (use :func:`linear` for K = 0).
+    hidden_layers: K ≥ 1 (use :func:`linear_synthesiser` for K = 0).
     hidden_size: width of every hidden layer.
-    train_last_only: keep the hidden layers frozen at init ("random features", spec §4.4).
+    train_last_only: keep the hidden layers frozen at init ("random features").
     bias: use biases in every layer.
   """
-  if not isinstance(hidden_layers, int) or hidden_layers < 1:
-    raise ValueError(f"hidden_layers must be an integer >= 1 (use linear() for 0), got "
-                     f"{hidden_layers!r}.")
-  if not isinstance(hidden_size, int) or hidden_size < 1:
-    raise ValueError(f"hidden_size must be a positive integer, got {hidden_size!r}.")
+  if isinstance(hidden_layers, bool) or not isinstance(hidden_layers, int) or hidden_layers < 1:
+    raise ValueError(f"hidden_layers must be an integer >= 1 (use linear_synthesiser() for 0), "
+                     f"got {hidden_layers!r}.")
+  check_size("hidden_size", hidden_size)
+  for name, v in (("train_last_only", train_last_only), ("bias", bias)):
+    if not isinstance(v, bool):
+      raise ValueError(f"{name} must be True or False, got {v!r}.")
 
-  def init(key, d_in, d_out):
-    _check_dims(d_in, d_out)
-    dtype = jnp.result_type(float)
+  def init(key, d_in, d_out, dtype=None):
+    check_size("d_in", d_in)
+    check_size("d_out", d_out)
+    dtype = float_dtype(dtype)
     keys = jax.random.split(key, 2 * hidden_layers)
     layers = []
     fan_in = d_in
@@ -119,9 +126,13 @@ def mlp(hidden_layers: int, hidden_size: int, train_last_only: bool = False,
 
 def get_synthesiser(name: str, hidden_layers: int = 0, hidden_size: int = 50,
                     train_last_only: bool = False) -> Synthesiser:
-  """'linear' or 'mlp' by name."""
+  """A synthesiser by name: 'linear' (no other argument) or 'mlp' (K = hidden_layers ≥ 1)."""
   if name == "linear":
-    return linear()
+    if hidden_layers or train_last_only:
+      raise ValueError(f"the linear synthesiser has no hidden layers; got "
+                       f"hidden_layers={hidden_layers!r}, train_last_only={train_last_only!r}. "
+                       f"Use name='mlp' for hidden layers.")
+    return linear_synthesiser()
   if name == "mlp":
-    return mlp(hidden_layers, hidden_size, train_last_only)
+    return mlp_synthesiser(hidden_layers, hidden_size, train_last_only)
   raise ValueError(f"synthesiser must be one of ['linear', 'mlp'], got {name!r}.")

@@ -3,33 +3,33 @@
 Two views of "how close is a rule to the true gradient":
 
 * **parameter gradients**: the cosine similarity between the rule's gradient estimate and the
-  exact BPTT gradient (:func:`bplambda_jax.rules.bptt.exact_gradients`), per parameter leaf
+  exact BPTT gradient (:func:`bplambda_jax.oracles.exact_gradients`), per parameter leaf
   ('cell/w_ih', 'readout/b', ...), per group ('cell', 'readout') and overall ('all' = cell and
   readout together);
-* **learning signals** (the paper's toy-task metric, spec §7.1): the cosine, per example and per
+* **learning signals** (the paper's toy-task metric): the cosine, per example and per
   step, between the signal the rule credits to s_t (``aux['learning_signal']``) and the true total
   gradient dL_b/ds_t, averaged over the selected (t, b).
 
-Conventions. ``cosine(a, b) = ⟨a, b⟩ / (‖a‖·‖b‖)``, taken as 0 when either vector is zero. In
+Conventions. ``cosine(a, b) = ⟨a, b⟩ / (‖a‖·‖b‖)``, taken as 0 when either vector is zero and NaN
+when either holds a NaN or an infinity (a diverged run is never reported as "no alignment"). In
 :func:`alignment`, the exact gradient is the reference: a group whose exact gradient is zero has no
 direction to align with and reports NaN, while a rule that returns zero where the truth is not gets
 0. Likewise the learning-signal mean skips the (t, b) where dL_b/ds_t = 0.
 
-Everything is jit-compatible (no Python loops over steps, no host transfers) except
-:func:`alignment_table`, which converts to Python floats for printing.
+Everything is jit-compatible (no Python loops over steps, no host transfers).
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bplambda_jax import model as model_lib
-from bplambda_jax.rules import base
-from bplambda_jax.rules.bptt import exact_gradients
+from bplambda_jax.model import Batch, Model
+from bplambda_jax.oracles import exact_gradients
+from bplambda_jax.rules import Rule
 
 COORDS = ("state", "hidden")
 
@@ -44,11 +44,12 @@ def _flat(tree) -> jax.Array:
 def _cos(a, b, axis=-1):
   dot = jnp.sum(a * b, axis=axis)
   norms = jnp.linalg.norm(a, axis=axis) * jnp.linalg.norm(b, axis=axis)
-  return jnp.where(norms > 0, dot / jnp.where(norms > 0, norms, 1.0), 0.0)
+  zero = jnp.where(jnp.isfinite(norms), 0.0, jnp.nan)  # a NaN or infinite input stays NaN
+  return jnp.where(norms > 0, dot / jnp.where(norms > 0, norms, 1.0), zero)
 
 
 def cosine(a, b, axis: Optional[int] = None) -> jax.Array:
-  """Cosine similarity ⟨a, b⟩/(‖a‖·‖b‖), 0 when either is zero.
+  """Cosine similarity ⟨a, b⟩/(‖a‖·‖b‖), 0 when either is zero, NaN when either is not finite.
 
   Args:
     a, b: arrays, or pytrees with the same structure.
@@ -70,20 +71,6 @@ def cosine(a, b, axis: Optional[int] = None) -> jax.Array:
   return _cos(a, b, axis=axis)
 
 
-def _path_name(path) -> str:
-  parts = []
-  for k in path:
-    if isinstance(k, jax.tree_util.DictKey):
-      parts.append(str(k.key))
-    elif isinstance(k, jax.tree_util.SequenceKey):
-      parts.append(str(k.idx))
-    elif isinstance(k, jax.tree_util.GetAttrKey):
-      parts.append(k.name)
-    else:
-      parts.append(str(k))
-  return "/".join(parts)
-
-
 def _against_exact(estimate, exact):
   """Cosine of estimate against exact; NaN when the exact reference is zero."""
   c = cosine(estimate, exact)
@@ -91,7 +78,7 @@ def _against_exact(estimate, exact):
 
 
 def default_step_mask(T: int, B: int, dtype=None) -> jax.Array:
-  """The toy-task selection (spec §7.1): every step but the last, [T, B].
+  """The toy-task selection: every step but the last, [T, B].
 
   At t = T−1 the learning signal of every rule is the immediate ℓ_{T−1} (nothing lies beyond), so
   the last step says nothing about credit assignment through time.
@@ -100,8 +87,8 @@ def default_step_mask(T: int, B: int, dtype=None) -> jax.Array:
   return jnp.broadcast_to(t < T - 1, (T, B)).astype(dtype or jnp.result_type(float))
 
 
-def alignment(rule: base.Rule, params, batch: model_lib.Batch, hparams=None, *,
-              model: model_lib.Model, step_mask: Optional[jax.Array] = None,
+def alignment(rule: Rule, params, batch: Batch, hparams=None, *,
+              model: Model, step_mask: Optional[jax.Array] = None,
               coords: str = "state") -> dict:
   """Cosine alignment of a rule's gradients and learning signals with exact BPTT.
 
@@ -144,7 +131,7 @@ def alignment(rule: base.Rule, params, batch: model_lib.Batch, hparams=None, *,
       raise ValueError(f"rule {rule.name!r}: the {group!r} gradient tree does not match the "
                        f"parameters ({len(leaves_est)} vs {len(leaves_exact)} leaves).")
     for (path, g), g_exact in zip(leaves_est, leaves_exact):
-      out[f"{group}/{_path_name(path)}"] = _against_exact(g, g_exact)
+      out[f"{group}/{jax.tree_util.keystr(path, simple=True, separator='/')}"] = _against_exact(g, g_exact)
     out[group] = _against_exact(est[group], exact[group])
   out["all"] = _against_exact({k: est[k] for k in ("cell", "readout")},
                               {k: exact[k] for k in ("cell", "readout")})
@@ -170,62 +157,3 @@ def alignment(rule: base.Rule, params, batch: model_lib.Batch, hparams=None, *,
   out["learning_signal_per_step"] = jnp.where(
       per_t > 0, jnp.sum(sel * cos_tb, axis=1) / jnp.maximum(per_t, 1), jnp.nan)
   return out
-
-
-def alignment_table(rules: Mapping[str, base.Rule], params, batch: model_lib.Batch, *,
-                    model: model_lib.Model, params_by_rule: Optional[Mapping[str, Any]] = None,
-                    hparams_by_rule: Optional[Mapping[str, Any]] = None,
-                    step_mask: Optional[jax.Array] = None, coords: str = "state",
-                    jit: bool = True) -> list[dict]:
-  """Alignment of several rules on one batch, as rows of Python values for printing.
-
-  Args:
-    rules: {display name: rule}.
-    params: parameters shared by the rules (with 'synth' if any rule needs it).
-    batch: time-major batch.
-    model: the model the rules were built for.
-    params_by_rule: optional {name: params} for rules needing their own parameters (e.g. a
-      synthesiser of a different width); they replace ``params`` for that rule.
-    hparams_by_rule: optional {name: hparams} overrides.
-    step_mask, coords: as in :func:`alignment`.
-    jit: compile each rule's alignment with ``jax.jit``.
-
-  Returns:
-    One dict per rule, in the order of ``rules``: {'rule': name, then every scalar entry of
-    :func:`alignment` as a Python float} ('learning_signal_per_step' is left out).
-  """
-  params_by_rule = dict(params_by_rule or {})
-  hparams_by_rule = dict(hparams_by_rule or {})
-  for what, d in (("params_by_rule", params_by_rule), ("hparams_by_rule", hparams_by_rule)):
-    unknown = set(d) - set(rules)
-    if unknown:
-      raise ValueError(f"{what} names unknown rules {sorted(unknown)}; rules are {list(rules)}.")
-  rows = []
-  for name, rule in rules.items():
-    def f(p, b, hp, rule=rule):
-      return alignment(rule, p, b, hp, model=model, step_mask=step_mask, coords=coords)
-    if jit:
-      f = jax.jit(f)
-    res = f(params_by_rule.get(name, params), batch, hparams_by_rule.get(name))
-    row = {"rule": name}
-    for k, v in res.items():
-      if k != "learning_signal_per_step":
-        row[k] = float(np.asarray(v))
-    rows.append(row)
-  return rows
-
-
-def format_alignment_table(rows: list[dict], columns: Optional[list[str]] = None) -> str:
-  """A plain-text table of :func:`alignment_table` rows (default columns: the group summaries)."""
-  if not rows:
-    return ""
-  columns = columns or ["cell", "readout", "all", "learning_signal"]
-  missing = [c for c in columns if c not in rows[0]]
-  if missing:
-    raise ValueError(f"unknown columns {missing}; available: {sorted(k for k in rows[0] if k != 'rule')}.")
-  width = max(len("rule"), *(len(r["rule"]) for r in rows))
-  head = "rule".ljust(width) + "".join(f"  {c:>15}" for c in columns)
-  lines = [head, "-" * len(head)]
-  for r in rows:
-    lines.append(r["rule"].ljust(width) + "".join(f"  {r[c]:>15.6f}" for c in columns))
-  return "\n".join(lines)

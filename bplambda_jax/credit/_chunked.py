@@ -1,6 +1,6 @@
 """Chunked eligibility traces for a linear synthesiser: BP(λ) online at O(B·d²·n) per step.
 
-BP(λ)'s online mode (:mod:`bplambda_jax.rules.bp_lambda`, spec §4.2) carries, per example, the
+BP(λ)'s online mode (:func:`bplambda_jax.bp_lambda`) carries, per example, the
 trace of a linear synthesiser ĝ(z) = W z + β (W [d, n]) and applies one TD step per time step::
 
     E_τ = C_τ·E_{τ−1} + D(a_τ)         C_τ = γλ·M_{τ−1} [d, d],  D(a)[o, i, j] = 1[o = i]·a_j
@@ -68,7 +68,7 @@ class ChunkedTrace(NamedTuple):
   count: Array
 
 
-def chunked_init(ctx, d: int, n: int, *, bias: bool, chunk: int, steps: int,
+def chunked_init(ctx, d: int, n: int, *, bias: bool, chunk: int, steps: Optional[int] = None,
                  dtype) -> ChunkedTrace:
   """An empty chunked trace (all traces zero).
 
@@ -78,19 +78,19 @@ def chunked_init(ctx, d: int, n: int, *, bias: bool, chunk: int, steps: int,
     n: ĝ's input size (columns of W).
     bias: whether the synthesiser has a bias β (an extra input column of 1).
     chunk: L ≥ 1, steps per chunk; capped at ``steps``.
-    steps: the number of trace steps of the sequence (a static bound); if L ≥ steps no fold ever
-      happens and E⁰ is not stored.
+    steps: the number of trace steps the trace will see, if known (a static bound); if L ≥ steps
+      no fold ever happens and E⁰ is not stored. None: unbounded (streaming), E⁰ is stored.
     dtype: float dtype of the trace.
   """
   if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
     raise ValueError(f"chunk must be an int >= 1, got {chunk!r}.")
-  L = min(chunk, steps)
+  L = chunk if steps is None else min(chunk, steps)
   n_cols = n + int(bias)
   leaves = jax.tree.leaves(ctx)
   if not leaves:
     raise ValueError("ctx must be a non-empty pytree of [B, ...] arrays.")
   B = leaves[0].shape[0]
-  base = None if L >= steps else jnp.zeros((B, d, d, n_cols), dtype)
+  base = None if steps is not None and L >= steps else jnp.zeros((B, d, d, n_cols), dtype)
   ctxs = jax.tree.map(lambda c: jnp.zeros((L,) + c.shape, c.dtype), ctx)
   return ChunkedTrace(base, ctxs, jnp.zeros((L,), dtype), jnp.zeros((L, B, n_cols), dtype),
                       jnp.zeros((), jnp.int32))

@@ -1,0 +1,59 @@
+"""What is trained: cells, synthesisers, losses, the model and its data (``Batch``)."""
+
+from bplambda_jax.model._cells import CELLS
+from bplambda_jax.model._cells import Cell
+from bplambda_jax.model._cells import JACOBIANS
+from bplambda_jax.model._cells import LSTMParts
+from bplambda_jax.model._cells import columnar_lstm
+from bplambda_jax.model._cells import get_cell
+from bplambda_jax.model._cells import gru
+from bplambda_jax.model._cells import linear_rnn
+from bplambda_jax.model._cells import lstm
+from bplambda_jax.model._cells import rnn
+from bplambda_jax.model._cells import tanh_rnn
+from bplambda_jax.model._flax import from_flax
+from bplambda_jax.model._losses import LOSSES
+from bplambda_jax.model._losses import Loss
+from bplambda_jax.model._losses import get_loss
+from bplambda_jax.model._losses import objective
+from bplambda_jax.model._losses import step_weights
+from bplambda_jax.model._model import Batch
+from bplambda_jax.model._model import Model
+from bplambda_jax.model._model import loss_and_states
+from bplambda_jax.model._model import make_model
+from bplambda_jax.model._model import unroll
+from bplambda_jax.model._model import validate_batch
+from bplambda_jax.model._synthesisers import Synthesiser
+from bplambda_jax.model._synthesisers import get_synthesiser
+from bplambda_jax.model._synthesisers import linear_synthesiser
+from bplambda_jax.model._synthesisers import mlp_synthesiser
+
+__all__ = [
+    "Batch",
+    "CELLS",
+    "Cell",
+    "JACOBIANS",
+    "LOSSES",
+    "LSTMParts",
+    "Loss",
+    "Model",
+    "Synthesiser",
+    "columnar_lstm",
+    "from_flax",
+    "get_cell",
+    "get_loss",
+    "get_synthesiser",
+    "gru",
+    "linear_rnn",
+    "linear_synthesiser",
+    "loss_and_states",
+    "lstm",
+    "make_model",
+    "mlp_synthesiser",
+    "objective",
+    "rnn",
+    "step_weights",
+    "tanh_rnn",
+    "unroll",
+    "validate_batch",
+]

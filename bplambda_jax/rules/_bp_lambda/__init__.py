@@ -1,0 +1,226 @@
+"""Accumulate BP(λ) (Pemberton & Costa, TMLR 2024): synthetic gradients learned by TD(λ).
+
+A synthesiser ĝ(z; θ) predicts the future loss gradient with respect to a recurrent state. It is a
+TD problem with vector-valued values, "rewards" u and transitions M:
+
+    δ_τ = u_τ + γ·ĝ(z_τ)·M_τ − ĝ(z_{τ−1})                  (ĝ ≡ 0 at the final step)
+    E_τ = γλ·M_{τ−1}·E_{τ−1} + ∂ĝ(z_{τ−1})/∂θ               (E per example, [d_out, *θ])
+    θ  += α·δ_τ·E_τ                                          (ascent; summed or applied per step)
+
+and the recurrent network learns from the signal ls = ℓ + sg_scale·ĝ contracted with a
+sensitivity (immediate, e-prop, RTRL, ...; see :mod:`bplambda_jax.credit`). The flavours (what ĝ
+predicts) are described in :mod:`bplambda_jax.rules._bp_lambda._flavours`:
+
+* ``'state'`` (any cell): ĝ(s_τ) ≈ Σ_{τ'>τ} γ^{τ'−τ−1}·∂L_{τ'}/∂s_τ, M_τ = J_τ; for the vanilla RNN
+  this is the paper's rule, for the LSTM its [h, c] flavour in the consistent Markov convention.
+* ``'eprop'`` (cells with an LSTM cell-state path): ĝ(s_{τ−1}) ≈ ∂L_{≥τ}/∂c_τ, M_τ = ∂c_τ/∂c_{τ−1}
+  through h_{τ−1}; the learning signal for h_{τ−1} is ℓ_{τ−1} + sg·ĝ·∂c_τ/∂h_{τ−1}, one step late,
+  and the default sensitivity is e-prop (the paper's LSTM experiments).
+
+``grads`` has two exact modes. ``'online'`` scans the per-step ``step`` (the algorithm as
+published; memory independent of T). ``'sequence'`` computes the same summed update by one reverse
+recursion at about the cost of a BPTT pass (:mod:`bplambda_jax.rules._bp_lambda._sequence`). Both
+rules offer the same ``init_state``/``step``.
+
+Faithful vs fixed (``faithful=True`` reproduces the authors' code; each switch below):
+
+=========================  ==========================================  ===========================
+switch                     faithful (the authors' code)                fixed (default)
+=========================  ==========================================  ===========================
+output derivative (Q13)    hand derivative / B; network and readout    exact gradient of the
+                           summed over the batch, so ĝ carries 1/B     per-example loss; batch
+                                                                       mean; ĝ per example
+readout scale (Q14)        κ·Σ dy⊗h with κ = ``readout_scale``         exact readout gradient
+[h,c] Jacobian (Q1)        J^{hc} with total-c vectors                 Markov Jacobian of (h, c)
+per-step clipping (Q7)     ‖Δ_p‖ > 1 → Δ_p/‖Δ_p‖ per tensor per step   off
+LSTM bias gradient (Q12)   doubled                                     not doubled
+=========================  ==========================================  ===========================
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import numpy as np
+
+from bplambda_jax import credit
+from bplambda_jax.model import Model, Synthesiser, linear_synthesiser, step_weights, validate_batch
+from bplambda_jax.model import objective
+from bplambda_jax.rules import _base as base
+from bplambda_jax.rules._bp_lambda._flavours import eprop_link, hc, state_link
+from bplambda_jax.rules._bp_lambda._online import (BIAS_NAMES, CHECKS, BPLambdaState, Config,
+                                                   EpropLag, TDState, make_online)
+from bplambda_jax.rules._bp_lambda._sequence import make_sequence
+from bplambda_jax.rules._from_sensitivity import scan_steps
+
+FLAVOURS = ("state", "eprop")
+
+
+def bp_lambda(model: Model,
+              synthesiser: Optional[Synthesiser] = None,
+              *,
+              lambda_: float = 1.0,
+              gamma: float = 1.0,
+              sg_scale: float = 1.0,
+              flavour: Optional[str] = None,
+              sensitivity=None,
+              mode: str = "online",
+              faithful: bool = False,
+              clip_increments: Optional[bool] = None,
+              readout_scale: Optional[float] = None,
+              bias_grad_scale: Optional[float] = None,
+              trace_chunk: Optional[int] = None,
+              trace_dtype=None) -> base.Rule:
+  """Accumulate BP(λ) as a :class:`~bplambda_jax.Rule` (see the module docstring).
+
+  Args:
+    model: the recurrent model.
+    synthesiser: ĝ; default the zero-initialised linear synthesiser.
+    lambda_: λ ∈ [0, 1], trace decay (hyper-parameter ``'lambda_'``).
+    gamma: γ ∈ [0, 1], discount of the bootstrapped term (``'gamma'``).
+    sg_scale: ≥ 0, scale of ĝ in the network's learning signal (the authors' sg_weight;
+      ``'sg_scale'``).
+    flavour: 'state' or 'eprop'; default 'eprop' for cells with an LSTM cell-state path
+      (``Cell.lstm``: the paper's LSTM setting) and 'state' otherwise.
+    sensitivity: name or :class:`~bplambda_jax.credit.Sensitivity` for the network's credit;
+      default 'immediate' for 'state' and 'eprop' for 'eprop'.
+    mode: how ``grads`` computes: 'online' (a scan of ``step``) or 'sequence' (same numbers).
+    faithful: reproduce the authors' conventions and quirks (table above).
+    clip_increments: per-step, per-tensor renormalisation of the synthesiser increment (Q7);
+      default ``faithful``. Online mode only.
+    readout_scale: κ of the readout gradient (faithful only; default 1).
+    bias_grad_scale: factor on the gradient of the cell's bias leaves (named b, b_ih, b_hh or
+      bias; Q12); default 2 when faithful and the cell has an LSTM cell-state path, else 1.
+    trace_chunk: the online trace. For a linear synthesiser the default (None) is the chunked
+      trace with chunks of ``credit.DEFAULT_CHUNK`` steps: the same per-step increments at
+      O(B·d_out²·d_in) per step instead of the dense trace's O(B·d_out³·d_in). An int L ≥ 1 sets
+      the chunk length; 0 selects the dense per-step trace (the fused trace-step kernel), which
+      non-linear synthesisers always use.
+    trace_dtype: dtype of the traces in the step state (synthesiser and sensitivity); None: the
+      parameters' dtype. E.g. float32 traces for a bfloat16 model.
+
+  Returns:
+    A rule with ``init_state``/``step`` (:class:`BPLambdaState`; ``step`` also takes
+    ``synth_sgd``, see its docstring) whose ``grads`` returns {'cell', 'readout', 'synth'}
+    descent directions and aux with 'loss', 'learning_signal' [T, B, n] (per example, in state
+    coordinates) and 'td_error_norm' (mean over the batch of ‖δ‖ per TD step: [T], or [T+1] in
+    the e-prop flavour, whose first is 0).
+  """
+  cell = model.cell
+  synthesiser = synthesiser or linear_synthesiser()
+  if flavour is None:
+    flavour = "eprop" if cell.lstm is not None else "state"
+  if flavour not in FLAVOURS:
+    raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}.")
+  if mode not in base.MODES:
+    raise ValueError(f"mode must be one of {base.MODES}, got {mode!r}.")
+  for name, v in (("faithful", faithful),):
+    if not isinstance(v, bool):
+      raise ValueError(f"{name} must be True or False, got {v!r}.")
+  base.check_unit_interval("lambda_", lambda_)
+  base.check_unit_interval("gamma", gamma)
+  base.check_nonnegative("sg_scale", sg_scale)
+  if clip_increments is None:
+    clip_increments = faithful
+  if readout_scale is not None and not faithful:
+    raise ValueError("readout_scale (the authors' κ, quirk Q14) applies only with "
+                     "faithful=True; the fixed convention uses the exact readout gradient.")
+  readout_scale = 1.0 if readout_scale is None else float(readout_scale)
+  if bias_grad_scale is None:
+    bias_grad_scale = 2.0 if (faithful and cell.lstm is not None) else 1.0
+  elif bias_grad_scale != 1.0:
+    cell_params = jax.eval_shape(lambda: cell.init(jax.random.key(0), model.input_size))
+    names = {getattr(p[-1], "key", None) for p, _ in
+             jax.tree_util.tree_flatten_with_path(cell_params)[0]}
+    if not names & set(BIAS_NAMES):
+      raise ValueError(f"bias_grad_scale applies to bias leaves (named {BIAS_NAMES}); cell "
+                       f"{cell.name!r} has none.")
+  if mode == "sequence" and clip_increments:
+    raise ValueError("mode='sequence' computes the summed update exactly and cannot apply "
+                     "per-step clipping (clip_increments=True, the faithful default, quirk Q7); "
+                     "use mode='online' or pass clip_increments=False.")
+  if trace_chunk is not None:
+    if not isinstance(trace_chunk, int) or isinstance(trace_chunk, bool) or trace_chunk < 0:
+      raise ValueError(f"trace_chunk must be None or an int >= 0 (0: dense trace), got "
+                       f"{trace_chunk!r}.")
+    if trace_chunk and not synthesiser.linear:
+      raise ValueError(f"trace_chunk={trace_chunk} (the chunked trace) needs a linear "
+                       f"synthesiser; {synthesiser.name!r} uses the dense trace (trace_chunk=0 "
+                       f"or None).")
+  chunk = 0
+  if synthesiser.linear:
+    chunk = credit.DEFAULT_CHUNK if trace_chunk is None else trace_chunk
+  if flavour == "eprop" and cell.lstm is None:
+    raise ValueError(f"flavour='eprop' needs a cell with an LSTM cell-state path (Cell.lstm: "
+                     f"library lstm and columnar_lstm, flax LSTMCell and OptimizedLSTMCell); "
+                     f"cell {cell.name!r} has none. Use flavour='state'.")
+  if sensitivity is None:
+    sensitivity = "eprop" if flavour == "eprop" else "immediate"
+  sens = credit.get_sensitivity(sensitivity, cell)
+  use_hc = faithful and flavour == "state" and cell.lstm is not None
+  if use_hc and sens.name != "immediate":
+    raise ValueError("the faithful LSTM [h, c] flavour uses the authors' local eligibilities "
+                     f"(sensitivity='immediate'); got {sens.name!r}.")
+  if mode == "sequence" and sens.reverse is None:
+    raise ValueError(f"mode='sequence' needs a sensitivity with a reverse form; {sens.name!r} "
+                     f"has none. Use mode='online'.")
+  if trace_dtype is not None:
+    trace_dtype = np.dtype(trace_dtype)
+
+  H, n = cell.hidden_size, cell.state_size
+  defaults = base.frozen({"lambda_": float(lambda_), "gamma": float(gamma),
+                          "sg_scale": float(sg_scale)})
+  hc_parts = hc(cell) if use_hc else None
+  if flavour == "state":
+    link, d_in, d_out = (hc_parts.link if use_hc else state_link(cell)), n, n
+  else:
+    link, d_in, d_out = eprop_link(cell), n, H
+  cfg = Config(model, synthesiser, flavour, d_in, d_out, link, hc_parts, sens, faithful,
+               bool(clip_increments), readout_scale, float(bias_grad_scale), chunk, trace_dtype,
+               defaults)
+  init_state_steps, step = make_online(cfg)
+  sequence_grads = make_sequence(cfg)
+
+  def init(key):
+    k1, k2 = jax.random.split(key)
+    params = model.init(k1)
+    params["synth"] = synthesiser.init(k2, d_in, d_out, model.param_dtype)
+    return params
+
+  def init_state(params, batch_size):
+    _check_params(params)
+    return init_state_steps(params, batch_size)
+
+  def _check_params(params):
+    if "synth" not in params:
+      raise ValueError("params has no 'synth' entry; build params with rule.init(key).")
+
+  def grads(params, batch, hparams=None):
+    validate_batch(model, batch)
+    _check_params(params)
+    dtype = batch.x.dtype
+    hp = base.merge_hparams(defaults, hparams, CHECKS, dtype)
+    w = step_weights(batch.mask).astype(dtype)
+    # the weight each step's loss gets: the objective's (fixed), or the raw mask with the
+    # authors' hand derivative (faithful, whose 1/B and κ carry the scale)
+    weights = batch.mask.astype(dtype) if faithful else w
+    if mode == "sequence":
+      return sequence_grads(params, batch, hp, weights, w)
+    T, B = batch.x.shape[:2]
+    state0 = init_state_steps(params, B, steps=T + 1 if flavour == "eprop" else T)
+    acc, state, m = scan_steps(step, params, state0, batch, hp, weights,
+                               base.zeros_like_tree(params))
+    aux = {"loss": objective(w, m["example_loss"]), "learning_signal": m["learning_signal"],
+           "td_error_norm": m["td_error_norm"]}
+    if flavour == "eprop":  # the signals are one step late; the last one is ℓ_{T−1} alone
+      last = jax.numpy.concatenate([state.lag.ell, jax.numpy.zeros_like(state.s[:, H:])], -1)
+      aux["learning_signal"] = jax.numpy.concatenate([m["learning_signal"][1:], last[None]])
+      aux["td_error_norm"] = jax.numpy.concatenate([m["td_error_norm"],
+                                                    m["final_td_error_norm"][-1:]])
+    return acc, aux
+
+  return base.Rule("bp_lambda", init, grads, defaults, mode, init_state, step)
+
+
+__all__ = ["BPLambdaState", "EpropLag", "FLAVOURS", "TDState", "bp_lambda"]

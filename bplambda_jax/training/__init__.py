@@ -1,0 +1,52 @@
+"""Training: optax groups, the jitted update, on-device runs and sweeps, streaming, sharding,
+memory checks and checkpoints."""
+
+from bplambda_jax.training._checkpoint import load_checkpoint
+from bplambda_jax.training._checkpoint import save_checkpoint
+from bplambda_jax.training._memory import available_memory_bytes
+from bplambda_jax.training._memory import check_memory
+from bplambda_jax.training._memory import state_bytes
+from bplambda_jax.training._parallel import BATCH_AXIS
+from bplambda_jax.training._parallel import SEED_AXIS
+from bplambda_jax.training._parallel import constrain_batch
+from bplambda_jax.training._parallel import initialize_distributed
+from bplambda_jax.training._parallel import seed_mesh
+from bplambda_jax.training._parallel import seed_sharding
+from bplambda_jax.training._parallel import shard_seeds
+from bplambda_jax.training._stream import Stream
+from bplambda_jax.training._stream import StreamState
+from bplambda_jax.training._stream import stream
+from bplambda_jax.training._train import GROUPS
+from bplambda_jax.training._train import TrainState
+from bplambda_jax.training._train import adam
+from bplambda_jax.training._train import init_state
+from bplambda_jax.training._train import make_update
+from bplambda_jax.training._train import optimiser
+from bplambda_jax.training._train import run
+from bplambda_jax.training._train import sweep
+
+__all__ = [
+    "BATCH_AXIS",
+    "GROUPS",
+    "SEED_AXIS",
+    "Stream",
+    "StreamState",
+    "TrainState",
+    "adam",
+    "available_memory_bytes",
+    "check_memory",
+    "constrain_batch",
+    "init_state",
+    "initialize_distributed",
+    "load_checkpoint",
+    "make_update",
+    "optimiser",
+    "run",
+    "save_checkpoint",
+    "seed_mesh",
+    "seed_sharding",
+    "shard_seeds",
+    "state_bytes",
+    "stream",
+    "sweep",
+]

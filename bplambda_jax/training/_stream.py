@@ -1,0 +1,145 @@
+"""Streaming: an online rule's ``step`` with an optimiser update every k steps (or every step).
+
+::
+
+    drv = stream(rule, optimiser(1e-3, 1e-3, 1e-5), every=1)    # update after every step
+    state = drv.init(params, batch_size)
+    state, metrics = drv.step(state, x_t, y_t, mask_t)         # x_t [B, D_in]
+    state, metrics = drv.run(state, xs, ys, masks)             # a segment [T, B, ...], lax.scan
+
+Each call of ``step`` runs ``rule.step``, adds its gradients to an accumulator and, when ``every``
+steps have been accumulated (or at the ``last`` step of a sequence), applies the optimiser to the
+accumulated gradients. After a ``last`` step the rule's state starts afresh (the next sequence
+begins from the cell's initial state). ``every=None`` updates once per sequence, at its last step,
+which is how ``rule.grads`` plus one optimiser step trains.
+
+``synth_sgd=α`` is the authors' per-step synthesiser learning (their ``alpha_learning`` with rate
+``synth_alpha``): plain SGD θ ← θ − α·(step gradient) on the synthesiser at *every* step, applied
+inside the step between its TD update and the emission of ĝ (quirk Q29), while the other groups
+follow ``every`` and the optimiser (whose synthesiser group then receives zero gradients). SGD is
+linear, so applying it here after the step gives exactly the θ the step used.
+
+For chunk rules (truncated BPTT, DNI: ``rule.chunk`` = n) a step is a chunk ([n, B, ...] inputs)
+and ``every`` counts chunks; ``every=1`` is the authors' ``opt_each_trunc``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from bplambda_jax.rules import Rule
+
+Params = Any
+
+
+class StreamState(NamedTuple):
+  """Everything that changes while streaming.
+
+  Attributes:
+    params: the parameters {'cell', 'readout'[, 'synth']}.
+    opt_state: the optax state.
+    rule_state: the rule's step state (its ``init_state``).
+    acc: gradients accumulated since the last optimiser update, like params.
+    count: steps accumulated since the last update, shape=(), int32.
+    step: steps taken, shape=(), int32.
+    updates: optimiser updates applied, shape=(), int32.
+  """
+
+  params: Params
+  opt_state: Any
+  rule_state: Any
+  acc: Params
+  count: jax.Array
+  step: jax.Array
+  updates: jax.Array
+
+
+class Stream(NamedTuple):
+  """A streaming driver (see the module docstring).
+
+  Attributes:
+    init: ``init(params, batch_size) -> StreamState``.
+    step: ``step(state, x_t, y_t, mask_t, hparams=None, *, last=False) -> (state, metrics_t)``.
+    run: ``run(state, xs, ys, masks, hparams=None, *, lasts=None) -> (state, metrics)``: ``step``
+      scanned over the leading (time or chunk) axis of a segment; ``lasts`` [T] bool marks
+      sequence ends (default: none, an unbounded stream).
+  """
+
+  init: Callable[..., StreamState]
+  step: Callable[..., tuple]
+  run: Callable[..., tuple]
+
+
+def stream(rule: Rule, opt: optax.GradientTransformation, *, every: Optional[int] = 1,
+           synth_sgd: Optional[float] = None) -> Stream:
+  """A streaming driver for an online rule.
+
+  Args:
+    rule: a rule with a step-level protocol (every online rule, truncated BPTT, DNI).
+    opt: the optimiser, e.g. :func:`bplambda_jax.training.optimiser`.
+    every: apply ``opt`` after this many steps (chunks); None: only at the last step of each
+      sequence. A sequence's last step always applies it.
+    synth_sgd: per-step SGD rate on the synthesiser (the authors' ``alpha_learning``), or None.
+  """
+  if rule.step is None or rule.init_state is None:
+    raise ValueError(f"rule {rule.name!r} has no step-level protocol (it needs whole sequences); "
+                     f"use training.make_update.")
+  if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+    raise ValueError(f"every must be None or a positive integer, got {every!r}.")
+  if synth_sgd is not None:
+    if "synth_sgd" not in inspect.signature(rule.step).parameters:
+      raise ValueError(f"synth_sgd is per-step learning of a BP(λ) synthesiser; rule "
+                       f"{rule.name!r} has none.")
+    if not (isinstance(synth_sgd, (int, float)) and 0 <= synth_sgd < float("inf")):
+      raise ValueError(f"synth_sgd must be a finite number >= 0, got {synth_sgd!r}.")
+  kw = {} if synth_sgd is None else {"synth_sgd": synth_sgd}
+
+  def init(params, batch_size):
+    zero = jnp.zeros((), jnp.int32)
+    return StreamState(params, opt.init(params), rule.init_state(params, batch_size),
+                       jax.tree.map(jnp.zeros_like, params), zero, zero, zero)
+
+  def step(state, x_t, y_t, mask_t, hparams=None, *, last=False):
+    params = state.params
+    grads, rule_state, metrics = rule.step(params, state.rule_state, x_t, y_t, mask_t, hparams,
+                                           last=last, **kw)
+    if synth_sgd is not None:
+      train = jax.tree.map(lambda p, g: p - synth_sgd * g, params["synth"]["train"],
+                           grads["synth"]["train"])
+      params = {**params, "synth": {**params["synth"], "train": train}}
+      grads = {**grads, "synth": jax.tree.map(jnp.zeros_like, grads["synth"])}
+    acc = jax.tree.map(lambda a, g: a + g.astype(a.dtype), state.acc, grads)
+    count = state.count + 1
+    do = jnp.asarray(last) if every is None else (count >= every) | jnp.asarray(last)
+
+    def apply(args):
+      p, o, a = args
+      upd, o = opt.update(a, o, p)
+      return optax.apply_updates(p, upd), o, jax.tree.map(jnp.zeros_like, a)
+
+    params, opt_state, acc = jax.lax.cond(do, apply, lambda args: args,
+                                          (params, state.opt_state, acc))
+    fresh = rule.init_state(params, x_t.shape[-2])  # B: x_t is [B, D_in] or a chunk [n, B, D_in]
+    rule_state = jax.tree.map(lambda f, r: jnp.where(last, f, r), fresh, rule_state)
+    new = StreamState(params, opt_state, rule_state, acc, jnp.where(do, 0, count),
+                      state.step + 1, state.updates + do.astype(jnp.int32))
+    return new, metrics
+
+  def run(state, xs, ys, masks, hparams=None, *, lasts=None):
+    T = jax.tree.leaves(xs)[0].shape[0]
+    lasts = jnp.zeros((T,), bool) if lasts is None else jnp.asarray(lasts, bool)
+    if lasts.shape != (T,):
+      raise ValueError(f"lasts must have shape [T] = ({T},), got {lasts.shape}.")
+
+    def body(st, inp):
+      x, y, m, last = inp
+      return step(st, x, y, m, hparams, last=last)
+
+    return jax.lax.scan(body, state, (xs, ys, masks, lasts))
+
+  return Stream(init, step, run)
