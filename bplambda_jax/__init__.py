@@ -115,6 +115,7 @@ __all__ = [
     "lstm",
     "make_model",
     "make_rule",
+    "make_update",
     "mlp_synthesiser",
     "model",
     "objective",

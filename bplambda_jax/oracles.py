@@ -25,7 +25,8 @@ def exact_gradients(model: Model, params, batch: Batch):
     per-example loss L_b (no 1/B) with respect to each state, through all future steps.
   """
   T, B = batch.x.shape[:2]
-  zeros = jnp.zeros((T, B, model.cell.state_size), batch.x.dtype)
+  dtype = jnp.result_type(*jax.tree.leaves(params["cell"]))  # the state's dtype
+  zeros = jnp.zeros((T, B, model.cell.state_size), dtype)
   net = {"cell": params["cell"], "readout": params["readout"]}
 
   def f(p, e):

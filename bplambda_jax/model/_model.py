@@ -71,9 +71,10 @@ class Model(NamedTuple):
     h = self.cell.hidden(s)
     return h @ params["readout"]["w"].T + params["readout"]["b"]
 
-  def initial_states(self, batch_size: int, dtype=None):
-    """The cell's initial state for a batch, [B, n]."""
-    s0 = self.cell.initial_state(dtype)
+  def initial_states(self, params, batch_size: int):
+    """The cell's initial state for a batch, [B, n], in the dtype of the cell's parameters (the
+    dtype every rule keeps the recurrent state in)."""
+    s0 = self.cell.initial_state(jnp.result_type(*jax.tree.leaves(params["cell"])))
     return jnp.broadcast_to(s0, (batch_size,) + s0.shape)
 
   def step_losses(self, params, states, y):
@@ -154,13 +155,14 @@ def unroll(model: Model, params, x: jax.Array, s0: Optional[jax.Array] = None,
     model: the model.
     params: its parameters ({'cell', ...}).
     x: inputs, [T, B, D_in].
-    s0: the state before the first step, [B, n]; default ``model.initial_states``.
+    s0: the state before the first step, [B, n]; default ``model.initial_states`` (in the
+      parameters' dtype).
     perturb: optional [T, B, n] added to every state after its step, so that ``jax.grad`` with
       respect to it reads off the total gradients dL/ds_t (BPTT and the alignment tools).
   """
   chex.assert_rank(x, 3)
   if s0 is None:
-    s0 = model.initial_states(x.shape[1], x.dtype)
+    s0 = model.initial_states(params, x.shape[1])
   step_b = jax.vmap(model.cell.step, in_axes=(None, 0, 0))
 
   def body(s, inp):

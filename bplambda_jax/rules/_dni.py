@@ -47,7 +47,7 @@ import jax.numpy as jnp
 
 from bplambda_jax.model import Model, Synthesiser, linear_synthesiser, validate_batch
 from bplambda_jax.rules import _base as base
-from bplambda_jax.rules._from_sensitivity import check_batch_size, param_dtype
+from bplambda_jax.rules._from_sensitivity import check_batch_size
 from bplambda_jax.rules._tbptt import (check_chunk_inputs, check_chunk_length, chunk_vjp,
                                        chunked_grads)
 
@@ -122,7 +122,7 @@ def dni(model: Model,
 
   def init_state(params, batch_size):
     B = check_batch_size(batch_size)
-    return DNIState(model.initial_states(B, param_dtype(params)), jnp.zeros((), jnp.int32))
+    return DNIState(model.initial_states(params, B), jnp.zeros((), jnp.int32))
 
   def step(params, state, x, y, mask, hparams=None, *, last=False):
     if "synth" not in params:

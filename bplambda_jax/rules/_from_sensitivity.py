@@ -127,11 +127,10 @@ def from_sensitivity(model: Model, sensitivity, *, mode: str = "online",
   def init_state(params, batch_size):
     B = check_batch_size(batch_size)
     cp = params["cell"]
-    dtype = param_dtype(params)
     z0 = jax.vmap(lambda _: sens.init(cp))(jnp.arange(B))
     if trace_dtype is not None:
       z0 = jax.tree.map(lambda z: z.astype(trace_dtype), z0)
-    return OnlineState(model.initial_states(B, dtype), z0, jnp.zeros((), jnp.int32))
+    return OnlineState(model.initial_states(params, B), z0, jnp.zeros((), jnp.int32))
 
   def step(params, state, x_t, y_t, mask_t, hparams=None, *, last=False):
     base.merge_hparams({}, hparams, {}, x_t.dtype)
@@ -168,7 +167,7 @@ def from_sensitivity(model: Model, sensitivity, *, mode: str = "online",
   def sequence_grads(params, batch, w):
     cp = params["cell"]
     B = batch.x.shape[1]
-    s0 = model.initial_states(B, batch.x.dtype)
+    s0 = model.initial_states(params, B)
     states = jax.lax.scan(lambda s, x: (step_b(cp, s, x),) * 2, s0, batch.x)[1]  # [T, B, n]
     dy, loss = jax.vmap(lambda s, y, m: output_grads(model, params, s, y, m))(states, batch.y, w)
     ell = pad_state(hidden_signal(params, dy), n)  # [T, B, n]

@@ -30,7 +30,7 @@ import numpy as np
 
 from bplambda_jax.model import Batch, Model, step_weights, validate_batch
 from bplambda_jax.rules import _base as base
-from bplambda_jax.rules._from_sensitivity import check_batch_size, param_dtype
+from bplambda_jax.rules._from_sensitivity import check_batch_size
 
 
 class ChunkState(NamedTuple):
@@ -187,7 +187,7 @@ def tbptt(model: Model, n: int) -> base.Rule:
 
   def init_state(params, batch_size):
     B = check_batch_size(batch_size)
-    return ChunkState(model.initial_states(B, param_dtype(params)), jnp.zeros((), jnp.int32))
+    return ChunkState(model.initial_states(params, B), jnp.zeros((), jnp.int32))
 
   def step(params, state, x, y, mask, hparams=None, *, last=False):
     base.merge_hparams({}, hparams, {}, x.dtype)

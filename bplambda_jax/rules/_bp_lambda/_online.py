@@ -158,7 +158,7 @@ def make_online(cfg: Config):
     sens0 = jax.vmap(lambda _: sens.init(cp))(jnp.arange(B))
     if cfg.trace_dtype is not None:
       sens0 = jax.tree.map(lambda z: z.astype(cfg.trace_dtype), sens0)
-    s0 = model.initial_states(B, dtype)
+    s0 = model.initial_states(params, B)
     lag = None
     if eprop:
       zH = jnp.zeros((B, H), dtype)

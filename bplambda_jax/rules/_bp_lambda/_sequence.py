@@ -38,7 +38,7 @@ def make_sequence(cfg: Config):
     T, B = batch.x.shape[:2]
     dtype = batch.x.dtype
     gamma, lam, sg = hp["gamma"], hp["lambda_"], hp["sg_scale"]
-    s0 = model.initial_states(B, dtype)
+    s0 = model.initial_states(params, B)
     states = jax.lax.scan(lambda s, x: (step_b(cp, s, x),) * 2, s0, batch.x)[1]  # [T, B, n]
     s_prev = credit.previous_states(states, s0)  # s_{t−1}
     dy, loss = jax.vmap(lambda s, y, m: output_grads(model, params, s, y, m,
