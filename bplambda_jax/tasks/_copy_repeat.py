@@ -68,5 +68,9 @@ def copy_repeat_batch(key, n, r, batch_size: int, max_len: int, dtype=None) -> B
 
 
 def next_level(n, r):
-  """The curriculum's next (N, R): R += 1 if R < N else N += 1 (spec §7.2)."""
+  """The curriculum's next (N, R): R += 1 if R < N, else N += 1.
+
+  From (1, 1) this gives (2, 1), (2, 2), (3, 2), (3, 3), (4, 3), ... Works on Python ints and on
+  (traced) int arrays alike.
+  """
   return jnp.where(r < n, n, n + 1), jnp.where(r < n, r + 1, r)
