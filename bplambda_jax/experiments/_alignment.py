@@ -1,33 +1,36 @@
 """Gradient alignment of many rules on one task: the experiment behind ``bplambda align``.
 
 For every seed, all rules share the same network initialisation. Rules with a synthesiser (BP(λ),
-DNI) first train it for ``synth_steps`` updates with the network fixed (Adam on ĝ only), as in the
-toy experiment; the other rules need no training. Each rule is then measured on a fresh batch with
-:func:`bplambda_jax.experiments.alignment`: the cosine between its gradient estimate and the exact
-BPTT gradient (cell, readout, all) and the mean cosine between its learning signals and the true
-dL/ds_t for t < T−1. Seeds are a ``jax.vmap`` axis; results are means and sds over seeds.
+DNI) first train it for ``synth_steps`` updates with the network fixed (Adam on ĝ only), through
+the runner's loop (progress bar, seeds vmapped); the other rules need no training. Each rule is
+then measured on a fresh batch with :func:`bplambda_jax.experiments.alignment`: the cosine between
+its gradient estimate and the exact BPTT gradient (cell, readout, all) and the mean cosine between
+its learning signals and the true dL/ds_t for t < T−1. Results are means ± sd (ddof = 1) over
+seeds; a diverged seed makes its row NaN, never hidden.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
+from typing import Optional
+
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from bplambda_jax import tasks
-from bplambda_jax import training
-from bplambda_jax.experiments import _metrics as metrics
+from bplambda_jax.experiments import _metrics
+from bplambda_jax.experiments import _results as results
+from bplambda_jax.experiments._config import RunConfig
+from bplambda_jax.experiments._runner import Run, _stop_signals, train_one
+from bplambda_jax.experiments._setup import Setup
 from bplambda_jax.model import make_model
-from bplambda_jax.rules import make_rule, parse_rule_spec
 
 TASKS = ("toy", "copy")
 COLUMNS = ("cell", "readout", "all", "learning_signal")
-# The experiment's λ, γ and synthetic-gradient scale go to the rules that have them.
-SHARED_OPTIONS = {"bp_lambda": ("lambda_", "gamma", "sg_scale"), "dni": ("sg_scale",)}
 
 
-def task_setup(task: str, cell: str | None = None, hidden: int | None = None,
-               batch_size: int | None = None, n: int = 3, r: int = 2):
+def task_setup(task: str, cell: Optional[str] = None, hidden: Optional[int] = None,
+               batch_size: Optional[int] = None, n: int = 3, r: int = 2):
   """(model, data_fn) for a task; data_fn(key, step) -> Batch.
 
   toy: the linear RNN (H = 30) on the toy batch (B = 10, T = 10); copy: an LSTM (H = 16) on
@@ -48,40 +51,62 @@ def task_setup(task: str, cell: str | None = None, hidden: int | None = None,
   raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
 
 
-def run_alignment(task: str, rule_specs, seeds, *, cell: str | None = None,
-                  hidden: int | None = None, synth_steps: int = 2000, lr_synth: float = 1e-3,
-                  lambda_: float = 1.0, gamma: float = 1.0, sg_scale: float = 1.0) -> list[dict]:
-  """Rows {'rule', 'error' or per-column mean/sd over seeds} for every rule spec."""
+def run_alignment(task: str, rule_specs, seeds, *, cell: Optional[str] = None,
+                  hidden: Optional[int] = None, synth_steps: int = 1000, lr_synth: float = 1e-3,
+                  lambda_: float = 1.0, gamma: float = 1.0, sg_scale: float = 1.0,
+                  out: Optional[str] = None, progress: bool = True) -> list[dict]:
+  """Rows {'rule', 'error' or per-column mean and sd over seeds} for every rule spec.
+
+  Args:
+    task: 'toy' or 'copy'.
+    rule_specs: rule specs ('bptt', 'dni:3', 'bp_lambda', ...).
+    seeds: the integer seeds (consecutive: seeds[0], seeds[0] + 1, ...).
+    cell, hidden: override the task's cell and size.
+    synth_steps: updates that train each synthesiser first (network fixed).
+    lr_synth: Adam learning rate of ĝ.
+    lambda_, gamma, sg_scale: BP(λ)'s (and DNI's sg_scale).
+    out: a results directory for the metrics log and checkpoints (default: a temporary one).
+    progress: show progress bars.
+  """
   model, data_fn = task_setup(task, cell, hidden)
-  keys = jnp.stack([jax.random.key_data(jax.random.key(int(s))) for s in seeds])
+  seeds = [int(s) for s in seeds]
+  if not seeds or seeds != list(range(seeds[0], seeds[0] + len(seeds))):
+    raise ValueError(f"seeds must be consecutive integers, got {seeds}.")
+  B = data_fn(jax.random.key(0), 0).x.shape[1]
+  chunk = min(100, synth_steps)
+  cfg = RunConfig(task="toy" if task == "toy" else "copy-repeat", rules=tuple(rule_specs),
+                  seeds=len(seeds), seed=seeds[0], steps=synth_steps, batch_size=B,
+                  lr_cell=0.0, lr_readout=0.0, lr_synth=lr_synth, lambda_=lambda_, gamma=gamma,
+                  sg_scale=sg_scale, mode="online", chunk=chunk,
+                  eval_every=chunk * -(-synth_steps // chunk), max_to_keep=1,
+                  **({"seq_len": 10} if task == "toy" else {"max_n": 3})).resolve()
+
+  def batch(d, key, level, step):
+    del d, level
+    return data_fn(jax.random.fold_in(jax.random.split(key)[0], step), step)
+
+  def evaluate(rule, params, d, key):
+    del d
+    res = _metrics.alignment(rule, params, data_fn(jax.random.split(key)[1], 0), model=model)
+    return {c: res[c] for c in COLUMNS}
+
+  setup = Setup(cfg, None, model, None, None, batch, None, None, evaluate, None, None)
   rows = []
-  for spec in rule_specs:
-    try:
-      given = {"lambda_": lambda_, "gamma": gamma, "sg_scale": sg_scale}
-      name = parse_rule_spec(spec)[0]
-      rule = make_rule(spec, model, **{k: given[k] for k in SHARED_OPTIONS.get(name, ())})
-    except ValueError as e:  # a rule not defined for this cell: reported, not fatal
-      rows.append({"rule": spec, "error": str(e)})
-      continue
-
-    def one(kd, rule=rule):
-      k_model, k_rule, k_train, k_eval = jax.random.split(jax.random.wrap_key_data(kd), 4)
-      params = {**rule.init(k_rule), **model.init(k_model)}  # shared network init
-      if "synth" in params:
-        opt = training.optimiser(0.0, 0.0, lr_synth)
-        state = training.TrainState(params, opt.init(params), jnp.zeros((), jnp.int32))
-        state, _ = training.run(rule, opt, data_fn, k_train, synth_steps, state=state)
-        params = state.params
-      res = metrics.alignment(rule, params, data_fn(k_eval, 0), model=model)
-      return {c: res[c] for c in COLUMNS}
-
-    res = jax.jit(jax.vmap(one))(keys)
-    row = {"rule": spec}
-    for c in COLUMNS:
-      v = np.asarray(res[c], dtype=np.float64)
-      row[c] = float(np.mean(v))  # a diverged seed (NaN) makes the row NaN, never hidden
-      row[c + "_sd"] = float(np.std(v, ddof=1)) if v.size > 1 else float("nan")
-    rows.append(row)
+  with tempfile.TemporaryDirectory() as tmp, _stop_signals() as stop:
+    directory = results.prepare(out, resume=False, overwrite=True) if out else tmp
+    log = results.MetricsLog(os.path.join(directory, "metrics.jsonl"))
+    for spec in rule_specs:
+      try:
+        summary = train_one(cfg, setup, Run(spec, spec, {}), directory, log, resume=False,
+                            progress=progress, stop=stop)
+      except ValueError as e:  # a rule not defined for this cell: reported, not fatal
+        rows.append({"rule": spec, "error": str(e)})
+        continue
+      row = {"rule": spec}
+      for c in COLUMNS:
+        stat = summary["eval"][c]
+        row[c], row[c + "_sd"] = stat["mean"], stat["sd"]
+      rows.append(row)
   return rows
 
 
@@ -94,6 +119,10 @@ def format_rows(rows: list[dict]) -> str:
     if "error" in r:
       lines.append(r["rule"].ljust(width) + "  n/a: " + r["error"])
       continue
-    cells = "".join(f"  {r[c]:>9.4f} ± {r[c + '_sd']:<6.4f}" for c in COLUMNS)
+    sd = lambda c: "" if r[c + "_sd"] is None else f"{r[c + '_sd']:<6.4f}"
+    cells = "".join(f"  {r[c]:>9.4f} ± {sd(c):<6}" for c in COLUMNS)
     lines.append(r["rule"].ljust(width) + cells)
   return "\n".join(lines)
+
+
+__all__ = ["COLUMNS", "TASKS", "format_rows", "run_alignment", "task_setup"]

@@ -21,7 +21,7 @@ BUFFERS = 3
 
 def state_bytes(rule, params, batch_size: int) -> int:
   """Bytes of ``rule.init_state(params, batch_size)`` (shapes only; nothing is computed)."""
-  shapes = jax.eval_shape(rule.init_state, params, batch_size)
+  shapes = jax.eval_shape(lambda p: rule.init_state(p, batch_size), params)
   return int(sum(np.prod(l.shape, dtype=np.int64) * np.dtype(l.dtype).itemsize
                  for l in jax.tree.leaves(shapes)))
 

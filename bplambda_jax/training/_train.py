@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from bplambda_jax.rules import Rule
+from bplambda_jax.training import _guards as guards
 from bplambda_jax.training._memory import check_memory
 
 Params = Any
@@ -79,13 +80,23 @@ def init_state(rule: Rule, opt: optax.GradientTransformation, key) -> TrainState
 
 
 def make_update(rule: Rule, opt: optax.GradientTransformation,
-                metric_fn: Optional[Callable] = None) -> Callable:
+                metric_fn: Optional[Callable] = None, *, checked: bool = False,
+                model=None) -> Callable:
   """``update(state, batch, hparams=None) -> (state, metrics)``: one optimiser step per batch.
 
   Pure and un-jitted: wrap it in ``jax.jit`` (and ``jax.vmap`` for seeds). ``metrics`` holds the
   rule's scalar diagnostics ('loss', and 'td_error_norm' summed over steps when present) and
   ``metric_fn(params, batch, aux)`` evaluated on the parameters before the update.
+
+  With ``checked=True`` the update also checks, on device, the batch (finite inputs and targets,
+  labels in range: needs ``model``), traced hyper-parameters (λ, γ in [0, 1]) and what it
+  computes (finite loss, gradients, learning signals and new parameters); ``metrics['guard']``
+  is the first failure's code (0: all is well, see :func:`guard_message`) and a failed update is
+  skipped, so the state keeps its last good value. The checks cost a few reductions.
   """
+  if checked and model is None:
+    raise ValueError("make_update(checked=True) needs model= (the label range of the batch "
+                     "check).")
 
   def update(state: TrainState, batch, hparams=None):
     grads, aux = rule.grads(state.params, batch, hparams)
@@ -95,7 +106,14 @@ def make_update(rule: Rule, opt: optax.GradientTransformation,
     metrics = {"loss": aux["loss"]}
     if "td_error_norm" in aux:
       metrics["td_error_norm"] = jnp.sum(aux["td_error_norm"])
-    return TrainState(params, opt_state, state.step + 1), {**metrics, **extra}
+    new = TrainState(params, opt_state, state.step + 1)
+    if checked:
+      code = guards.first_failure(
+          *guards.input_checks(model.output_size, model.loss.name, batch, hparams),
+          *guards.output_checks(aux["loss"], grads, aux["learning_signal"], params))
+      new = guards.keep_if_ok(code, new, state)
+      metrics["guard"] = code
+    return new, {**metrics, **extra}
 
   return update
 

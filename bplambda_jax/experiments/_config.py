@@ -1,0 +1,316 @@
+"""Run configurations: one frozen dataclass, JSON round trip, presets of the paper's settings.
+
+A :class:`RunConfig` holds what the user chose; fields left at None take the task's preset
+(:func:`preset`), and :meth:`RunConfig.resolve` fills them in. Every field is checked when the
+config is built, before anything is compiled: an unknown key, a wrong type or an out-of-range value
+raises a ValueError naming the key, the value and what is accepted.
+
+Presets (the authors' configurations, with the library's fixed conventions; ``faithful=True``
+switches to theirs, quirks and budget included):
+
+=================  ===========  ===  ======  =====================  =====  ========  =========
+task               model        B    T       lr (cell/readout/ĝ)    γ      sg_scale  budget
+=================  ===========  ===  ======  =====================  =====  ========  =========
+toy                linear 30    10   10      0 / 0 / 1e-3 (1e-4)    1      1         10k (1k)
+plastic-toy        linear 30    10   10      1e-4 / 1e-4 / 1e-3     1      1         10k
+line-draw          lstm 30      10   10      1e-3 / 1e-3 / 1e-3     0.9    0.5       5k
+copy-repeat        lstm 100     100  ≤ 113   1e-3 / 1e-3 / 1e-5     0.9    1         150k
+seqmnist-*         lstm 30      50   28/784  3e-4 / 3e-4 / 3e-4     0.9    0.1       50 epochs
+=================  ===========  ===  ======  =====================  =====  ========  =========
+
+(values in parentheses: ``faithful=True``.) The toy's fixed-convention learning rate is 10× the
+authors' because their synthetic-gradient targets carry the batch's 1/B and the fixed ones do
+not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import typing
+from typing import Optional
+
+from bplambda_jax.model import CELLS
+from bplambda_jax.rules import parse_rule_spec
+from bplambda_jax.tasks import TASK_NAMES
+
+MODES = ("auto", "online", "sequence")
+DTYPES = ("float32", "float64")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """One ``bplambda run``: a task, the rules to compare, seeds, budget and hyper-parameters.
+
+  Attributes:
+    task: the task (``tasks.TASK_NAMES``).
+    rules: rule specs to compare, each trained with its own seeds ('bp_lambda', 'eprop',
+      'tbptt:3', ...; ``bplambda_jax.RULE_NAMES``).
+    seeds: number of seeds per rule (vmapped in one program); seed i is ``seed + i``.
+    seed: the first seed.
+    steps: updates per seed (None: the preset; with ``epochs``, derived from it).
+    epochs: passes over the training split (sequential MNIST only; overrides ``steps``).
+    batch_size: B (None: the preset).
+    cell: the cell (``bplambda_jax.model.CELLS``; None: the preset).
+    hidden_size: H (None: the preset).
+    seq_len: T of the toy, plastic-toy and line-draw tasks (None: 10).
+    max_n: copy-repeat: the largest pattern length a padded batch holds (None: 10).
+    lr_cell: Adam learning rate of the recurrent cell (0 freezes it; None: the preset).
+    lr_readout: Adam learning rate of the readout (None: the preset).
+    lr_synth: Adam learning rate of the synthesiser (None: the preset).
+    lambda_: BP(λ)'s λ in [0, 1].
+    gamma: BP(λ)'s γ in [0, 1] (None: the preset).
+    sg_scale: the synthetic gradient's scale in the learning signal, BP(λ) and DNI (None: preset).
+    mode: 'auto' (the sequence mode wherever it gives the same numbers), 'online' or 'sequence'.
+    faithful: the authors' conventions and quirks (and their budget and learning rates where the
+      preset says so).
+    dtype: 'float32' or 'float64'.
+    chunk: updates per compiled chunk (one host round trip each).
+    eval_every: updates between evaluations (None: the preset; a multiple of ``chunk``).
+    eval_batch_size: batch size of evaluations on a split.
+    checkpoint_every: updates between checkpoints (None: at every evaluation).
+    max_to_keep: checkpoints kept per rule.
+    data_dir: tensorflow-datasets data directory for MNIST (None: ``TFDS_DATA_DIR``).
+    data_path: a local MNIST copy (``mnist.npz`` or a directory of IDX files).
+  """
+
+  task: str = "toy"
+  rules: tuple = ("bp_lambda",)
+  seeds: int = 3
+  seed: int = 0
+  steps: Optional[int] = None
+  epochs: Optional[float] = None
+  batch_size: Optional[int] = None
+  cell: Optional[str] = None
+  hidden_size: Optional[int] = None
+  seq_len: Optional[int] = None
+  max_n: Optional[int] = None
+  lr_cell: Optional[float] = None
+  lr_readout: Optional[float] = None
+  lr_synth: Optional[float] = None
+  lambda_: float = 1.0
+  gamma: Optional[float] = None
+  sg_scale: Optional[float] = None
+  mode: str = "auto"
+  faithful: bool = False
+  dtype: str = "float32"
+  chunk: int = 100
+  eval_every: Optional[int] = None
+  eval_batch_size: int = 1000
+  checkpoint_every: Optional[int] = None
+  max_to_keep: int = 2
+  data_dir: Optional[str] = None
+  data_path: Optional[str] = None
+
+  def __post_init__(self):
+    if isinstance(self.rules, list):
+      object.__setattr__(self, "rules", tuple(self.rules))
+    for f in dataclasses.fields(self):
+      _check_type(f.name, getattr(self, f.name), _HINTS[f.name])
+    _check_values(self)
+
+  def to_dict(self) -> dict:
+    d = dataclasses.asdict(self)
+    d["rules"] = list(self.rules)
+    return d
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=1)
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "RunConfig":
+    """A config from a dict; ValueError for an unknown key (naming the accepted ones)."""
+    if not isinstance(d, dict):
+      raise ValueError(f"a run config must be a JSON object, got {type(d).__name__}.")
+    unknown = sorted(set(d) - set(_HINTS))
+    if unknown:
+      raise ValueError(f"unknown config key(s) {unknown}; accepted: {sorted(_HINTS)}.")
+    return cls(**d)
+
+  @classmethod
+  def from_json(cls, text: str) -> "RunConfig":
+    try:
+      return cls.from_dict(json.loads(text))
+    except json.JSONDecodeError as e:
+      raise ValueError(f"the config is not valid JSON: {e}") from None
+
+  def replace(self, **changes) -> "RunConfig":
+    unknown = sorted(set(changes) - set(_HINTS))
+    if unknown:
+      raise ValueError(f"unknown config key(s) {unknown}; accepted: {sorted(_HINTS)}.")
+    return dataclasses.replace(self, **changes)
+
+  def resolve(self, train_examples: Optional[int] = None) -> "RunConfig":
+    """Every None field set from the task's preset.
+
+    Sequential MNIST needs ``train_examples`` (the training split's size, known once the data
+    are loaded): ``steps`` = ⌈epochs·⌊N/B⌋⌉ (50 epochs unless ``steps`` or ``epochs`` is given)
+    and ``eval_every`` = one epoch, rounded to a multiple of ``chunk``.
+    """
+    values = {**preset(self.task, self.faithful),
+              **{k: v for k, v in self.to_dict().items() if v is not None}}
+    cfg = RunConfig.from_dict(values)
+    if cfg.task.startswith("seqmnist"):
+      if train_examples is None:
+        raise ValueError("resolving a sequential MNIST config needs train_examples (the size "
+                         "of the training split).")
+      per_epoch = max(1, train_examples // cfg.batch_size)
+      if cfg.steps is None:
+        epochs = DEFAULT_EPOCHS if cfg.epochs is None else cfg.epochs
+        cfg = cfg.replace(steps=max(1, math.ceil(epochs * per_epoch)))
+      if cfg.eval_every is None:
+        cfg = cfg.replace(eval_every=max(1, round(per_epoch / cfg.chunk)) * cfg.chunk)
+    if cfg.checkpoint_every is None:
+      cfg = cfg.replace(checkpoint_every=cfg.eval_every)
+    return cfg
+
+
+_HINTS = typing.get_type_hints(RunConfig)
+
+
+def _check_type(name, value, hint):
+  origin = typing.get_origin(hint)
+  args = typing.get_args(hint)
+  if origin is typing.Union:  # Optional[X]
+    if value is None:
+      return
+    hint = [a for a in args if a is not type(None)][0]
+  if hint is tuple:
+    ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+    want = "a list of strings"
+  elif hint is float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    want = "a number"
+  elif hint is int:
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    want = "an integer"
+  elif hint is bool:
+    ok = isinstance(value, bool)
+    want = "true or false"
+  else:
+    ok = isinstance(value, hint)
+    want = f"a {hint.__name__}"
+  if not ok:
+    raise ValueError(f"config key {name!r} must be {want}, got {value!r} "
+                     f"({type(value).__name__}).")
+
+
+def _range(name, value, ok, accepted):
+  if value is not None and not ok(value):
+    raise ValueError(f"config key {name!r} = {value!r} is out of range; accepted: {accepted}.")
+
+
+def _check_values(c: RunConfig):
+  if c.task not in TASK_NAMES:
+    raise ValueError(f"config key 'task' = {c.task!r} is not a task; accepted: "
+                     f"{', '.join(TASK_NAMES)}.")
+  if not c.rules:
+    raise ValueError("config key 'rules' must name at least one rule.")
+  for spec in c.rules:
+    try:
+      parse_rule_spec(spec)
+    except ValueError as e:
+      raise ValueError(f"config key 'rules': {e}") from None
+  if len(set(c.rules)) != len(c.rules):
+    raise ValueError(f"config key 'rules' names a rule twice: {list(c.rules)}.")
+  positive = lambda v: v >= 1
+  for name in ("seeds", "steps", "batch_size", "hidden_size", "max_n", "chunk", "eval_every",
+               "eval_batch_size", "checkpoint_every", "max_to_keep"):
+    _range(name, getattr(c, name), positive, "an integer >= 1")
+  _range("seed", c.seed, lambda v: v >= 0, "an integer >= 0")
+  _range("seq_len", c.seq_len, lambda v: v >= 2, "an integer >= 2")
+  _range("epochs", c.epochs, lambda v: math.isfinite(v) and v > 0, "a number > 0")
+  for name in ("lr_cell", "lr_readout", "lr_synth", "sg_scale"):
+    _range(name, getattr(c, name), lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+  for name in ("lambda_", "gamma"):
+    _range(name, getattr(c, name), lambda v: 0 <= v <= 1, "a number in [0, 1]")
+  _range("mode", c.mode, lambda v: v in MODES, "one of " + ", ".join(MODES))
+  _range("dtype", c.dtype, lambda v: v in DTYPES, "one of " + ", ".join(DTYPES))
+  _range("cell", c.cell, lambda v: v in CELLS, "one of " + ", ".join(sorted(CELLS)))
+  if c.epochs is not None and not c.task.startswith("seqmnist"):
+    raise ValueError(f"config key 'epochs' applies to the sequential MNIST tasks only (task "
+                     f"{c.task!r} generates its data); use 'steps'.")
+  if c.epochs is not None and c.steps is not None:
+    raise ValueError("config keys 'steps' and 'epochs' exclude each other; give one.")
+  if c.seq_len is not None and c.task not in ("toy", "plastic-toy", "line-draw"):
+    raise ValueError(f"config key 'seq_len' applies to toy, plastic-toy and line-draw, not "
+                     f"{c.task!r}.")
+  if c.max_n is not None and c.task != "copy-repeat":
+    raise ValueError(f"config key 'max_n' applies to copy-repeat only, not {c.task!r}.")
+  if (c.data_dir or c.data_path) and not c.task.startswith("seqmnist"):
+    raise ValueError(f"config keys 'data_dir' and 'data_path' apply to the sequential MNIST "
+                     f"tasks only, not {c.task!r}.")
+  for name in ("eval_every", "checkpoint_every"):
+    v = getattr(c, name)
+    if v is not None and v % c.chunk:
+      raise ValueError(f"config key {name!r} = {v} must be a multiple of 'chunk' = {c.chunk} "
+                       f"(evaluations and checkpoints happen between chunks).")
+
+
+DEFAULT_EPOCHS = 50
+_SEQMNIST = dict(cell="lstm", hidden_size=30, batch_size=50, lr_cell=3e-4, lr_readout=3e-4,
+                 lr_synth=3e-4, gamma=0.9, sg_scale=0.1, chunk=96)
+
+PRESETS = {
+    "toy": dict(cell="linear", hidden_size=30, batch_size=10, seq_len=10, lr_cell=0.0,
+                lr_readout=0.0, lr_synth=1e-3, gamma=1.0, sg_scale=1.0, steps=10_000,
+                eval_every=100, chunk=100),
+    "plastic-toy": dict(cell="linear", hidden_size=30, batch_size=10, seq_len=10, lr_cell=1e-4,
+                        lr_readout=1e-4, lr_synth=1e-3, gamma=1.0, sg_scale=1.0, steps=10_000,
+                        eval_every=100, chunk=100),
+    "line-draw": dict(cell="lstm", hidden_size=30, batch_size=10, seq_len=10, lr_cell=1e-3,
+                      lr_readout=1e-3, lr_synth=1e-3, gamma=0.9, sg_scale=0.5, steps=5_000,
+                      eval_every=500, chunk=100),
+    "copy-repeat": dict(cell="lstm", hidden_size=100, batch_size=100, max_n=10, lr_cell=1e-3,
+                        lr_readout=1e-3, lr_synth=1e-5, gamma=0.9, sg_scale=1.0, steps=150_000,
+                        eval_every=1000, chunk=100),
+    "seqmnist-row": _SEQMNIST,
+    "seqmnist-pixel": _SEQMNIST,
+    "seqmnist-permuted": _SEQMNIST,
+}
+FAITHFUL_PRESETS = {"toy": dict(lr_synth=1e-4, steps=1_000)}
+
+
+def preset(task: str, faithful: bool = False) -> dict:
+  """The preset values of a task (see the module docstring)."""
+  if task not in PRESETS:
+    raise ValueError(f"task must be one of {', '.join(TASK_NAMES)}, got {task!r}.")
+  values = dict(PRESETS[task])
+  if faithful:
+    values.update(FAITHFUL_PRESETS.get(task, {}))
+  return values
+
+
+def parse_set(config: RunConfig, assignment: str) -> RunConfig:
+  """``config`` with one ``key=value`` applied (``--set``); the value is parsed by the key's type."""
+  key, eq, text = assignment.partition("=")
+  key = key.strip()
+  if not eq:
+    raise ValueError(f"--set expects key=value, got {assignment!r}.")
+  if key not in _HINTS:
+    raise ValueError(f"--set: unknown config key {key!r}; accepted: {sorted(_HINTS)}.")
+  hint = _HINTS[key]
+  if typing.get_origin(hint) is typing.Union:
+    hint = [a for a in typing.get_args(hint) if a is not type(None)][0]
+    if text.strip().lower() in ("none", "null"):
+      return config.replace(**{key: None})
+  text = text.strip()
+  try:
+    if hint is bool:
+      if text.lower() not in ("true", "false", "1", "0"):
+        raise ValueError
+      value = text.lower() in ("true", "1")
+    elif hint is int:
+      value = int(text)
+    elif hint is float:
+      value = float(text)
+    elif hint is tuple:
+      value = tuple(v.strip() for v in text.split(",") if v.strip())
+    else:
+      value = text
+  except ValueError:
+    raise ValueError(f"--set {key}={text!r}: {key!r} needs "
+                     f"{ {bool: 'true or false', int: 'an integer', float: 'a number'}[hint] }."
+                     ) from None
+  return config.replace(**{key: value})

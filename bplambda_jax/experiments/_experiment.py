@@ -1,0 +1,93 @@
+"""``run``: a whole experiment (every rule of a config) into a results directory."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+from bplambda_jax.experiments import _plots as plots
+from bplambda_jax.experiments import _results as results
+from bplambda_jax.experiments._config import RunConfig
+from bplambda_jax.experiments._runner import Interrupted, Run, RunError, train_one
+from bplambda_jax.experiments._runner import _stop_signals
+from bplambda_jax.experiments._setup import load_data, make_setup
+
+# config keys a resumed run may change (extending its budget)
+RESUMABLE_CHANGES = ("steps", "epochs")
+
+
+def runs_of(cfg: RunConfig) -> list[Run]:
+  """One :class:`Run` per rule spec of the config."""
+  return [Run(spec, spec, {}) for spec in cfg.rules]
+
+
+def _check_resume(out: str, cfg: RunConfig, runs) -> None:
+  saved = results.read_json(os.path.join(out, "config.json"))
+  now = {**cfg.to_dict(), "runs": [r._asdict() for r in runs]}
+  diff = sorted(k for k in set(saved) | set(now)
+                if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+  if diff:
+    raise results.ResultsError(
+        f"--resume: the run in {out} was made with another config; differing keys: "
+        + ", ".join(f"{k} (saved {saved.get(k)!r}, now {now.get(k)!r})" for k in diff)
+        + ". Pass the same settings, or use --overwrite or another --out.")
+
+
+def run(config: RunConfig, out: str, *, runs: Optional[Sequence[Run]] = None,
+        resume: bool = False, overwrite: bool = False, progress: bool = True,
+        verbose: bool = True) -> dict:
+  """Train every rule of ``config`` (each with its seeds) into the results directory ``out``.
+
+  Args:
+    config: the run config (resolved here from the task's presets).
+    out: the results directory (see :mod:`bplambda_jax.experiments._results`).
+    runs: what to compare (default: one run per rule spec of the config; ``bplambda toy`` passes
+      one run per λ).
+    resume: continue the run in ``out`` from its checkpoints (finished rules are kept).
+    overwrite: delete ``out`` first.
+    progress: show a progress bar per rule.
+    verbose: print the data source and where the results go.
+
+  Returns:
+    The summary (also written to ``out/summary.json``).
+
+  Raises:
+    ResultsError: ``out`` cannot be used (checked before anything is compiled).
+    RunError: a guard stopped the run (non-finite values, bad labels...); the last good state is
+      checkpointed.
+    Interrupted: SIGINT or SIGTERM; a checkpoint was saved.
+  """
+  out = results.prepare(out, resume=resume, overwrite=overwrite)
+  data, source = load_data(config, verbose=verbose)
+  cfg = config.resolve(None if data is None else data.train.num_examples)
+  runs = list(runs or runs_of(cfg))
+  if resume:
+    _check_resume(out, cfg, runs)
+  else:
+    results.write_json(os.path.join(out, "config.json"),
+                       {**cfg.to_dict(), "runs": [r._asdict() for r in runs]})
+  setup = make_setup(cfg, data, source)
+  log = results.MetricsLog(os.path.join(out, "metrics.jsonl"))
+  path = os.path.join(out, "summary.json")
+  summary = results.read_json(path) if resume and os.path.exists(path) else {
+      "task": cfg.task, "data": source, "rules": {}}
+  summary["provenance"] = results.provenance()
+  with _stop_signals() as stop:
+    for r in runs:
+      if r.label in summary["rules"]:
+        continue  # finished before: never recomputed, never lost
+      summary["rules"][r.label] = train_one(cfg, setup, r, out, log, resume=resume,
+                                            progress=progress, stop=stop)
+      results.write_json(path, summary)
+  figures = {"toy": ("alignment", "loss"), "plastic-toy": ("alignment", "loss"),
+             "line-draw": ("loss", "eval_loss"), "copy-repeat": ("bits", "level")}.get(
+                 cfg.task, ("loss", "accuracy"))
+  summary["figures"] = [os.path.basename(p) for p in plots.plot(
+      out, log.lines(), figures, f"{cfg.task}: {', '.join(r.label for r in runs)}")]
+  results.write_json(path, summary)
+  if verbose:
+    print(f"results in {out}")
+  return summary
+
+
+__all__ = ["Interrupted", "RunError", "run", "runs_of"]
