@@ -24,10 +24,14 @@ within a seed happens only where the per-seed function asks for it: calling
 devices and XLA partitions the per-example work and reduces the gradient sums across them.
 Without such a constraint the seed's work is simply replicated over its 'batch' devices.
 
-Multi-host. After :func:`initialize_distributed` (once per process, before any other JAX call)
-``jax.devices()`` lists the devices of every process, :func:`seed_mesh` spans all of them, and
-every process must call the sweep with the same full array of seeds. This path is written to
-the documented ``jax.distributed`` API but is not exercised by the tests (one host only).
+Several processes. After :func:`initialize_distributed` (once per process, before any other JAX
+call) ``jax.devices()`` lists the devices of every process and :func:`seed_mesh` spans all of
+them. Every process then runs the same program: it builds the same sweep and calls it with the
+same full arrays (e.g. keys split from the same seed; a ValueError if they differ). Each process
+computes only the seeds on its own devices, and the outputs are global arrays of which a process
+holds the rows of its own devices (``leaf.addressable_shards``). To see every seed on every
+process, gather them (``jax.experimental.multihost_utils.process_allgather``); to keep them,
+save them sharded with :class:`~bplambda_jax.training.Checkpointer` (called by every process).
 """
 
 from __future__ import annotations
@@ -96,8 +100,9 @@ def shard_seeds(fn: Callable, mesh: Mesh, *, pad: bool = False) -> Callable:
     arrays included); returns ``fn``'s outputs with a leading [S] axis, laid out as
     ``NamedSharding(mesh, P('seed'))`` (when padding was needed, the cut outputs are ordinary
     slices of that layout). ``sweep.lower(*args)`` gives the lowered program for inspection.
-    Inputs are placed with ``jax.device_put`` (which, on several hosts, requires the same value
-    on every process).
+    Inputs are placed with ``jax.device_put``. When the mesh spans several processes, every
+    process must pass the same values (checked: a ValueError otherwise) and the outputs are
+    global arrays, each process holding the rows of its own devices.
   """
   if not callable(fn):
     raise ValueError(f"fn must be callable, got {fn!r}.")
@@ -119,7 +124,7 @@ def shard_seeds(fn: Callable, mesh: Mesh, *, pad: bool = False) -> Callable:
     extra = -s % n_seed
     if extra:
       args = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], extra, axis=0)]), args)
-    return s, extra, jax.device_put(args, sharding)
+    return s, extra, _place(args, sharding)
 
   def sweep(*args):
     s, extra, args = prepare(args)
@@ -171,50 +176,47 @@ def constrain_batch(tree, mesh: Mesh, axis: int = 1):
 def initialize_distributed(coordinator_address: Optional[str] = None,
                            num_processes: Optional[int] = None,
                            process_id: Optional[int] = None,
-                           local_device_ids: Optional[Sequence[int]] = None) -> tuple[int, int]:
-  """Start multi-host JAX (``jax.distributed.initialize``); call once per process, first.
+                           local_device_ids: Optional[Sequence[int]] = None,
+                           **kwargs) -> tuple[int, int]:
+  """Start multi-process JAX (``jax.distributed.initialize``): once per process, before JAX runs.
 
-  Each argument left as None is read from the environment: ``JAX_COORDINATOR_ADDRESS``
-  ("host:port" of process 0), ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``; if still None, JAX's
-  own cluster detection (SLURM, Open MPI, Cloud TPU, ...) fills it in. After this call
-  ``jax.devices()`` lists every process's devices, so :func:`seed_mesh` spans all hosts.
-  Not exercised by the tests (they run on one host).
+  Arguments left as None come from the environment: ``JAX_COORDINATOR_ADDRESS`` ("host:port" of
+  process 0, read by JAX), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` (read here; JAX itself
+  has no such variables), and otherwise from JAX's cluster detection (SLURM, Open MPI, Cloud TPU,
+  Kubernetes). Afterwards ``jax.devices()`` lists the devices of every process, so
+  :func:`seed_mesh` spans all of them. CPU processes communicate through gloo (JAX's default).
 
   Args:
-    coordinator_address: address of the coordinator (process 0), "host:port".
+    coordinator_address: "host:port" of process 0, reachable from every process.
     num_processes: total number of processes.
     process_id: this process's index in [0, num_processes).
-    local_device_ids: the local devices this process uses (default: all visible).
+    local_device_ids: the local devices this process uses (default: all visible ones, or one
+      GPU per process under SLURM / Open MPI).
+    **kwargs: further arguments of ``jax.distributed.initialize`` (e.g.
+      ``initialization_timeout`` in seconds).
 
   Returns:
     (jax.process_index(), jax.process_count()).
 
   Raises:
-    ValueError: for a malformed argument or environment variable.
-    RuntimeError: if ``jax.distributed`` is already initialised.
+    ValueError: if the coordinator address is not "host:port", or ``JAX_NUM_PROCESSES`` or
+      ``JAX_PROCESS_ID`` is set but not an integer; JAX's own errors for missing or inconsistent
+      arguments.
+    RuntimeError: (from JAX) if JAX has already started, e.g. a second call.
   """
-  if coordinator_address is None:
-    coordinator_address = os.environ.get("JAX_COORDINATOR_ADDRESS") or None
   if num_processes is None:
     num_processes = _env_int("JAX_NUM_PROCESSES")
   if process_id is None:
     process_id = _env_int("JAX_PROCESS_ID")
-  if coordinator_address is not None and not isinstance(coordinator_address, str):
-    raise ValueError(f"coordinator_address must be a 'host:port' string, "
-                     f"got {coordinator_address!r}.")
-  if num_processes is not None and (not isinstance(num_processes, int) or num_processes < 1):
-    raise ValueError(f"num_processes must be a positive integer, got {num_processes!r}.")
-  if process_id is not None:
-    if not isinstance(process_id, int) or process_id < 0:
-      raise ValueError(f"process_id must be a non-negative integer, got {process_id!r}.")
-    if num_processes is not None and process_id >= num_processes:
-      raise ValueError(f"process_id must lie in [0, num_processes={num_processes}), "
-                       f"got {process_id}.")
-  if jax.distributed.is_initialized():
-    raise RuntimeError("jax.distributed is already initialised; call initialize_distributed once "
-                       "per process.")
+  address, source = coordinator_address, "coordinator_address"
+  if address is None and os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    address, source = os.environ["JAX_COORDINATOR_ADDRESS"], "JAX_COORDINATOR_ADDRESS"
+  if address is not None:  # JAX fails on a missing port with an IndexError
+    host, colon, port = address.rpartition(":") if isinstance(address, str) else ("", "", "")
+    if not (host and colon and port.isdigit()):
+      raise ValueError(f"{source} must be 'host:port' (e.g. '10.0.0.1:1234'), got {address!r}.")
   jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                             process_id=process_id, local_device_ids=local_device_ids)
+                             process_id=process_id, local_device_ids=local_device_ids, **kwargs)
   return jax.process_index(), jax.process_count()
 
 
@@ -243,6 +245,37 @@ def _seed_count(args) -> int:
     raise ValueError(f"the sweep arguments disagree on the seed count (leading axes {sizes}); "
                      f"every leaf needs the same leading axis.")
   return sizes[0]
+
+
+def _place(args, sharding: NamedSharding):
+  """``args`` laid out with ``sharding``; on several processes, from identical host values.
+
+  With one process this is ``jax.device_put``. When the mesh spans several processes, each leaf
+  that is not already a global array is taken to the host (PRNG keys as their key data), and
+  ``jax.device_put`` builds the global array from it after checking that every process holds the
+  same value (a ValueError otherwise).
+  """
+  if sharding.is_fully_addressable:
+    return jax.device_put(args, sharding)
+
+  def one(leaf):
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+      return jax.device_put(leaf, sharding)  # already global: at most a reshard
+    if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+      data = _put_host(np.asarray(jax.random.key_data(leaf)), sharding)
+      return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+    return _put_host(np.asarray(leaf), sharding)
+
+  return jax.tree.map(one, args)
+
+
+def _put_host(value: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  try:
+    return jax.device_put(value, sharding)  # checks that the value is the same on every process
+  except AssertionError:
+    raise ValueError(f"the sweep arguments differ between processes (a {value.dtype}"
+                     f"{list(value.shape)} leaf); every process must call the sweep with the same "
+                     f"full arrays (e.g. keys split from the same seed).") from None
 
 
 def _env_int(name: str) -> Optional[int]:
