@@ -1,8 +1,11 @@
 """Training: optax groups, the jitted update, on-device runs and sweeps, streaming, sharding,
 memory checks and checkpoints."""
 
+from bplambda_jax.training._checkpoint import Checkpointer
 from bplambda_jax.training._checkpoint import load_checkpoint
 from bplambda_jax.training._checkpoint import save_checkpoint
+from bplambda_jax.training._guards import GUARD_CODES
+from bplambda_jax.training._guards import guard_message
 from bplambda_jax.training._memory import available_memory_bytes
 from bplambda_jax.training._memory import check_memory
 from bplambda_jax.training._memory import state_bytes
@@ -27,7 +30,9 @@ from bplambda_jax.training._train import sweep
 
 __all__ = [
     "BATCH_AXIS",
+    "Checkpointer",
     "GROUPS",
+    "GUARD_CODES",
     "SEED_AXIS",
     "Stream",
     "StreamState",
@@ -36,6 +41,7 @@ __all__ = [
     "available_memory_bytes",
     "check_memory",
     "constrain_batch",
+    "guard_message",
     "init_state",
     "initialize_distributed",
     "load_checkpoint",
