@@ -51,6 +51,9 @@ def build_config(args):
     if not isinstance(values, dict):
       raise ValueError(f"--config {args.config} must hold a JSON object of config keys.")
     values.pop("runs", None)  # a saved config.json also lists its runs
+    if values.get("task", args.task) != args.task:
+      raise ValueError(f"--config {args.config} is for task {values['task']!r} but the command "
+                       f"runs task {args.task!r}; pass that task or remove the key.")
   values["task"] = args.task
   for key, flag in (("rules", "rule"), ("seeds", "seeds"), ("steps", "steps"),
                     ("epochs", "epochs"), ("data_dir", "data_dir"), ("data_path", "data_path")):
@@ -59,10 +62,7 @@ def build_config(args):
       values[key] = _specs(v) if key == "rules" else v
   if args.faithful:
     values["faithful"] = True
-  cfg = RunConfig.from_dict(values)
-  for assignment in args.set or ():
-    cfg = parse_set(cfg, assignment)
-  return cfg
+  return parse_set(RunConfig.from_dict(values), *(args.set or ()))
 
 
 def _print_summary(summary: dict) -> None:
@@ -107,16 +107,18 @@ def cmd_toy(args) -> int:
                   seeds=args.seeds, seed=args.seed, steps=args.steps, gamma=args.gamma,
                   seq_len=args.T, hidden_size=args.hidden, batch_size=args.batch,
                   lr_synth=args.lr_synth, mode=args.mode, faithful=args.faithful)
-  for assignment in args.set or ():
-    cfg = parse_set(cfg, assignment)
-  runs = [Run(f"λ={lam:g}", "bp_lambda", {"lambda_": lam}) for lam in lambdas]
+  cfg = parse_set(cfg, *(args.set or ()))
+  if len(set(lambdas)) != len(lambdas):
+    raise ValueError(f"--lambdas repeats a value: {lambdas}.")
+  runs = [Run(f"λ={lam!r}", "bp_lambda", {"lambda_": lam}) for lam in lambdas]
   for r in runs:
     cfg.replace(**r.changes)  # every λ checked before anything is compiled
   summary = run(cfg, args.out, runs=runs, resume=args.resume, overwrite=args.overwrite,
                 progress=not args.no_progress)
   print(f"\n{'λ':>6}  final alignment with BPTT (mean ± sd over seeds)")
   for r in runs:
-    print(f"{r.changes['lambda_']:>6g}  {format_mean_sd(summary['rules'][r.label]['eval']['alignment'])}")
+    stat = summary["rules"][r.label]["eval"]["alignment"]
+    print(f"{r.changes['lambda_']:>6g}  {format_mean_sd(stat)}")
   return 0
 
 
@@ -139,7 +141,7 @@ def cmd_align(args) -> int:
   rows = experiments.run_alignment(args.task, specs, seeds, cell=args.cell, hidden=args.hidden,
                                    synth_steps=args.synth_steps, lr_synth=args.lr_synth,
                                    lambda_=args.lambda_, gamma=args.gamma, out=args.out,
-                                   progress=not args.no_progress)
+                                   overwrite=args.overwrite, progress=not args.no_progress)
   print(experiments.format_rows(rows))
   if args.out:
     from bplambda_jax.experiments._results import provenance, write_json
@@ -229,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
   a.add_argument("--lr-synth", type=float, default=1e-3, help="Adam learning rate of ĝ")
   a.add_argument("--lambda", dest="lambda_", type=float, default=1.0, help="BP(λ)'s λ")
   a.add_argument("--gamma", type=float, default=1.0, help="BP(λ)'s γ")
-  a.add_argument("--out", default=None, help="output directory for alignment.json")
+  a.add_argument("--out", default=None,
+                 help="results directory (config, metrics log, alignment.json)")
+  a.add_argument("--overwrite", action="store_true", help="replace the results in --out")
   a.add_argument("--no-progress", action="store_true", help="no progress bars")
   a.set_defaults(func=cmd_align)
   return p

@@ -205,14 +205,15 @@ for _id in ("cli-unknown-task", "cli-seeds-not-int", "cli-unknown-rule", "cli-ru
             "cli-steps-zero", "cli-seq-len-wrong-task", "cli-data-path-generated",
             "cli-out-proc", "cli-resume-no-run",
             "cli-resume-and-overwrite", "cli-mnist-missing-path", "cli-toy-lambda-range",
-            "cli-toy-lambdas-not-numbers", "cli-align-unknown-task", "cli-align-rule-missing-k"):
+            "cli-toy-lambdas-not-numbers", "cli-align-unknown-task", "cli-align-rule-missing-k",
+            "cli-unused-lambda", "cli-toy-duplicate-lambdas", "cli-align-synth-steps"):
   case(_id)(run_cli)
 
 
 @case("cli-no-sequence-mode")
 def _(ctx):
   text = run_cli(ctx)
-  assert (ctx.tmp_path / "results" / "toy" / "config.json").is_file()  # as the table says
+  assert not (ctx.tmp_path / "results" / "toy").exists()  # as the table says
   return text
 
 
@@ -380,7 +381,103 @@ def _(ctx):
 @case("api-make-update-no-model")
 def _(ctx):
   _, r, opt, _ = _toy_setup()
-  return _raises(lambda: training.make_update(r, opt, checked=True))
+  mine = rules.Rule("mine", r.init, r.grads, {}, "sequence")
+  return _raises(lambda: training.make_update(mine, opt, checked=True))
+
+
+@case("cli-overwrite-other-files")
+def _(ctx):
+  (ctx.tmp_path / "notes").mkdir()
+  (ctx.tmp_path / "notes" / "important.txt").write_text("keep me")
+  text = run_cli(ctx)
+  assert (ctx.tmp_path / "notes" / "important.txt").read_text() == "keep me"
+  return text
+
+
+@case("config-other-task")
+def _(ctx):
+  (ctx.tmp_path / "c.json").write_text('{"task": "line-draw"}')
+  return run_cli(ctx)
+
+
+@case("api-integer-inputs")
+def _(ctx):
+  model, r, _, batch = _toy_setup()
+  params = r.init(jax.random.key(0))
+  return _raises(lambda: r.grads(params, batch._replace(x=batch.x.astype(jnp.int32))))
+
+
+@case("api-negative-mask")
+def _(ctx):
+  model, r, _, batch = _toy_setup()
+  params = r.init(jax.random.key(0))
+  return _raises(lambda: r.grads(params, batch._replace(mask=-batch.mask)))
+
+
+@case("api-step-batch-size")
+def _(ctx):
+  model, r, _, batch = _toy_setup()
+  params = r.init(jax.random.key(0))
+  x = jnp.ones((3, 3))
+  return _raises(lambda: r.step(params, r.init_state(params, 2), x, jnp.ones((3, 2)),
+                                jnp.ones((3,))))
+
+
+@case("api-bp-lambda-clip-string")
+def _(ctx):
+  return _raises(lambda: rules.bp_lambda(make_model("lstm", "mse", 3, 2, 4), clip_increments="no"))
+
+
+@case("api-bp-lambda-readout-scale")
+def _(ctx):
+  return _raises(lambda: rules.bp_lambda(make_model("lstm", "mse", 3, 2, 4), faithful=True,
+                                         readout_scale=-1))
+
+
+@case("api-bp-lambda-trace-dtype")
+def _(ctx):
+  return _raises(lambda: rules.bp_lambda(make_model("lstm", "mse", 3, 2, 4), trace_dtype="int32"))
+
+
+@case("api-optimiser-bool")
+def _(ctx):
+  return _raises(lambda: training.optimiser(True, 0.0))
+
+
+@case("api-run-checked-nan")
+def _(ctx):
+  model, r, opt, batch = _toy_setup()
+
+  def data_fn(key, step):
+    return batch._replace(x=jnp.where(step == 2, jnp.nan, batch.x))
+
+  state, m = jax.jit(lambda k: training.run(r, opt, data_fn, k, 4, checked=True))(
+      jax.random.key(0))
+  finite = all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(state.params))
+  return (f"metrics['guard'] == {np.asarray(m['guard']).tolist()} "
+          f"({training.GUARD_CODES[1]}), parameters {'finite' if finite else 'not finite'}")
+
+
+@case("api-sweep-checked-lambda")
+def _(ctx):
+  model, r, opt, batch = _toy_setup()
+  keys = jax.random.split(jax.random.key(0), 2)
+  _, m = training.sweep(r, opt, lambda k, s: batch, keys, 2,
+                        hparams={"lambda_": jnp.array([0.5, 3.0])}, checked=True)
+  return f"metrics['guard'][:, -1] == {np.asarray(m['guard'][:, -1]).tolist()} " \
+         f"({training.GUARD_CODES[4]}"
+
+
+@case("api-stream-checked-nan")
+def _(ctx):
+  model = make_model("lstm", "mse", 3, 2, 4)
+  r = rules.eprop(model)
+  drv = training.stream(r, training.optimiser(1e-2, 1e-2), checked=True)
+  state = drv.init(r.init(jax.random.key(0)), 2)
+  xs = jnp.ones((5, 2, 3)).at[2, 0, 0].set(jnp.nan)
+  state, m = jax.jit(drv.run)(state, xs, jnp.ones((5, 2, 2)), jnp.ones((5, 2)))
+  return (f"metrics['guard'] == {np.asarray(m['guard']).tolist()}, state.guard == "
+          f"{int(state.guard)}, state.step == {int(state.step)}")
 
 
 @case("api-optimiser-negative-lr")
@@ -405,7 +502,7 @@ def _(ctx):
 def _(ctx):
   model, r, opt, batch = _toy_setup()
   state = training.init_state(r, opt, jax.random.key(0))
-  update = jax.jit(training.make_update(r, opt, checked=True, model=model))
+  update = jax.jit(training.make_update(r, opt, checked=True))
   good, m_good = update(state, batch)
   assert int(m_good["guard"]) == 0 and not _same(good, state)  # the same program updates
   new, m = update(state, batch._replace(x=batch.x.at[2, 0, 1].set(jnp.nan)))
@@ -416,7 +513,7 @@ def _(ctx):
 def _(ctx):
   model, r, opt, batch = _toy_setup()
   states = jax.vmap(lambda k: training.init_state(r, opt, k))(jax.random.split(jax.random.key(0)))
-  update = jax.jit(jax.vmap(training.make_update(r, opt, checked=True, model=model),
+  update = jax.jit(jax.vmap(training.make_update(r, opt, checked=True),
                             in_axes=(0, None, 0)))
   new, m = update(states, batch, {"lambda_": jnp.array([0.5, 3.0])})
   seed = lambda tree, i: jax.tree.map(lambda a: a[i], tree)
@@ -429,7 +526,7 @@ def _(ctx):
   model, r, opt, batch = _toy_setup(loss="ce", rule="bptt", output_size=4)
   validate_batch(model, batch)
   state = training.init_state(r, opt, jax.random.key(0))
-  update = jax.jit(training.make_update(r, opt, checked=True, model=model))
+  update = jax.jit(training.make_update(r, opt, checked=True))
   new, m = update(state, batch._replace(y=batch.y.at[1, 0].set(4)))
   return _guard_text(int(m["guard"]), not _same(new, state))
 

@@ -54,7 +54,8 @@ def task_setup(task: str, cell: Optional[str] = None, hidden: Optional[int] = No
 def run_alignment(task: str, rule_specs, seeds, *, cell: Optional[str] = None,
                   hidden: Optional[int] = None, synth_steps: int = 1000, lr_synth: float = 1e-3,
                   lambda_: float = 1.0, gamma: float = 1.0, sg_scale: float = 1.0,
-                  out: Optional[str] = None, progress: bool = True) -> list[dict]:
+                  out: Optional[str] = None, overwrite: bool = False,
+                  progress: bool = True) -> list[dict]:
   """Rows {'rule', 'error' or per-column mean and sd over seeds} for every rule spec.
 
   Args:
@@ -65,9 +66,13 @@ def run_alignment(task: str, rule_specs, seeds, *, cell: Optional[str] = None,
     synth_steps: updates that train each synthesiser first (network fixed).
     lr_synth: Adam learning rate of ĝ.
     lambda_, gamma, sg_scale: BP(λ)'s (and DNI's sg_scale).
-    out: a results directory for the metrics log and checkpoints (default: a temporary one).
+    out: a results directory for the config, the metrics log and the checkpoints (default: a
+      temporary one); an existing run there is refused unless ``overwrite``.
+    overwrite: replace the run in ``out``.
     progress: show progress bars.
   """
+  if isinstance(synth_steps, bool) or not isinstance(synth_steps, int) or synth_steps < 1:
+    raise ValueError(f"synth_steps must be a positive integer, got {synth_steps!r}.")
   model, data_fn = task_setup(task, cell, hidden)
   seeds = [int(s) for s in seeds]
   if not seeds or seeds != list(range(seeds[0], seeds[0] + len(seeds))):
@@ -93,7 +98,9 @@ def run_alignment(task: str, rule_specs, seeds, *, cell: Optional[str] = None,
   setup = Setup(cfg, None, model, None, None, batch, None, None, evaluate, None, None)
   rows = []
   with tempfile.TemporaryDirectory() as tmp, _stop_signals() as stop:
-    directory = results.prepare(out, resume=False, overwrite=True) if out else tmp
+    directory = results.prepare(out, resume=False, overwrite=overwrite) if out else tmp
+    results.write_json(os.path.join(directory, "config.json"),
+                       {**cfg.to_dict(), "align_task": task, "rules": list(rule_specs)})
     log = results.MetricsLog(os.path.join(directory, "metrics.jsonl"))
     for spec in rule_specs:
       try:

@@ -148,8 +148,12 @@ class RunConfig:
     are loaded): ``steps`` = ⌈epochs·⌊N/B⌋⌉ (50 epochs unless ``steps`` or ``epochs`` is given)
     and ``eval_every`` = one epoch, rounded to a multiple of ``chunk``.
     """
-    values = {**preset(self.task, self.faithful),
-              **{k: v for k, v in self.to_dict().items() if v is not None}}
+    _check_used(self)
+    user = {k: v for k, v in self.to_dict().items() if v is not None}
+    values = {**preset(self.task, self.faithful), **user}
+    for key in ("eval_every", "checkpoint_every"):  # a preset adapts to the user's chunk
+      if key not in user and values.get(key) is not None:
+        values[key] = -(-values[key] // values["chunk"]) * values["chunk"]
     cfg = RunConfig.from_dict(values)
     if cfg.task.startswith("seqmnist"):
       if train_examples is None:
@@ -199,6 +203,17 @@ def _check_type(name, value, hint):
 def _range(name, value, ok, accepted):
   if value is not None and not ok(value):
     raise ValueError(f"config key {name!r} = {value!r} is out of range; accepted: {accepted}.")
+
+
+def _check_used(c: RunConfig):
+  """ValueError for a hyper-parameter the user set that none of the rules uses."""
+  names = {parse_rule_spec(spec)[0] for spec in c.rules}
+  for key, users, given in (("lambda_", ("bp_lambda",), c.lambda_ != 1.0),
+                            ("gamma", ("bp_lambda",), c.gamma is not None),
+                            ("sg_scale", ("bp_lambda", "dni"), c.sg_scale is not None)):
+    if given and not names & set(users):
+      raise ValueError(f"config key {key!r} applies to {' and '.join(users)}, and none of the "
+                       f"rules {list(c.rules)} uses it; remove it or add such a rule.")
 
 
 def _check_values(c: RunConfig):
@@ -282,8 +297,17 @@ def preset(task: str, faithful: bool = False) -> dict:
   return values
 
 
-def parse_set(config: RunConfig, assignment: str) -> RunConfig:
-  """``config`` with one ``key=value`` applied (``--set``); the value is parsed by the key's type."""
+def parse_set(config: RunConfig, *assignments: str) -> RunConfig:
+  """``config`` with ``key=value`` assignments (``--set``) applied together; each value is parsed
+  by its key's type, and the result is checked once (so their order does not matter)."""
+  changes = {}
+  for assignment in assignments:
+    key, value = _parse_assignment(assignment)
+    changes[key] = value
+  return config.replace(**changes)
+
+
+def _parse_assignment(assignment: str):
   key, eq, text = assignment.partition("=")
   key = key.strip()
   if not eq:
@@ -294,7 +318,7 @@ def parse_set(config: RunConfig, assignment: str) -> RunConfig:
   if typing.get_origin(hint) is typing.Union:
     hint = [a for a in typing.get_args(hint) if a is not type(None)][0]
     if text.strip().lower() in ("none", "null"):
-      return config.replace(**{key: None})
+      return key, None
   text = text.strip()
   try:
     if hint is bool:
@@ -310,7 +334,6 @@ def parse_set(config: RunConfig, assignment: str) -> RunConfig:
     else:
       value = text
   except ValueError:
-    raise ValueError(f"--set {key}={text!r}: {key!r} needs "
-                     f"{ {bool: 'true or false', int: 'an integer', float: 'a number'}[hint] }."
-                     ) from None
-  return config.replace(**{key: value})
+    want = {bool: "true or false", int: "an integer", float: "a number"}[hint]
+    raise ValueError(f"--set {key}={text!r}: {key!r} needs {want}.") from None
+  return key, value

@@ -10,7 +10,7 @@ from bplambda_jax.experiments import _results as results
 from bplambda_jax.experiments._config import RunConfig
 from bplambda_jax.experiments._runner import Interrupted, Run, RunError, train_one
 from bplambda_jax.experiments._runner import _stop_signals
-from bplambda_jax.experiments._setup import load_data, make_setup
+from bplambda_jax.experiments._setup import load_data, make_run_rule, make_setup
 
 # config keys a resumed run may change (extending its budget)
 RESUMABLE_CHANGES = ("steps", "epochs")
@@ -57,16 +57,26 @@ def run(config: RunConfig, out: str, *, runs: Optional[Sequence[Run]] = None,
       checkpointed.
     Interrupted: SIGINT or SIGTERM; a checkpoint was saved.
   """
+  created = not os.path.exists(out)
   out = results.prepare(out, resume=resume, overwrite=overwrite)
-  data, source = load_data(config, verbose=verbose)
-  cfg = config.resolve(None if data is None else data.train.num_examples)
-  runs = list(runs or runs_of(cfg))
-  if resume:
-    _check_resume(out, cfg, runs)
-  else:
+  try:  # everything that can be checked is checked before anything is written or compiled
+    data, source = load_data(config, verbose=verbose)
+    cfg = config.resolve(None if data is None else data.train.num_examples)
+    runs = list(runs or runs_of(cfg))
+    if len({r.label for r in runs}) != len(runs):
+      raise ValueError(f"two runs have the same label: {[r.label for r in runs]}.")
+    setup = make_setup(cfg, data, source)
+    for r in runs:
+      make_run_rule(cfg.replace(**r.changes), r.spec, setup.model)
+    if resume:
+      _check_resume(out, cfg, runs)
+  except Exception:
+    if created and not os.listdir(out):
+      os.rmdir(out)  # leave no empty directory that a corrected retry would be refused
+    raise
+  if not resume:
     results.write_json(os.path.join(out, "config.json"),
                        {**cfg.to_dict(), "runs": [r._asdict() for r in runs]})
-  setup = make_setup(cfg, data, source)
   log = results.MetricsLog(os.path.join(out, "metrics.jsonl"))
   path = os.path.join(out, "summary.json")
   summary = results.read_json(path) if resume and os.path.exists(path) else {

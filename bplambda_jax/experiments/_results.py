@@ -58,16 +58,21 @@ def prepare(out: str, *, resume: bool, overwrite: bool) -> str:
   if exists and not (resume or overwrite):
     raise ResultsError(f"the results directory {out} already holds a run; pass --resume to "
                        f"continue it or --overwrite to replace it.")
-  if resume and not os.path.isfile(os.path.join(out, "config.json")):
+  is_run = os.path.isfile(os.path.join(out, "config.json"))
+  if resume and not is_run:
     raise ResultsError(f"--resume: {out} holds no run to resume (no config.json).")
   if overwrite and exists:
+    if not is_run:
+      raise ResultsError(f"--overwrite replaces a results directory, but {out} holds other files "
+                         f"(no config.json of a run); choose another --out.")
     shutil.rmtree(out)
   try:
     _makedirs(out)
     probe = tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-", delete=True)
     probe.close()
   except OSError as e:
-    raise ResultsError(f"--out {out} is not writable: {e.strerror or e}.") from None
+    raise ResultsError(f"--out {out}: cannot create or write the directory "
+                       f"({e.strerror or e}).") from None
   return out
 
 

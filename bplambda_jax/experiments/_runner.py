@@ -130,7 +130,7 @@ def _init_seed(setup: Setup, rule, opt, key_data) -> SeedState:
 
 def _programs(setup: Setup, rule, opt, cfg: RunConfig):
   """(init, chunk, evaluate, test), each jitted over the seed axis."""
-  update = training.make_update(rule, opt, checked=True, model=setup.model)
+  update = training.make_update(rule, opt, checked=True)
   K, total = cfg.chunk, cfg.steps
 
   def chunk_one(ss: SeedState, start, data):
@@ -203,7 +203,11 @@ def train_one(cfg: RunConfig, setup: Setup, run: Run, out: str, log: results.Met
   ckpt = training.Checkpointer(os.path.join(out, "checkpoints", run.label.replace("/", "_")),
                                max_to_keep=cfg.max_to_keep)
   lrs = {"cell": cfg.lr_cell, "readout": cfg.lr_readout, "synth": cfg.lr_synth}
-  done = 0 if any(lrs[g] > 0 for g in params1) else cfg.steps  # nothing learns: no updates
+  learns = any(lrs[g] > 0 for g in params1)
+  done = 0 if learns else cfg.steps  # nothing learns: no update to run
+  if not learns and progress:
+    print(f"{run.label}: no parameter group learns (learning rates of {sorted(params1)} are 0); "
+          f"evaluated without training.", flush=True)
   if resume and ckpt.latest_step() is not None:
     done = ckpt.latest_step()
     states, _ = ckpt.restore(done, states)
@@ -240,9 +244,10 @@ def train_one(cfg: RunConfig, setup: Setup, run: Run, out: str, log: results.Met
       if bad.size:
         ckpt.save(done, states, {"rule": run.label, "stopped": "guard"})
         i = int(bad[0])
-        raise RunError(guards.guard_message(int(guard[i, 0]), step=int(guard[i, 1]),
+        raise RunError(guards.guard_message(int(guard[i, 0]), step=int(guard[i, 1]) + 1,
                                             seed=cfg.seed + i, rule=run.label)
-                       + f" The last good state is checkpoint {done} in {ckpt.directory}.")
+                       + f" Every seed is saved at its last good state (the failed ones before "
+                       f"their failing update) in checkpoint {done} of {ckpt.directory}.")
       if stop["signal"] or done % cfg.checkpoint_every == 0 or done == cfg.steps:
         ckpt.save(done, states, {"rule": run.label, "config": cfg.to_dict()})
       if stop["signal"] and done < cfg.steps:
@@ -256,7 +261,8 @@ def train_one(cfg: RunConfig, setup: Setup, run: Run, out: str, log: results.Met
   finally:
     bar.close()
     ckpt.close()
-  summary = {"rule": run.label, "spec": run.spec, "mode": rule.mode, "steps": done,
+  summary = {"rule": run.label, "spec": run.spec, "mode": rule.mode,
+             "steps": done if learns else 0,
              "seeds": [cfg.seed + i for i in range(cfg.seeds)],
              "seconds": time.perf_counter() - started, "changes": run.changes}
   if last is None and log_has(log, run.label, "train"):  # resumed after the last chunk

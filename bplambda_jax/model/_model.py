@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bplambda_jax.model._cells import Cell, check_size, float_dtype, get_cell
+from bplambda_jax.model._cells import Cell, check_size, float_dtype
+from bplambda_jax.model._elementwise import get_cell
 from bplambda_jax.model._losses import Loss, get_loss, objective, step_weights
 
 Params = Any
@@ -27,7 +28,7 @@ class Batch(NamedTuple):
   Attributes:
     x: inputs, [T, B, D_in].
     y: targets, [T, B, D_out] (float) or [T, B] (int labels for 'ce').
-    mask: which steps carry a loss, [T, B] (float {0, 1}).
+    mask: which steps carry a loss, [T, B] (float {0, 1}; any weights >= 0).
   """
 
   x: jax.Array
@@ -88,8 +89,8 @@ def make_model(cell: Cell | str, loss: str, input_size: int, output_size: int,
   """Build a :class:`Model` from a cell (or a cell name plus ``hidden_size``) and a loss name.
 
   Args:
-    cell: a :class:`Cell`, or a library cell name ('linear', 'tanh', 'lstm', 'gru',
-      'columnar_lstm') together with ``hidden_size``.
+    cell: a :class:`Cell`, or a library cell name (``CELLS``: 'linear', 'tanh', 'lstm', 'gru',
+      'columnar_lstm', 'elementwise_lstm', 'lru', 'linear_lru') together with ``hidden_size``.
     loss: 'mse', 'ce' or 'bce'.
     input_size: D_in.
     output_size: D_out (the number of classes for 'ce').
@@ -126,6 +127,9 @@ def validate_batch(model: Model, batch: Batch) -> None:
   T, B = x.shape[:2]
   if T < 1 or B < 1:
     raise ValueError(f"batch.x must have T >= 1 and B >= 1, got shape {tuple(x.shape)}.")
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise ValueError(f"batch.x must hold floating-point inputs, got dtype {x.dtype} (cast it, "
+                     f"e.g. x.astype(jnp.float32)).")
   if model.loss.name == "ce":
     if y.shape != (T, B) or not jnp.issubdtype(y.dtype, jnp.integer):
       raise ValueError(f"batch.y for loss 'ce' must be integer labels of shape [T, B] = "
@@ -140,6 +144,9 @@ def validate_batch(model: Model, batch: Batch) -> None:
       continue
     if jnp.issubdtype(arr.dtype, jnp.inexact) and not np.all(np.isfinite(np.asarray(arr))):
       raise ValueError(f"batch.{name} contains NaN or infinite values.")
+  if not isinstance(mask, jax.core.Tracer) and np.any(np.asarray(mask) < 0):
+    raise ValueError("batch.mask holds negative values; it weights each step's loss and must be "
+                     ">= 0 (1 where a step carries a loss, 0 elsewhere).")
   if model.loss.name == "ce" and not isinstance(y, jax.core.Tracer):
     labels = np.asarray(y)
     if np.any((labels < 0) | (labels >= model.output_size)):

@@ -62,6 +62,7 @@ class Rule(NamedTuple):
     step: ``step(params, state, x_t, y_t, mask_t, hparams=None, *, last=False)
       -> (grads_t, state, metrics_t)``, or None.
     chunk: None for per-step rules; n for rules whose ``step`` takes a chunk of n steps.
+    model: the model the rule was built for.
   """
 
   name: str
@@ -72,6 +73,7 @@ class Rule(NamedTuple):
   init_state: Optional[Callable[..., Any]] = None
   step: Optional[Callable[..., tuple]] = None
   chunk: Optional[int] = None
+  model: Any = None
 
 
 def frozen(hparams: Mapping[str, float]) -> Mapping[str, float]:
@@ -131,11 +133,19 @@ def add_trees(a, b):
   return jax.tree.map(lambda x, y: x + y.astype(x.dtype), a, b)
 
 
-def check_step_inputs(model, x_t, y_t, mask_t) -> None:
-  """Shapes of one step's inputs (x_t [B, D_in], y_t, mask_t [B]); ValueError naming the field."""
+def check_step_inputs(model, x_t, y_t, mask_t, batch_size: Optional[int] = None) -> None:
+  """Shapes of one step's inputs (x_t [B, D_in], y_t, mask_t [B]); ValueError naming the field.
+
+  ``batch_size``: the B of the step state, when known.
+  """
   if jnp.ndim(x_t) != 2 or x_t.shape[-1] != model.input_size:
     raise ValueError(f"x_t must have shape [B, {model.input_size}], got {jnp.shape(x_t)}.")
   B = x_t.shape[0]
+  if batch_size is not None and B != batch_size:
+    raise ValueError(f"x_t has batch size {B} but the state was made for batch size "
+                     f"{batch_size} (init_state(params, {batch_size})); start a new state.")
+  if not jnp.issubdtype(jnp.result_type(x_t), jnp.floating):
+    raise ValueError(f"x_t must hold floating-point inputs, got dtype {jnp.result_type(x_t)}.")
   if model.loss.name == "ce":
     if jnp.shape(y_t) != (B,) or not jnp.issubdtype(jnp.result_type(y_t), jnp.integer):
       raise ValueError(f"y_t for loss 'ce' must be integer labels of shape [B] = ({B},), got "

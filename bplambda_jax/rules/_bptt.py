@@ -26,4 +26,4 @@ def bptt(model: Model) -> base.Rule:
       out["synth"] = base.zeros_like_tree(params["synth"])
     return out, {"loss": loss, "learning_signal": dl_ds}
 
-  return base.Rule("bptt", init, grads, base.frozen({}), "sequence")
+  return base.Rule("bptt", init, grads, base.frozen({}), "sequence", model=model)

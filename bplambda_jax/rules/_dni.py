@@ -129,7 +129,7 @@ def dni(model: Model,
       raise ValueError("params has no 'synth' entry; build params with rule.init(key).")
     dtype = x.dtype
     hp = base.merge_hparams(defaults, hparams, checks, dtype)
-    check_chunk_inputs(model, x, y, mask)
+    check_chunk_inputs(model, x, y, mask, state.s.shape[0])
     base.check_last(last)
     B = x.shape[1]
     net = {"cell": params["cell"], "readout": params["readout"]}
@@ -167,4 +167,4 @@ def dni(model: Model,
     err = jnp.concatenate([jnp.atleast_1d(m["synth_error_norm"]) for m in metrics])
     return acc, {"loss": loss, "learning_signal": ls, "synth_error_norm": err}
 
-  return base.Rule(f"dni:{n}", init, grads, defaults, "online", init_state, step, n)
+  return base.Rule(f"dni:{n}", init, grads, defaults, "online", init_state, step, n, model)

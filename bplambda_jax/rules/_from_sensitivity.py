@@ -134,7 +134,7 @@ def from_sensitivity(model: Model, sensitivity, *, mode: str = "online",
 
   def step(params, state, x_t, y_t, mask_t, hparams=None, *, last=False):
     base.merge_hparams({}, hparams, {}, x_t.dtype)
-    base.check_step_inputs(model, x_t, y_t, mask_t)
+    base.check_step_inputs(model, x_t, y_t, mask_t, state.s.shape[0])
     base.check_last(last)
     del last  # no lagged terms: every step's credit is complete
     cp = params["cell"]
@@ -179,7 +179,8 @@ def from_sensitivity(model: Model, sensitivity, *, mode: str = "online",
       out["synth"] = base.zeros_like_tree(params["synth"])
     return out, {"loss": objective(w, loss), "learning_signal": ell}
 
-  return base.Rule(sens.name, init, grads, base.frozen({}), mode, init_state, step)
+  return base.Rule(sens.name, init, grads, base.frozen({}), mode, init_state, step,
+                   model=model)
 
 
 def rtrl(model: Model, *, mode: str = "online") -> base.Rule:

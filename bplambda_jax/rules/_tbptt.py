@@ -113,12 +113,15 @@ def chunk_grads(model: Model, params, s_start: jax.Array, x, y, w,
   return jnp.sum(losses), g, ct_start * B, ct_states * B, s_end
 
 
-def check_chunk_inputs(model: Model, x, y, mask) -> None:
+def check_chunk_inputs(model: Model, x, y, mask, batch_size: Optional[int] = None) -> None:
   """Shapes of one chunk (x [n, B, D_in], y, mask [n, B]); ValueError naming the field."""
   if jnp.ndim(x) != 3 or x.shape[-1] != model.input_size:
     raise ValueError(f"a chunk's x must have shape [n, B, {model.input_size}], got "
                      f"{jnp.shape(x)}.")
   n, B = x.shape[:2]
+  if batch_size is not None and B != batch_size:
+    raise ValueError(f"the chunk has batch size {B} but the state was made for batch size "
+                     f"{batch_size}; start a new state.")
   want = (n, B) if model.loss.name == "ce" else (n, B, model.output_size)
   if jnp.shape(y) != want:
     raise ValueError(f"a chunk's y must have shape {want}, got {jnp.shape(y)}.")
@@ -191,7 +194,7 @@ def tbptt(model: Model, n: int) -> base.Rule:
 
   def step(params, state, x, y, mask, hparams=None, *, last=False):
     base.merge_hparams({}, hparams, {}, x.dtype)
-    check_chunk_inputs(model, x, y, mask)
+    check_chunk_inputs(model, x, y, mask, state.s.shape[0])
     base.check_last(last)
     del last
     loss, g, _, ls, s_end = chunk_grads(model, params, state.s, x, y, mask)
@@ -207,4 +210,5 @@ def tbptt(model: Model, n: int) -> base.Rule:
     acc, loss, ls, _ = chunked_grads(step, init_state, params, batch, None, n)
     return acc, {"loss": loss, "learning_signal": ls}
 
-  return base.Rule(f"tbptt:{n}", init, grads, base.frozen({}), "online", init_state, step, n)
+  return base.Rule(f"tbptt:{n}", init, grads, base.frozen({}), "online", init_state, step, n,
+                   model)

@@ -10,7 +10,7 @@ drivers turn it into an error naming the quantity, the step and the seed
 code  failure
 ====  =====================================================================================
 1     non-finite input data (batch.x)
-2     non-finite targets (batch.y) or mask
+2     non-finite targets (batch.y), or a mask that is not finite and >= 0
 3     class labels outside [0, D_out)
 4     a hyper-parameter out of range (λ and γ in [0, 1]; sg_scale ≥ 0 and finite)
 5     non-finite loss
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 GUARD_CODES = {
     1: "non-finite input data (batch.x)",
-    2: "non-finite targets or mask (batch.y, batch.mask)",
+    2: "non-finite targets (batch.y) or a mask that is not finite and >= 0 (batch.mask)",
     3: "class labels outside [0, output_size)",
     4: "a hyper-parameter out of range (lambda_ and gamma must lie in [0, 1], sg_scale must be "
        "finite and >= 0)",
@@ -60,7 +60,8 @@ def first_failure(*checks) -> jax.Array:
 
 def input_checks(output_size: int, loss: str, batch, hparams: Optional[Mapping[str, Any]]):
   """(code, ok) pairs for the data and the hyper-parameters of one update."""
-  checks = [(1, _finite(batch.x)), (2, _finite((batch.y, batch.mask)))]
+  mask_ok = jnp.all(jnp.isfinite(batch.mask) & (batch.mask >= 0))
+  checks = [(1, _finite(batch.x)), (2, _finite(batch.y) & mask_ok)]
   if loss == "ce":
     checks.append((3, jnp.all((batch.y >= 0) & (batch.y < output_size))))
   ok = jnp.asarray(True)
@@ -87,7 +88,8 @@ def keep_if_ok(code, new, old):
 
 def guard_message(code: int, *, step: Optional[int] = None, seed: Optional[int] = None,
                   rule: Optional[str] = None) -> str:
-  """A sentence for a failure code: what was wrong, where, and what to do."""
+  """A sentence for a failure code: what was wrong, where (``step``: the update, counted from 1),
+  and what to do."""
   what = GUARD_CODES.get(int(code), f"unknown failure code {int(code)}")
   where = ", ".join(x for x in (f"rule {rule!r}" if rule else "",
                                 f"seed {seed}" if seed is not None else "",

@@ -21,6 +21,11 @@ linear, so applying it here after the step gives exactly the θ the step used.
 
 For chunk rules (truncated BPTT, DNI: ``rule.chunk`` = n) a step is a chunk ([n, B, ...] inputs)
 and ``every`` counts chunks; ``every=1`` is the authors' ``opt_each_trunc``.
+
+``checked=True`` checks every step on device as :func:`bplambda_jax.training.make_update` does
+(the step's data, traced hyper-parameters, finite loss, gradients, learning signals and
+parameters): the first failure's code is kept in ``StreamState.guard`` and ``metrics['guard']``,
+and from then on every step is skipped (the state stays at its last good value).
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bplambda_jax.model import Batch
 from bplambda_jax.rules import Rule
+from bplambda_jax.training import _guards as guards
 
 Params = Any
 
@@ -48,6 +55,7 @@ class StreamState(NamedTuple):
     count: steps accumulated since the last update, shape=(), int32.
     step: steps taken, shape=(), int32.
     updates: optimiser updates applied, shape=(), int32.
+    guard: the code of the first failed check (0: none; ``checked=True`` only), shape=(), int32.
   """
 
   params: Params
@@ -57,6 +65,7 @@ class StreamState(NamedTuple):
   count: jax.Array
   step: jax.Array
   updates: jax.Array
+  guard: jax.Array
 
 
 class Stream(NamedTuple):
@@ -76,7 +85,7 @@ class Stream(NamedTuple):
 
 
 def stream(rule: Rule, opt: optax.GradientTransformation, *, every: Optional[int] = 1,
-           synth_sgd: Optional[float] = None) -> Stream:
+           synth_sgd: Optional[float] = None, checked: bool = False) -> Stream:
   """A streaming driver for an online rule.
 
   Args:
@@ -85,10 +94,14 @@ def stream(rule: Rule, opt: optax.GradientTransformation, *, every: Optional[int
     every: apply ``opt`` after this many steps (chunks); None: only at the last step of each
       sequence. A sequence's last step always applies it.
     synth_sgd: per-step SGD rate on the synthesiser (the authors' ``alpha_learning``), or None.
+    checked: check every step on device (see the module docstring).
   """
   if rule.step is None or rule.init_state is None:
     raise ValueError(f"rule {rule.name!r} has no step-level protocol (it needs whole sequences); "
                      f"use training.make_update.")
+  if checked and rule.model is None:
+    raise ValueError(f"stream(checked=True) needs a rule built for a model; rule {rule.name!r} "
+                     f"has rule.model = None.")
   if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
     raise ValueError(f"every must be None or a positive integer, got {every!r}.")
   if synth_sgd is not None:
@@ -102,9 +115,21 @@ def stream(rule: Rule, opt: optax.GradientTransformation, *, every: Optional[int
   def init(params, batch_size):
     zero = jnp.zeros((), jnp.int32)
     return StreamState(params, opt.init(params), rule.init_state(params, batch_size),
-                       jax.tree.map(jnp.zeros_like, params), zero, zero, zero)
+                       jax.tree.map(jnp.zeros_like, params), zero, zero, zero, zero)
 
   def step(state, x_t, y_t, mask_t, hparams=None, *, last=False):
+    new, metrics, grads = _step(state, x_t, y_t, mask_t, hparams, last)
+    if not checked:
+      return new, metrics
+    batch = Batch(x_t, y_t, mask_t)
+    code = guards.first_failure(
+        *guards.input_checks(rule.model.output_size, rule.model.loss.name, batch, hparams),
+        *guards.output_checks(metrics["loss"], grads, metrics["learning_signal"], new.params))
+    code = jnp.where(state.guard != 0, state.guard, code)
+    new = guards.keep_if_ok(code, new._replace(guard=code), state._replace(guard=code))
+    return new, {**metrics, "guard": code}
+
+  def _step(state, x_t, y_t, mask_t, hparams, last):
     params = state.params
     grads, rule_state, metrics = rule.step(params, state.rule_state, x_t, y_t, mask_t, hparams,
                                            last=last, **kw)
@@ -127,8 +152,8 @@ def stream(rule: Rule, opt: optax.GradientTransformation, *, every: Optional[int
     fresh = rule.init_state(params, x_t.shape[-2])  # B: x_t is [B, D_in] or a chunk [n, B, D_in]
     rule_state = jax.tree.map(lambda f, r: jnp.where(last, f, r), fresh, rule_state)
     new = StreamState(params, opt_state, rule_state, acc, jnp.where(do, 0, count),
-                      state.step + 1, state.updates + do.astype(jnp.int32))
-    return new, metrics
+                      state.step + 1, state.updates + do.astype(jnp.int32), state.guard)
+    return new, metrics, grads
 
   def run(state, xs, ys, masks, hparams=None, *, lasts=None):
     T = jax.tree.leaves(xs)[0].shape[0]

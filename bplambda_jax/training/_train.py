@@ -56,7 +56,7 @@ def optimiser(lr_cell: float, lr_readout: float, lr_synth: float = 0.0, *,
   A group with learning rate 0 is frozen (``optax.set_to_zero``).
   """
   for name, v in (("lr_cell", lr_cell), ("lr_readout", lr_readout), ("lr_synth", lr_synth)):
-    if not (isinstance(v, (int, float)) and v >= 0 and v < float("inf")):
+    if isinstance(v, bool) or not (isinstance(v, (int, float)) and 0 <= v < float("inf")):
       raise ValueError(f"{name} must be a finite number >= 0, got {v!r}.")
 
   def group(lr):
@@ -80,8 +80,7 @@ def init_state(rule: Rule, opt: optax.GradientTransformation, key) -> TrainState
 
 
 def make_update(rule: Rule, opt: optax.GradientTransformation,
-                metric_fn: Optional[Callable] = None, *, checked: bool = False,
-                model=None) -> Callable:
+                metric_fn: Optional[Callable] = None, *, checked: bool = False) -> Callable:
   """``update(state, batch, hparams=None) -> (state, metrics)``: one optimiser step per batch.
 
   Pure and un-jitted: wrap it in ``jax.jit`` (and ``jax.vmap`` for seeds). ``metrics`` holds the
@@ -89,14 +88,16 @@ def make_update(rule: Rule, opt: optax.GradientTransformation,
   ``metric_fn(params, batch, aux)`` evaluated on the parameters before the update.
 
   With ``checked=True`` the update also checks, on device, the batch (finite inputs and targets,
-  labels in range: needs ``model``), traced hyper-parameters (λ, γ in [0, 1]) and what it
-  computes (finite loss, gradients, learning signals and new parameters); ``metrics['guard']``
-  is the first failure's code (0: all is well, see :func:`guard_message`) and a failed update is
-  skipped, so the state keeps its last good value. The checks cost a few reductions.
+  a finite non-negative mask, labels in range), traced hyper-parameters (λ, γ in [0, 1],
+  sg_scale ≥ 0) and what it computes (finite loss, gradients, learning signals and new
+  parameters); ``metrics['guard']`` is the first failure's code (0: all is well, see
+  :func:`guard_message`) and a failed update is skipped, so the state keeps its last good value.
+  The checks cost a few reductions.
   """
+  model = rule.model
   if checked and model is None:
-    raise ValueError("make_update(checked=True) needs model= (the label range of the batch "
-                     "check).")
+    raise ValueError(f"make_update(checked=True) needs a rule built for a model; rule "
+                     f"{rule.name!r} has rule.model = None.")
 
   def update(state: TrainState, batch, hparams=None):
     grads, aux = rule.grads(state.params, batch, hparams)
@@ -124,7 +125,8 @@ def _check_steps(num_steps):
 
 
 def run(rule: Rule, opt: optax.GradientTransformation, data_fn: Callable, key, num_steps: int,
-        state: Optional[TrainState] = None, hparams=None, metric_fn: Optional[Callable] = None):
+        state: Optional[TrainState] = None, hparams=None, metric_fn: Optional[Callable] = None,
+        *, checked: bool = False):
   """``num_steps`` updates in one ``lax.scan`` (no host round trips), data made on device.
 
   Args:
@@ -135,6 +137,9 @@ def run(rule: Rule, opt: optax.GradientTransformation, data_fn: Callable, key, n
     state: a state to continue from (otherwise a fresh one from the key).
     hparams: rule hyper-parameter overrides (arrays allowed; vmap over them for sweeps).
     metric_fn: optional ``metric_fn(params, batch, aux) -> dict`` (see :func:`make_update`).
+    checked: check every update on device (see :func:`make_update`); metrics['guard'] [num_steps]
+      holds the codes, and after the first failure every update is skipped (the state stays at
+      the last good one).
 
   Returns:
     (final state, metrics with a leading [num_steps] axis).
@@ -143,7 +148,9 @@ def run(rule: Rule, opt: optax.GradientTransformation, data_fn: Callable, key, n
   k_init, k_data = jax.random.split(key)
   if state is None:
     state = init_state(rule, opt, k_init)
-  update = make_update(rule, opt, metric_fn)
+  update = make_update(rule, opt, metric_fn, checked=checked)
+  if checked:
+    return _run_checked(update, data_fn, k_data, state, hparams, num_steps)
 
   def body(st, _):
     batch = data_fn(jax.random.fold_in(k_data, st.step), st.step)
@@ -152,8 +159,23 @@ def run(rule: Rule, opt: optax.GradientTransformation, data_fn: Callable, key, n
   return jax.lax.scan(body, state, jnp.arange(num_steps))
 
 
+def _run_checked(update, data_fn, k_data, state, hparams, num_steps):
+  """:func:`run`'s scan with the first failure carried: later updates are skipped."""
+
+  def body(carry, _):
+    st, failed = carry
+    batch = data_fn(jax.random.fold_in(k_data, st.step), st.step)
+    new, m = update(st, batch, hparams)
+    m = {**m, "guard": jnp.where(failed != 0, failed, m["guard"])}
+    return (guards.keep_if_ok(failed, new, st), m["guard"]), m
+
+  (state, _), metrics = jax.lax.scan(body, (state, jnp.zeros((), jnp.int32)), None,
+                                     length=num_steps)
+  return state, metrics
+
+
 def sweep(rule: Rule, opt: optax.GradientTransformation, data_fn: Callable, keys, num_steps: int,
-          hparams=None, metric_fn: Optional[Callable] = None):
+          hparams=None, metric_fn: Optional[Callable] = None, *, checked: bool = False):
   """:func:`run` for every seed key at once: one compiled program, seeds a ``jax.vmap`` axis.
 
   Before compiling, :func:`check_memory` checks that the online traces of all S seeds fit.
@@ -163,6 +185,7 @@ def sweep(rule: Rule, opt: optax.GradientTransformation, data_fn: Callable, keys
     keys: PRNG keys, [S].
     hparams: hyper-parameter overrides shared by every seed, or arrays with a leading [S] axis
       (one value per seed, e.g. a λ sweep).
+    checked: check every update on device (see :func:`run`).
 
   Returns:
     (final states, metrics [S, num_steps]), every leaf with a leading [S] axis.
@@ -175,5 +198,6 @@ def sweep(rule: Rule, opt: optax.GradientTransformation, data_fn: Callable, keys
   batch = jax.eval_shape(lambda k: data_fn(k, jnp.zeros((), jnp.int32)), k0)
   check_memory(rule, params, batch.x.shape[1], seeds=S)
   per_seed = hparams is not None and all(jnp.ndim(v) == 1 for v in hparams.values())
-  fn = lambda k, hp: run(rule, opt, data_fn, k, num_steps, hparams=hp, metric_fn=metric_fn)
+  fn = lambda k, hp: run(rule, opt, data_fn, k, num_steps, hparams=hp, metric_fn=metric_fn,
+                         checked=checked)
   return jax.jit(jax.vmap(fn, in_axes=(0, 0 if per_seed else None)))(keys, hparams)

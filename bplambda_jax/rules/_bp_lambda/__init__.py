@@ -55,6 +55,7 @@ from bplambda_jax.rules._bp_lambda._sequence import make_sequence
 from bplambda_jax.rules._from_sensitivity import scan_steps
 
 FLAVOURS = ("state", "eprop")
+TRACES = ("auto", "dense", "chunked") + credit.STRUCTURES
 
 
 def bp_lambda(model: Model,
@@ -70,6 +71,7 @@ def bp_lambda(model: Model,
               clip_increments: Optional[bool] = None,
               readout_scale: Optional[float] = None,
               bias_grad_scale: Optional[float] = None,
+              trace: str = "auto",
               trace_chunk: Optional[int] = None,
               trace_dtype=None) -> base.Rule:
   """Accumulate BP(λ) as a :class:`~bplambda_jax.Rule` (see the module docstring).
@@ -92,11 +94,30 @@ def bp_lambda(model: Model,
     readout_scale: κ of the readout gradient (faithful only; default 1).
     bias_grad_scale: factor on the gradient of the cell's bias leaves (named b, b_ih, b_hh or
       bias; Q12); default 2 when faithful and the cell has an LSTM cell-state path, else 1.
-    trace_chunk: the online trace. For a linear synthesiser the default (None) is the chunked
-      trace with chunks of ``credit.DEFAULT_CHUNK`` steps: the same per-step increments at
-      O(B·d_out²·d_in) per step instead of the dense trace's O(B·d_out³·d_in). An int L ≥ 1 sets
-      the chunk length; 0 selects the dense per-step trace (the fused trace-step kernel), which
-      non-linear synthesisers always use.
+    trace: the form of the synthesiser's online trace (all give the same numbers, per step):
+
+      * 'auto' (default): for a linear synthesiser, the structured trace that the flavour's
+        transition M has by the cell's declarations ('diagonal' or 'block', below), else the
+        chunked trace; for a non-linear synthesiser the dense trace.
+      * 'dense': E [B, d_out, *θ], E ← γλ·M·E + ∂ĝ/∂θ with M formed (the fused trace-step
+        kernel): O(B·d_out³·d_in) per step.
+      * 'chunked' (linear ĝ): chunks of L steps kept as link contexts
+        (:class:`~bplambda_jax.credit.ChunkedTrace`): O(B·L·d_out²) per step plus a fold.
+      * 'diagonal' (linear ĝ, M diagonal: the state flavour on a cell declaring
+        ``jacobian='diagonal'``, or the e-prop flavour when K_t is diagonal,
+        :func:`~bplambda_jax.credit.eprop_transition`): E [B, d_out, d_in], O(B·d_out·d_in).
+      * 'block' (linear ĝ, M unit-block-diagonal: the state flavour on a cell declaring
+        ``jacobian='block'``, over its units; a diagonal M counts): M's blocks only,
+        O(B·k²·U·d_in) for U units of k components (:mod:`bplambda_jax.credit`).
+
+      In mode 'sequence' no trace is stored by ``grads``: 'diagonal' and 'block' (also chosen by
+      'auto') make the reverse recursion's link a product with M's diagonal or blocks instead of
+      a vjp, and ``trace`` sets the form of the trace ``step`` carries. ValueError when the
+      synthesiser or the cell lacks what the form needs.
+    trace_chunk: the chunked trace's chunk length: None (default ``credit.DEFAULT_CHUNK``) or an
+      int L ≥ 1. Also a shorthand kept from before ``trace``: with trace='auto', L ≥ 1 selects
+      trace='chunked' and 0 selects trace='dense'. Any other combination with trace_chunk set
+      (e.g. trace='diagonal', or trace='chunked' with 0) is a ValueError.
     trace_dtype: dtype of the traces in the step state (synthesiser and sensitivity); None: the
       parameters' dtype. E.g. float32 traces for a bfloat16 model.
 
@@ -115,9 +136,14 @@ def bp_lambda(model: Model,
     raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}.")
   if mode not in base.MODES:
     raise ValueError(f"mode must be one of {base.MODES}, got {mode!r}.")
-  for name, v in (("faithful", faithful),):
-    if not isinstance(v, bool):
-      raise ValueError(f"{name} must be True or False, got {v!r}.")
+  if not isinstance(faithful, bool):
+    raise ValueError(f"faithful must be True or False, got {faithful!r}.")
+  if clip_increments is not None and not isinstance(clip_increments, bool):
+    raise ValueError(f"clip_increments must be None, True or False, got {clip_increments!r}.")
+  for name, v in (("readout_scale", readout_scale), ("bias_grad_scale", bias_grad_scale)):
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                          or not np.isfinite(v) or v <= 0):
+      raise ValueError(f"{name} must be None or a finite number > 0, got {v!r}.")
   base.check_unit_interval("lambda_", lambda_)
   base.check_unit_interval("gamma", gamma)
   base.check_nonnegative("sg_scale", sg_scale)
@@ -140,17 +166,7 @@ def bp_lambda(model: Model,
     raise ValueError("mode='sequence' computes the summed update exactly and cannot apply "
                      "per-step clipping (clip_increments=True, the faithful default, quirk Q7); "
                      "use mode='online' or pass clip_increments=False.")
-  if trace_chunk is not None:
-    if not isinstance(trace_chunk, int) or isinstance(trace_chunk, bool) or trace_chunk < 0:
-      raise ValueError(f"trace_chunk must be None or an int >= 0 (0: dense trace), got "
-                       f"{trace_chunk!r}.")
-    if trace_chunk and not synthesiser.linear:
-      raise ValueError(f"trace_chunk={trace_chunk} (the chunked trace) needs a linear "
-                       f"synthesiser; {synthesiser.name!r} uses the dense trace (trace_chunk=0 "
-                       f"or None).")
-  chunk = 0
-  if synthesiser.linear:
-    chunk = credit.DEFAULT_CHUNK if trace_chunk is None else trace_chunk
+  trace = _resolve_trace(trace, trace_chunk, synthesiser)
   if flavour == "eprop" and cell.lstm is None:
     raise ValueError(f"flavour='eprop' needs a cell with an LSTM cell-state path (Cell.lstm: "
                      f"library lstm and columnar_lstm, flax LSTMCell and OptimizedLSTMCell); "
@@ -166,7 +182,12 @@ def bp_lambda(model: Model,
     raise ValueError(f"mode='sequence' needs a sensitivity with a reverse form; {sens.name!r} "
                      f"has none. Use mode='online'.")
   if trace_dtype is not None:
-    trace_dtype = np.dtype(trace_dtype)
+    try:
+      trace_dtype = np.dtype(trace_dtype)
+    except TypeError:
+      raise ValueError(f"trace_dtype must be a floating-point dtype, got {trace_dtype!r}.") from None
+    if not np.issubdtype(trace_dtype, np.floating) and trace_dtype != jax.numpy.bfloat16:
+      raise ValueError(f"trace_dtype must be a floating-point dtype, got {trace_dtype}.")
 
   H, n = cell.hidden_size, cell.state_size
   defaults = base.frozen({"lambda_": float(lambda_), "gamma": float(gamma),
@@ -176,9 +197,15 @@ def bp_lambda(model: Model,
     link, d_in, d_out = (hc_parts.link if use_hc else state_link(cell)), n, n
   else:
     link, d_in, d_out = eprop_link(cell), n, H
+  structure = None
+  if trace in ("auto",) + credit.STRUCTURES and synthesiser.linear:
+    structure = credit.trace_structure(cell, flavour, link, want=trace)
+  chunk = 0
+  if structure is None and synthesiser.linear and trace in ("auto", "chunked"):
+    chunk = credit.DEFAULT_CHUNK if trace_chunk is None else trace_chunk
   cfg = Config(model, synthesiser, flavour, d_in, d_out, link, hc_parts, sens, faithful,
-               bool(clip_increments), readout_scale, float(bias_grad_scale), chunk, trace_dtype,
-               defaults)
+               bool(clip_increments), readout_scale, float(bias_grad_scale), chunk, structure,
+               trace_dtype, defaults)
   init_state_steps, step = make_online(cfg)
   sequence_grads = make_sequence(cfg)
 
@@ -220,7 +247,29 @@ def bp_lambda(model: Model,
                                                     m["final_td_error_norm"][-1:]])
     return acc, aux
 
-  return base.Rule("bp_lambda", init, grads, defaults, mode, init_state, step)
+  return base.Rule("bp_lambda", init, grads, defaults, mode, init_state, step, model=model)
 
 
-__all__ = ["BPLambdaState", "EpropLag", "FLAVOURS", "TDState", "bp_lambda"]
+def _resolve_trace(trace, trace_chunk, synthesiser) -> str:
+  """The trace form after ``trace_chunk``'s shorthand; ValueError for invalid combinations."""
+  if trace not in TRACES:
+    raise ValueError(f"trace must be one of {TRACES}, got {trace!r}.")
+  if trace_chunk is not None:
+    if not isinstance(trace_chunk, int) or isinstance(trace_chunk, bool) or trace_chunk < 0:
+      raise ValueError(f"trace_chunk must be None or an int >= 0 (0: dense trace), got "
+                       f"{trace_chunk!r}.")
+    if trace == "auto":
+      trace = "chunked" if trace_chunk else "dense"
+    elif trace != ("chunked" if trace_chunk else "dense"):
+      raise ValueError(f"trace_chunk={trace_chunk} selects the "
+                       f"{'chunked' if trace_chunk else 'dense'} trace, but trace={trace!r}; "
+                       f"pass trace_chunk only with trace='auto' or "
+                       f"trace='{'chunked' if trace_chunk else 'dense'}'.")
+  if trace in ("chunked",) + credit.STRUCTURES and not synthesiser.linear:
+    what = f"trace_chunk={trace_chunk} (the chunked trace)" if trace_chunk else f"trace={trace!r}"
+    raise ValueError(f"{what} needs a linear synthesiser; {synthesiser.name!r} uses the dense "
+                     f"trace (trace='dense' or 'auto').")
+  return trace
+
+
+__all__ = ["BPLambdaState", "EpropLag", "FLAVOURS", "TDState", "TRACES", "bp_lambda"]

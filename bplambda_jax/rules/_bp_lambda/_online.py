@@ -7,8 +7,10 @@ One TD step τ on a batch, with ĝ's input z_τ, its context ctx_τ and the "rew
 
 and ĝ emitted at τ is g_τ = p_τ (or ĝ at the θ updated by the step's own SGD, ``synth_sgd``; the
 order of the authors' per-step learning, quirk Q29). The step returns −inc_τ as the synthesiser's
-descent direction. The trace is chunked for a linear ĝ (:mod:`bplambda_jax.credit`, chunk L) and
-dense ([B, d_out, *θ], the fused trace-step kernel) otherwise or with ``trace_chunk=0``.
+descent direction. For a linear ĝ the trace is structured when M is diagonal or unit-blocked
+(M's blocks in ``m``, the trace [B, S, U, P]; :mod:`bplambda_jax.credit`), else chunked (chunk
+L); it is dense ([B, d_out, *θ], the fused trace-step kernel) for a non-linear ĝ or on request
+(the rule's ``trace`` argument).
 """
 
 from __future__ import annotations
@@ -34,10 +36,12 @@ class TDState(NamedTuple):
   Attributes:
     z: ĝ's input at the previous TD step, z_{τ−1}, [B, d_in].
     g: ĝ emitted at the previous TD step, [B, d_out].
-    m: M_{τ−1}: its link context, leaves [B, ...] (chunked trace), or the matrix
-      [B, d_out, d_out] (dense trace).
-    trace: the eligibility trace: a :class:`~bplambda_jax.credit.ChunkedTrace`, or leaves
-      [B, d_out, *θ_leaf] (dense).
+    m: M_{τ−1}: its link context, leaves [B, ...] (chunked trace), its blocks [B, k, k, U]
+      (structured trace) or the matrix [B, d_out, d_out] (dense trace).
+    trace: the eligibility trace: a :class:`~bplambda_jax.credit.ChunkedTrace`, the stored
+      block pairs [B, S, U, P] of a structured trace (a diagonal one is [B, 1, d_out, P]:
+      e[o, j] = E[o, o, j]; P = d_in + 1 with β, padded to whole kernel tiles on GPU/TPU), or
+      leaves [B, d_out, *θ_leaf] (dense).
   """
 
   z: jax.Array
@@ -96,6 +100,7 @@ class Config(NamedTuple):
   readout_scale: float
   bias_grad_scale: float
   chunk: int
+  structure: Optional[credit.TraceStructure]  # the structured trace's, or None
   trace_dtype: Any
   defaults: Any  # the rule's default hyper-parameters (λ, γ, sg_scale)
 
@@ -131,6 +136,16 @@ def make_online(cfg: Config):
     return cfg.synthesiser.apply({"train": theta, "frozen": frozen}, z)
 
   apply_b = jax.vmap(synth_apply, in_axes=(None, None, 0))
+  struct = cfg.structure
+  if struct is not None:
+    layout = struct.layout
+
+    def blocks_b(cp, ctx, dtype):  # M_τ's blocks from k links per example, [B, k, k, U]
+      return jax.vmap(lambda c_: credit.unit_blocks(lambda v: cfg.link(cp, c_, v), layout,
+                                                     cfg.d_out, dtype))(ctx)
+
+    def pattern_of(cp, dtype):
+      return struct.pattern(cp, jax.ShapeDtypeStruct((model.input_size,), dtype))
 
   def ctx_zeros(cp, B, dtype):
     s = jnp.zeros((B, n), dtype)
@@ -147,7 +162,11 @@ def make_online(cfg: Config):
     cp, theta = params["cell"], params["synth"]["train"]
     dtype = param_dtype(params)
     tdt = cfg.trace_dtype or jnp.result_type(*jax.tree.leaves(theta))
-    if cfg.chunk:
+    if struct is not None:
+      pattern = pattern_of(cp, dtype)
+      m0 = jnp.zeros((B, pattern.k, pattern.k, layout.units), dtype)
+      trace0 = credit.structured_init(B, pattern, layout.units, cfg.d_in + ("b" in theta), tdt)
+    elif cfg.chunk:
       m0 = ctx_zeros(cp, B, dtype)
       trace0 = credit.chunked_init(m0, cfg.d_out, cfg.d_in, bias="b" in theta, chunk=cfg.chunk,
                                    steps=steps, dtype=tdt)
@@ -170,16 +189,25 @@ def make_online(cfg: Config):
     gamma, lam = hp["gamma"], hp["lambda_"]
     keep = 1.0 - final
     p = apply_b(theta, frozen, z) * keep  # [B, d_out]
-    delta = (u + gamma * link_b(cp, ctx, p) - td.g) * (1.0 - first)  # [B, d_out]
+    if struct is not None:  # M_τ's blocks: p·M_τ without a vjp, and the next step's M_{τ−1}
+      blocks = blocks_b(cp, ctx, z.dtype)
+      p_m = credit.apply_blocks(blocks, p, layout)
+    else:
+      p_m = link_b(cp, ctx, p)
+    delta = (u + gamma * p_m - td.g) * (1.0 - first)  # [B, d_out]
     keep_trace = 1.0 - first  # nothing is traced at the first step
     c = gamma * lam * keep_trace
-    if cfg.chunk:  # a linear ĝ = W z + β: ∂ĝ_o/∂W_ij = 1[o = i]·z_j, β as a column of ones
-      a = td.z * keep_trace  # [B, d_in]
+    if cfg.chunk or struct is not None:  # linear ĝ = W z + β: ∂ĝ_o/∂W_ij = 1[o = i]·z_j
+      a = td.z * keep_trace  # [B, d_in], β as a column of ones
       if "b" in theta:
         a = jnp.concatenate([a, jnp.broadcast_to(keep_trace, a.shape[:1] + (1,)).astype(a.dtype)],
                             axis=1)
-      trace, inc_wb = credit.chunked_step(td.trace, td.m, a, delta, c,
-                                          lambda m, v: link_b(cp, m, v))
+      if struct is not None:
+        trace, inc_wb = credit.structured_step(td.trace, td.m, a, delta, c,
+                                               pattern_of(cp, z.dtype), layout)
+      else:
+        trace, inc_wb = credit.chunked_step(td.trace, td.m, a, delta, c,
+                                            lambda m, v: link_b(cp, m, v))
       inc = {"w": inc_wb[:, :cfg.d_in]}
       if "b" in theta:
         inc["b"] = inc_wb[:, cfg.d_in]
@@ -197,7 +225,9 @@ def make_online(cfg: Config):
     if synth_sgd is not None:  # quirk Q29: ĝ emitted with the θ the step's own SGD produced
       theta = jax.tree.map(lambda t_, d: t_ + synth_sgd * d, theta, inc)
       g = apply_b(theta, frozen, z) * keep
-    if cfg.chunk:
+    if struct is not None:
+      m = blocks
+    elif cfg.chunk:
       m = ctx  # the chunked trace keeps contexts, not matrices
     else:
       m = jax.vmap(lambda c_: transition(cfg.link, cp, c_, cfg.d_out, z.dtype))(ctx)
@@ -233,7 +263,7 @@ def make_online(cfg: Config):
     """
     dtype = x_t.dtype
     hp = base.merge_hparams(cfg.defaults, hparams, CHECKS, dtype)
-    base.check_step_inputs(model, x_t, y_t, mask_t)
+    base.check_step_inputs(model, x_t, y_t, mask_t, state.s.shape[0])
     base.check_last(last)
     if synth_sgd is not None:
       base.check_nonnegative("synth_sgd", synth_sgd)
