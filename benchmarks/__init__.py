@@ -1,6 +1,8 @@
-"""Speed and memory benchmarks for bplambda_jax's learning rules.
+"""Speed and memory benchmarks for bplambda_jax's learning rules (not part of the package).
 
-``python -m benchmarks.run`` times one jitted training update (``train.make_update``) per case and
-writes one JSON row per case; :mod:`benchmarks.cases` holds the case registry and
-``benchmarks/README.md`` the latest table. See ``python -m benchmarks.run --help``.
+Run from the repository root: ``python -m benchmarks.run`` times one jitted training update
+(``bl.make_update``) per case and writes one JSON row per case. :mod:`benchmarks.cases` holds the
+case registry, :mod:`benchmarks.harness` the measuring, :mod:`benchmarks.flops` the jaxpr FLOP
+counter, :mod:`benchmarks.report` the tables and targets (``targets.json``) and
+``benchmarks/README.md`` the latest results. See ``python -m benchmarks.run --help``.
 """

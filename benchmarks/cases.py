@@ -1,14 +1,16 @@
 """The benchmark cases: what is timed, at which sizes, with which rule and hyper-parameters.
 
-Every case is a :class:`Case` (a NamedTuple of plain values) whose rule is built by a small
-factory, :class:`RuleSpec`, that imports its rule module lazily: a case whose module (or factory)
-does not exist in this checkout raises :class:`Unavailable` and is reported, not run.
+Every case is a :class:`Case` (a NamedTuple of plain values). Its rule is a spec of the library's
+one rule registry ('bptt', 'tbptt:3', 'dni:3', 'snap:1', 'eprop_m:1', 'bp_lambda', 'rtrl',
+'eprop', 'columnar_rtrl') plus options, and is built with ``bl.make_rule(spec, model, **options)``
+(:meth:`Case.build_rule`); its mode ('online' or 'sequence') is the built rule's ``rule.mode``.
 
 Families (all float32):
 
 * ``seqmnist_lstm30_*``: LSTM 30 units, batch 50, T = 28 rows of 28 pixels in [0, 1], 10 classes
   (softmax cross-entropy on the last step only), Adam(0.9, 0.98, 1e-9) with learning rate 3e-4 for
-  every group (spec §8). BP(λ): e-prop flavour, λ = γ = 1, sg_scale = 0.1, no clipping.
+  every group (spec §8). BP(λ): e-prop flavour, λ = γ = 1, sg_scale = 0.1, no clipping. The data
+  are random with these shapes (not the MNIST digits: the cost does not depend on them).
 * ``copyrepeat_lstm100_*``: LSTM 100 units, batch 100, T = 40, 10 input bits, 9 outputs (BCE on
   every step), learning rates (1e-3, 1e-3, 1e-5). BP(λ): e-prop flavour, γ = 0.9, λ = 1,
   sg_scale = 1.
@@ -21,19 +23,19 @@ Families (all float32):
   single-seed jitted updates.
 * ``floor_matmul``: a 2048×2048 float32 matmul, the machine's achievable GFLOP/s.
 * ``kernel_trace_step_*``: one online BP(λ) trace step of the linear synthesiser at copy-repeat
-  size through :func:`bplambda_jax.kernels.linear_trace_step` (the fused Pallas kernel on GPU/TPU;
+  size through :func:`bplambda_jax.credit.linear_trace_step` (the fused Pallas kernel on GPU/TPU;
   on CPU the XLA path, and the Pallas interpreter row is skipped).
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Callable, NamedTuple, Optional
+import functools
+from typing import Iterable, NamedTuple, Optional
 
 import jax
 import numpy as np
 
-from bplambda_jax import model as model_lib
+import bplambda_jax as bl
 
 KINDS = ("update", "matmul", "trace_step")
 SEED_IMPLS = ("vmap", "loop")
@@ -47,56 +49,15 @@ SCALE_FLOP_LIMIT = 1.5e11
 TINY = {"batch": 2, "seq_len": 5, "hidden": 4, "max_seeds": 2, "matmul": 64}
 
 
-class Unavailable(RuntimeError):
-  """The case's rule module or factory does not exist in this checkout."""
-
-
-class RuleSpec(NamedTuple):
-  """A lazily imported rule factory: ``getattr(import_module(module), attr)(model, *args, **kw)``.
-
-  Attributes:
-    label: the rule's name in the table, e.g. 'bp_lambda', 'rtrl', 'dni3'.
-    mode: 'online' (no storage that grows with T) or 'sequence' (stores the sequence); checked
-      against the built rule's ``online`` flag.
-    module: the module holding the factory, e.g. 'bplambda_jax.rules.online'.
-    attr: the factory's name in the module.
-    args: extra positional arguments after the model.
-    kwargs: keyword arguments, as a tuple of (name, value) pairs (hashable).
-  """
-
-  label: str
-  mode: str
-  module: str
-  attr: str
-  args: tuple = ()
-  kwargs: tuple = ()
-
-  def factory(self) -> Callable:
-    """The factory function; raises :class:`Unavailable` if it does not exist."""
-    try:
-      mod = importlib.import_module(self.module)
-    except ModuleNotFoundError as e:
-      raise Unavailable(f"rule module {self.module} is not available ({e}).") from e
-    if not hasattr(mod, self.attr):
-      raise Unavailable(f"{self.module}.{self.attr} is not available in this checkout.")
-    return getattr(mod, self.attr)
-
-  def build(self, model: model_lib.Model):
-    rule = self.factory()(model, *self.args, **dict(self.kwargs))
-    if rule.online != (self.mode == "online"):
-      raise ValueError(f"case declares mode {self.mode!r} but {self.module}.{self.attr} built a "
-                       f"rule with online={rule.online}.")
-    return rule
-
-
 class Case(NamedTuple):
   """One benchmark row.
 
   Attributes:
     name: unique row name.
     family: 'seqmnist', 'copyrepeat', 'scale', 'seeds', 'floor' or 'kernel'.
-    kind: 'update' (one jitted ``train.make_update`` step), 'matmul' or 'trace_step'.
-    rule: the rule factory (None for floors and kernels).
+    kind: 'update' (one jitted ``bl.make_update`` step), 'matmul' or 'trace_step'.
+    rule: the rule's spec for ``bl.make_rule`` (e.g. 'dni:3'); None for floors and kernels.
+    options: the rule's options for ``bl.make_rule``, as sorted (name, value) pairs (hashable).
     cell: cell name ('lstm', 'columnar_lstm') or None.
     loss: 'ce' or 'bce' (None for floors and kernels).
     input_size, output_size: D_in, D_out.
@@ -105,7 +66,7 @@ class Case(NamedTuple):
     seq_len: T.
     seeds: number of seeds timed together (1 unless ``seed_impl`` is set).
     seed_impl: None, 'vmap' (one vmapped update) or 'loop' (a Python loop of jitted updates).
-    lrs: (lr_cell, lr_readout, lr_synth) for ``train.optimiser``.
+    lrs: (lr_cell, lr_readout, lr_synth) for ``bl.optimiser``.
     bptt_ref: name of the BPTT row of the same model, for ``ratio_to_bptt``.
     skip: reason the case is not run at its full size (None: it is run).
     note: free text carried into the row.
@@ -115,7 +76,8 @@ class Case(NamedTuple):
   name: str
   family: str
   kind: str = "update"
-  rule: Optional[RuleSpec] = None
+  rule: Optional[str] = None
+  options: tuple = ()
   cell: Optional[str] = None
   loss: Optional[str] = None
   input_size: int = 0
@@ -141,61 +103,48 @@ class Case(NamedTuple):
 
   def program_key(self) -> tuple:
     """Everything that determines the compiled program (cases with equal keys share it)."""
-    return (self.kind, self.rule, self.cell, self.loss, self.input_size, self.output_size,
-            self.hidden, self.batch, self.seq_len, self.lrs, self.impl,
+    return (self.kind, self.rule, self.options, self.cell, self.loss, self.input_size,
+            self.output_size, self.hidden, self.batch, self.seq_len, self.lrs, self.impl,
             ("vmap", self.seeds) if self.seed_impl == "vmap" else ("single",))
 
-
-# ------------------------------------------------------------------------------ rule factories
-
-
-def _kw(**kwargs) -> tuple:
-  return tuple(sorted(kwargs.items()))
+  def build_rule(self) -> bl.Rule:
+    """The case's rule: ``bl.make_rule(rule, make_model(cell, loss, ...), **options)``."""
+    return _build(self.rule, self.options, self.cell, self.loss, self.input_size,
+                  self.output_size, self.hidden)
 
 
-def bptt() -> RuleSpec:
-  return RuleSpec("bptt", "sequence", "bplambda_jax.rules.bptt", "bptt")
+def _build(spec, options, cell, loss, input_size, output_size, hidden) -> bl.Rule:
+  if spec is None:
+    raise ValueError("this case has no rule.")
+  model = bl.make_model(cell, loss, input_size, output_size, hidden_size=hidden)
+  return bl.make_rule(spec, model, **dict(options))
 
 
-def eprop() -> RuleSpec:
-  return RuleSpec("eprop", "online", "bplambda_jax.rules.online", "eprop", (), _kw(mode="online"))
+@functools.lru_cache(maxsize=None)
+def _mode(spec, options, cell, loss, input_size, output_size, hidden) -> str:
+  return _build(spec, options, cell, loss, input_size, output_size, hidden).mode
 
 
-def rtrl() -> RuleSpec:
-  return RuleSpec("rtrl", "online", "bplambda_jax.rules.online", "rtrl", (), _kw(mode="online"))
+def rule_mode(case: Case) -> Optional[str]:
+  """The built rule's ``mode`` ('online' or 'sequence'); None for cases without a rule."""
+  if case.rule is None:
+    return None
+  return _mode(case.rule, case.options, case.cell, case.loss, case.input_size, case.output_size,
+               case.hidden)
 
 
-def snap(n: int) -> RuleSpec:
-  return RuleSpec(f"snap{n}", "online", "bplambda_jax.rules.online", "snap", (n,))
+def _rule(spec: str, **options) -> dict:
+  """The ``rule`` and ``options`` fields of a case."""
+  return {"rule": spec, "options": tuple(sorted(options.items()))}
 
 
-def columnar_rtrl() -> RuleSpec:
-  return RuleSpec("columnar_rtrl", "online", "bplambda_jax.rules.online", "columnar_rtrl", (),
-                  _kw(mode="online"))
-
-
-def eprop_m(m: int) -> RuleSpec:
-  return RuleSpec(f"eprop_m{m}", "online", "bplambda_jax.rules.online", "eprop_m", (m,),
-                  _kw(mode="online"))
-
-
-def tbptt(n: int) -> RuleSpec:
-  return RuleSpec(f"tbptt{n}", "online", "bplambda_jax.rules.tbptt", "tbptt", (n,))
-
-
-def dni(n: int, sg_scale: float) -> RuleSpec:
-  return RuleSpec(f"dni{n}", "online", "bplambda_jax.rules.dni", "dni", (),
-                  _kw(n=n, sg_scale=sg_scale))
-
-
-def bp_lambda(mode: str, lambda_: float, gamma: float, sg_scale: float, **extra) -> RuleSpec:
+def _bp_lambda(mode: str, lambda_: float, gamma: float, sg_scale: float, **extra) -> dict:
   """BP(λ), e-prop flavour (the reference's LSTM configuration), default clipping (off).
 
-  ``extra`` passes further bp_lambda keywords (e.g. sensitivity, trace_chunk).
+  ``extra`` passes further bp_lambda options (e.g. sensitivity, trace_chunk).
   """
-  return RuleSpec("bp_lambda", mode, "bplambda_jax.rules.bp_lambda", "bp_lambda", (),
-                  _kw(flavour="eprop", mode=mode, lambda_=lambda_, gamma=gamma,
-                      sg_scale=sg_scale, **extra))
+  return _rule("bp_lambda", flavour="eprop", mode=mode, lambda_=lambda_, gamma=gamma,
+               sg_scale=sg_scale, **extra)
 
 
 # ------------------------------------------------------------------------------ analytic costs
@@ -206,7 +155,7 @@ def trace_flops(batch: int, steps: int, hidden: int) -> float:
 
   The issue's count: B·d_out²·d_in multiply-adds per TD step (one per entry of the trace of
   W [d_out, d_in], d_out = H, d_in = 2H), 2 FLOPs each; the e-prop flavour has T + 1 TD steps.
-  The default chunked trace (:mod:`bplambda_jax.traces`) does L·B·(d_out² + d_out·d_in) per step
+  The default chunked trace (``bl.credit.ChunkedTrace``) does L·B·(d_out² + d_out·d_in) per step
   in its chain and outer products (L = min(64, T + 1)), plus this count per step once E⁰ is
   stored (sequences longer than a chunk) and a fold every L steps.
   """
@@ -215,7 +164,7 @@ def trace_flops(batch: int, steps: int, hidden: int) -> float:
 
 
 def dense_step_flops(batch: int, hidden: int) -> float:
-  """FLOPs of one dense trace step (``kernels.linear_trace_step``): M·E and δ·E.
+  """FLOPs of one dense trace step (``bl.credit.linear_trace_step``): M·E and δ·E.
 
   E [B, d_out, *θ] for w [d_out, d_in] and b [d_out], |θ| = d_out·d_in + d_out; M·E costs
   B·d_out²·|θ| multiply-adds and δ·E B·d_out·|θ|. Elementwise work is not counted.
@@ -229,7 +178,7 @@ def analytic_flops(case: Case) -> Optional[float]:
   """The analytic FLOP count reported for a case (BP(λ) online and trace-step rows), or None."""
   if case.kind == "trace_step":
     return dense_step_flops(case.batch, case.hidden)
-  if case.rule is not None and case.rule.label == "bp_lambda" and case.rule.mode == "online":
+  if case.rule == "bp_lambda" and rule_mode(case) == "online":
     return trace_flops(case.batch, case.seq_len + 1, case.hidden) * case.seeds
   return None
 
@@ -240,9 +189,7 @@ def _lstm_params(hidden: int, input_size: int) -> int:
 
 def estimated_flops(case: Case) -> Optional[float]:
   """Dominant cost of the rules that scale badly: dense RTRL (J·Z, 2·B·T·n²·P) and BP(λ) online."""
-  if case.rule is None:
-    return None
-  if case.rule.label == "rtrl":
+  if case.rule == "rtrl":
     n = 2 * case.hidden
     return 2.0 * case.batch * case.seq_len * n * n * _lstm_params(case.hidden, case.input_size)
   return analytic_flops(case)
@@ -251,7 +198,7 @@ def estimated_flops(case: Case) -> Optional[float]:
 # ------------------------------------------------------------------------------ data
 
 
-def make_batch(case: Case, rng: np.random.Generator, lead: tuple = ()) -> model_lib.Batch:
+def make_batch(case: Case, rng: np.random.Generator, lead: tuple = ()) -> bl.Batch:
   """A random float32 batch with the case's shapes (time-major), made with numpy.
 
   seqMNIST: x ~ U[0, 1] [T, B, 28], integer labels [T, B], loss on the last step only.
@@ -273,7 +220,7 @@ def make_batch(case: Case, rng: np.random.Generator, lead: tuple = ()) -> model_
     raise ValueError(f"case {case.name!r}: loss must be 'ce' or 'bce', got {case.loss!r}.")
   f32 = lambda a: np.ascontiguousarray(a, np.float32)
   y = np.ascontiguousarray(y, np.int32) if case.loss == "ce" else f32(y)
-  return model_lib.Batch(f32(x), y, f32(mask))
+  return bl.Batch(f32(x), y, f32(mask))
 
 
 # ------------------------------------------------------------------------------ the registry
@@ -295,31 +242,31 @@ SMALL_BATCH_SEED_COUNTS = (1, 8, 32)
 
 def _seqmnist_cases():
   rules = {
-      "bptt": bptt(),
-      "eprop": eprop(),
-      "bplambda_online": bp_lambda("online", **SEQMNIST_BPL),
-      "bplambda_sequence": bp_lambda("sequence", **SEQMNIST_BPL),
-      "rtrl": rtrl(),
-      "snap1": snap(1),
-      "eprop_m1": eprop_m(1),
-      "eprop_m2": eprop_m(2),
-      "dni3": dni(3, SEQMNIST_BPL["sg_scale"]),
-      "tbptt3": tbptt(3),
+      "bptt": _rule("bptt"),
+      "eprop": _rule("eprop", mode="online"),
+      "bplambda_online": _bp_lambda("online", **SEQMNIST_BPL),
+      "bplambda_sequence": _bp_lambda("sequence", **SEQMNIST_BPL),
+      "rtrl": _rule("rtrl", mode="online"),
+      "snap1": _rule("snap:1"),
+      "eprop_m1": _rule("eprop_m:1", mode="online"),
+      "eprop_m2": _rule("eprop_m:2", mode="online"),
+      "dni3": _rule("dni:3", bootstrap="faithful", sg_scale=SEQMNIST_BPL["sg_scale"]),
+      "tbptt3": _rule("tbptt:3"),
   }
   notes = {"dni3": "n = 3, bootstrap 'faithful', sg_scale 0.1, linear synthesiser"}
-  return [Case(f"seqmnist_lstm30_{k}", "seqmnist", rule=r, hidden=30, batch=50,
+  return [Case(f"seqmnist_lstm30_{k}", "seqmnist", **r, hidden=30, batch=50,
                bptt_ref="seqmnist_lstm30_bptt", note=notes.get(k, ""), **SEQMNIST)
           for k, r in rules.items()]
 
 
 def _copyrepeat_cases():
   rules = {
-      "bptt": bptt(),
-      "eprop": eprop(),
-      "bplambda_online": bp_lambda("online", **COPYREPEAT_BPL),
-      "bplambda_online_immediate": bp_lambda("online", sensitivity="immediate", **COPYREPEAT_BPL),
-      "bplambda_online_dense": bp_lambda("online", trace_chunk=0, **COPYREPEAT_BPL),
-      "bplambda_sequence": bp_lambda("sequence", **COPYREPEAT_BPL),
+      "bptt": _rule("bptt"),
+      "eprop": _rule("eprop", mode="online"),
+      "bplambda_online": _bp_lambda("online", **COPYREPEAT_BPL),
+      "bplambda_online_immediate": _bp_lambda("online", sensitivity="immediate", **COPYREPEAT_BPL),
+      "bplambda_online_dense": _bp_lambda("online", trace_chunk=0, **COPYREPEAT_BPL),
+      "bplambda_sequence": _bp_lambda("sequence", **COPYREPEAT_BPL),
   }
   notes = {
       "bplambda_online_immediate": "sensitivity='immediate': the TD(λ) part without e-prop's "
@@ -327,25 +274,25 @@ def _copyrepeat_cases():
       "bplambda_online_dense": "trace_chunk=0: the dense per-step trace (M·E, B·d_out³·d_in "
                                "multiply-adds per step)",
   }
-  return [Case(f"copyrepeat_lstm100_{k}", "copyrepeat", rule=r, note=notes.get(k, ""),
+  return [Case(f"copyrepeat_lstm100_{k}", "copyrepeat", **r, note=notes.get(k, ""),
                bptt_ref="copyrepeat_lstm100_bptt", **COPYREPEAT)
           for k, r in rules.items()]
 
 
 def _scale_cases():
   sizes = [(h, 28) for h in SCALE_HIDDEN] + [(32, t) for t in SCALE_TIME if t != 28]
-  rules = [("bptt", "lstm", bptt()), ("eprop", "lstm", eprop()),
-           ("bplambda_online", "lstm", bp_lambda("online", **SEQMNIST_BPL)),
-           ("bplambda_sequence", "lstm", bp_lambda("sequence", **SEQMNIST_BPL)),
-           ("rtrl", "lstm", rtrl()),
-           ("columnar_bptt", "columnar_lstm", bptt()),
-           ("columnar_rtrl", "columnar_lstm", columnar_rtrl())]
+  rules = [("bptt", "lstm", _rule("bptt")), ("eprop", "lstm", _rule("eprop", mode="online")),
+           ("bplambda_online", "lstm", _bp_lambda("online", **SEQMNIST_BPL)),
+           ("bplambda_sequence", "lstm", _bp_lambda("sequence", **SEQMNIST_BPL)),
+           ("rtrl", "lstm", _rule("rtrl", mode="online")),
+           ("columnar_bptt", "columnar_lstm", _rule("bptt")),
+           ("columnar_rtrl", "columnar_lstm", _rule("columnar_rtrl", mode="online"))]
   shapes = {k: v for k, v in SEQMNIST.items() if k not in ("seq_len", "cell")}
   out = []
   for h, t in sizes:
-    for label, cell, spec in rules:
+    for label, cell, r in rules:
       ref = f"scale_h{h}_t{t}_{'columnar_bptt' if cell == 'columnar_lstm' else 'bptt'}"
-      case = Case(f"scale_h{h}_t{t}_{label}", "scale", rule=spec, cell=cell, hidden=h,
+      case = Case(f"scale_h{h}_t{t}_{label}", "scale", **r, cell=cell, hidden=h,
                   batch=SCALE_BATCH, seq_len=t, bptt_ref=ref, **shapes)
       est = estimated_flops(case)
       if est is not None and est > SCALE_FLOP_LIMIT:
@@ -356,15 +303,15 @@ def _scale_cases():
 
 
 def _seed_cases():
-  spec = bp_lambda("sequence", **SEQMNIST_BPL)
+  r = _bp_lambda("sequence", **SEQMNIST_BPL)
   out = []
   for s in SEED_COUNTS:
     for impl in SEED_IMPLS:
-      out.append(Case(f"seeds{s}_{impl}", "seeds", rule=spec, hidden=30, batch=50, seeds=s,
+      out.append(Case(f"seeds{s}_{impl}", "seeds", **r, hidden=30, batch=50, seeds=s,
                       seed_impl=impl, bptt_ref="seqmnist_lstm30_bptt", **SEQMNIST))
   for s in SMALL_BATCH_SEED_COUNTS:  # the toy task's batch size: per-call overheads dominate
     for impl in SEED_IMPLS:
-      out.append(Case(f"seeds{s}_b{SMALL_SEED_BATCH}_{impl}", "seeds", rule=spec, hidden=30,
+      out.append(Case(f"seeds{s}_b{SMALL_SEED_BATCH}_{impl}", "seeds", **r, hidden=30,
                       batch=SMALL_SEED_BATCH, seeds=s, seed_impl=impl,
                       bptt_ref="seqmnist_lstm30_bptt", **SEQMNIST))
   return out
@@ -379,8 +326,17 @@ def _floor_and_kernel_cases():
       skip = "Pallas runs only in interpret mode on CPU (a correctness tool, not timed)"
     cases.append(Case(f"kernel_trace_step_{impl}", "kernel", kind="trace_step", hidden=100,
                       batch=100, seq_len=1, impl=impl, skip=skip,
-                      note="one TD step of kernels.linear_trace_step at copy-repeat size"))
+                      note="one TD step of credit.linear_trace_step at copy-repeat size"))
   return cases
+
+
+def check_options(case: Case) -> None:
+  """The case's options are ones its rule takes (``bl.rules.rule_options``), before any build."""
+  accepted = bl.rules.rule_options(case.rule)  # also checks the spec
+  unknown = sorted({k for k, _ in case.options} - set(accepted))
+  if unknown:
+    raise ValueError(f"case {case.name!r}: rule {case.rule!r} does not take option(s) {unknown}; "
+                     f"it accepts {list(accepted) or 'none'}.")
 
 
 def all_cases() -> list[Case]:
@@ -394,19 +350,28 @@ def all_cases() -> list[Case]:
   names = [c.name for c in cases]
   if len(set(names)) != len(names):
     raise AssertionError("benchmark case names must be unique")
+  for c in cases:
+    if c.rule is not None:
+      check_options(c)
   return cases
 
 
-def availability(case: Case) -> Optional[str]:
-  """None if the case's rule factory (or kernel module) exists, else why it is unavailable."""
-  try:
-    if case.kind == "trace_step":
-      try:
-        importlib.import_module("bplambda_jax.kernels")
-      except ModuleNotFoundError as e:
-        raise Unavailable(f"bplambda_jax.kernels is not available ({e}).") from e
-    if case.rule is not None:
-      case.rule.factory()
-  except Unavailable as e:
-    return str(e)
-  return None
+def select(names: Optional[Iterable[str]], with_refs: bool = True) -> list[Case]:
+  """The cases to run: all, or the named ones plus (``with_refs``) their floors and BPTT refs."""
+  every = all_cases()
+  if names is None:
+    return every
+  by_name = {c.name: c for c in every}
+  names = list(names)
+  unknown = [n for n in names if n not in by_name]
+  if unknown:
+    raise ValueError(f"unknown case(s) {unknown}; see `python -m benchmarks.run --list`.")
+  wanted = set(names)
+  if with_refs:
+    for n in names:
+      c = by_name[n]
+      if c.bptt_ref:
+        wanted.add(c.bptt_ref)
+      if analytic_flops(c) is not None:
+        wanted.add("floor_matmul")
+  return [c for c in every if c.name in wanted]

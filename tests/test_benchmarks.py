@@ -10,13 +10,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import bplambda_jax as bl
 from benchmarks import cases as cases_lib
+from benchmarks import flops
+from benchmarks import harness
+from benchmarks import report
 from benchmarks import run
 
 
 @pytest.fixture(scope="module")
 def tiny_rows():
-  return run.run_cases(tiny=True, repeats=1, log=lambda s: None)
+  return harness.run_cases(tiny=True, repeats=1, log=lambda s: None)
 
 
 def test_every_case_runs_tiny_with_complete_rows(tiny_rows):
@@ -24,9 +28,9 @@ def test_every_case_runs_tiny_with_complete_rows(tiny_rows):
   assert [r["name"] for r in tiny_rows] == names
   json.dumps(tiny_rows)  # the rows are plain JSON
   for r in tiny_rows:
-    run.check_row(r)
+    harness.check_row(r)
     assert r["tiny"] is True and r["dtype"] == "float32"
-    # Every rule module exists in this checkout and tiny sizes are never skipped.
+    # Every rule builds and tiny sizes are never skipped.
     assert r["status"] == "ok", (r["name"], r["status"], r["note"])
     assert r["repeats"] == 1
     assert 0 < r["min_s"] <= r["median_s"] <= r["max_s"]
@@ -53,9 +57,16 @@ def test_rows_refer_to_the_right_cases(tiny_rows):
   by = {r["name"]: r for r in tiny_rows}
   assert by["seqmnist_lstm30_bplambda_online"]["mode"] == "online"
   assert by["seqmnist_lstm30_bplambda_sequence"]["mode"] == "sequence"
+  assert by["seqmnist_lstm30_bptt"]["mode"] == "sequence"
+  # The rule column is the registry's spec (case names keep the old spelling, for comparisons).
+  for suffix, spec in (("dni3", "dni:3"), ("tbptt3", "tbptt:3"), ("snap1", "snap:1"),
+                       ("eprop_m1", "eprop_m:1"), ("eprop_m2", "eprop_m:2"), ("rtrl", "rtrl")):
+    assert by[f"seqmnist_lstm30_{suffix}"]["rule"] == spec
+    assert by[f"seqmnist_lstm30_{suffix}"]["mode"] == "online"
   assert by["copyrepeat_lstm100_eprop"]["loss"] == "bce"
   assert by["scale_h64_t28_columnar_rtrl"]["cell"] == "columnar_lstm"
   assert by["scale_h64_t28_columnar_rtrl"]["bptt_ref"] == "scale_h64_t28_columnar_bptt"
+  assert by["kernel_trace_step_xla"]["rule"] == "credit.linear_trace_step[xla]"
   assert by["seeds2_vmap"]["timed"] == "train_update_vmap_seeds"
   assert by["seeds2_loop"]["timed"] == "train_update_loop_seeds"
   # The loop's FLOPs are S single-seed updates; the vmapped program does the same work.
@@ -67,23 +78,64 @@ def test_rows_refer_to_the_right_cases(tiny_rows):
   assert r["ratio_to_bptt"] == pytest.approx(r["median_s"] / 2 / bptt["median_s"])
 
 
+def test_cases_name_registry_rules_with_their_options():
+  for c in cases_lib.all_cases():
+    if c.rule is None:
+      continue
+    bl.rules.parse_rule_spec(c.rule)
+    assert {k for k, _ in c.options} <= set(bl.rules.rule_options(c.rule)), c.name
+  by = {c.name: c for c in cases_lib.all_cases()}
+  assert dict(by["seqmnist_lstm30_bplambda_online"].options)["flavour"] == "eprop"
+  assert dict(by["seqmnist_lstm30_dni3"].options)["sg_scale"] == 0.1
+  assert cases_lib.rule_mode(by["copyrepeat_lstm100_bplambda_sequence"]) == "sequence"
+  # An option the rule does not take is refused when the registry is built...
+  bad = by["seqmnist_lstm30_bplambda_online"]._replace(options=(("alpha_learning", 0.1),))
+  with pytest.raises(ValueError, match="alpha_learning"):
+    cases_lib.check_options(bad)
+  # ... and a case whose rule cannot be built is an error row, not an exception.
+  row = harness.Runner(repeats=1, tiny=True, log=lambda s: None).run_case(bad)
+  harness.check_row(row)
+  assert row["status"] == "error" and "alpha_learning" in row["note"]
+
+
 def test_table_and_targets_render(tiny_rows):
-  text = run.table(tiny_rows)
+  text = report.table(tiny_rows)
   for r in tiny_rows:
     assert f"| {r['name']} |" in text
-  summary = run.targets(tiny_rows)
+  summary = report.targets(tiny_rows)
   for tag in ("(a)", "(b)", "(c)", "(d)", "(e)"):
     assert tag in summary
+  assert "#### Targets" in report.report(tiny_rows)
+
+
+def test_targets_come_from_the_data_file(tiny_rows):
+  spec = report.load_targets()
+  assert {t["kind"] for t in spec["targets"]} == set(report.CHECKS)
+  # A threshold changed in the data changes the verdict; a missing row is reported as such.
+  by = {r["name"]: r for r in tiny_rows}
+  t = dict(next(t for t in spec["targets"] if t["kind"] == "speedup"))
+  lenient = dict(t, reference_s=1e9 * by[t["row"]]["median_s"])
+  assert "**met**" in report.targets(tiny_rows, {"targets": [lenient]})
+  strict = dict(t, reference_s=1e-9 * by[t["row"]]["median_s"])
+  assert "**not met**" in report.targets(tiny_rows, {"targets": [strict]})
+  assert "not measured" in report.targets([], {"targets": [t]})
+
+
+def test_bad_targets_file(tmp_path):
+  path = tmp_path / "targets.json"
+  path.write_text(json.dumps({"targets": [{"id": "z", "kind": "no_such_kind"}]}))
+  with pytest.raises(ValueError, match="no_such_kind"):
+    report.load_targets(str(path))
 
 
 def test_memory_fit_reads_the_exponents():
   rows = []
   for h, t in [(32, 28), (64, 28), (128, 28), (32, 100), (32, 300)]:
-    row = dict.fromkeys(run.FIELDS)
+    row = dict.fromkeys(harness.FIELDS)
     row.update(status="ok", family="scale", rule="bp_lambda", mode="sequence", cell="lstm",
                hidden=h, seq_len=t, peak_bytes=int(16 * 7 * h**2 * t))  # ∝ H²·T
     rows.append(row)
-  fit = run.memory_fit(rows)
+  fit = report.memory_fit(rows)
   assert fit["hidden"] == pytest.approx(2.0, abs=1e-3)
   assert fit["seq_len"] == pytest.approx(1.0, abs=1e-3)
 
@@ -98,10 +150,10 @@ def test_jaxpr_flop_count_multiplies_scan_bodies():
 
   x = jnp.ones((n, n), jnp.float32)
   # Per step: a matmul (2·n³) and a tanh (n²); then the final sum (n² inputs).
-  assert run.count_flops(jax.make_jaxpr(f)(x)) == T * (2 * n**3 + n**2) + n**2
-  with pytest.raises(run.Uncountable):
-    run.count_flops(jax.make_jaxpr(lambda v: jax.lax.while_loop(lambda c: c < 3, lambda c: c + 1,
-                                                                v))(0))
+  assert flops.count_flops(jax.make_jaxpr(f)(x)) == T * (2 * n**3 + n**2) + n**2
+  with pytest.raises(flops.Uncountable):
+    flops.count_flops(jax.make_jaxpr(lambda v: jax.lax.while_loop(lambda c: c < 3,
+                                                                  lambda c: c + 1, v))(0))
 
 
 def test_list_and_only(capsys, tmp_path):
@@ -114,10 +166,12 @@ def test_list_and_only(capsys, tmp_path):
   assert run.main(["--only", "floor_matmul", "--tiny", "--repeats", "1", "--json", str(out)]) == 0
   rows = json.loads(out.read_text())
   assert [r["name"] for r in rows] == ["floor_matmul"] and rows[0]["status"] == "ok"
+  assert run.main(["--table", str(out)]) == 0
+  assert "| floor_matmul |" in capsys.readouterr().out
   # --only adds the floor and the BPTT row a case is compared with, unless --no-refs.
-  names = {c.name for c in run.select(["seqmnist_lstm30_bplambda_online"])}
+  names = {c.name for c in cases_lib.select(["seqmnist_lstm30_bplambda_online"])}
   assert names == {"floor_matmul", "seqmnist_lstm30_bptt", "seqmnist_lstm30_bplambda_online"}
-  assert [c.name for c in run.select(["seeds4_loop"], with_refs=False)] == ["seeds4_loop"]
+  assert [c.name for c in cases_lib.select(["seeds4_loop"], with_refs=False)] == ["seeds4_loop"]
 
 
 def test_bad_arguments(tmp_path):
@@ -126,30 +180,20 @@ def test_bad_arguments(tmp_path):
   with pytest.raises(SystemExit, match="--repeats must be >= 5"):
     run.main(["--repeats", "2", "--json", str(tmp_path / "x.json")])
   with pytest.raises(ValueError, match="repeats must be a positive integer"):
-    run.Runner(repeats=0)
-
-
-def test_missing_rule_module_is_reported_not_run():
-  spec = cases_lib.RuleSpec("ghost", "online", "bplambda_jax.rules.no_such_rule", "ghost")
-  case = cases_lib.Case("ghost_case", "seqmnist", rule=spec, **cases_lib.SEQMNIST, hidden=3,
-                        batch=2)
-  assert "not available" in cases_lib.availability(case)
-  row = run.Runner(repeats=1).run_case(case)
-  run.check_row(row)
-  assert row["status"] == "unavailable" and "no_such_rule" in row["note"]
-  missing_attr = spec._replace(module="bplambda_jax.rules.online")
-  assert "not available" in cases_lib.availability(case._replace(rule=missing_attr))
+    harness.Runner(repeats=0)
 
 
 def test_check_row_rejects_bad_rows(tiny_rows):
   row = dict(tiny_rows[0])
   row["median_s"] = "fast"
   with pytest.raises(ValueError, match="median_s"):
-    run.check_row(row)
+    harness.check_row(row)
   row = dict(tiny_rows[0])
   del row["device"]
   with pytest.raises(ValueError, match="device"):
-    run.check_row(row)
+    harness.check_row(row)
   row = dict(tiny_rows[0], gflops=float(np.nan))
   with pytest.raises(ValueError, match="gflops"):
-    run.check_row(row)
+    harness.check_row(row)
+  with pytest.raises(ValueError, match="status"):
+    harness.check_row(dict(tiny_rows[0], status="unavailable"))

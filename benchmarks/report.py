@@ -1,0 +1,184 @@
+"""The markdown report of a results file: one table per family, the targets, memory exponents.
+
+The targets (thresholds, the rows they read, their sentences) are data, in
+``benchmarks/targets.json``; this module only knows how each *kind* of target is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, Optional
+
+import numpy as np
+
+from benchmarks import cases as cases_lib
+
+TARGETS_JSON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "targets.json")
+
+FAMILY_TITLES = {
+    "floor": "Floors", "seqmnist": "Sequential MNIST shapes (LSTM 30, B = 50, T = 28)",
+    "copyrepeat": "Copy-repeat shapes (LSTM 100, B = 100, T = 40)",
+    "scale": "Scaling (seqMNIST shapes, B = 16)",
+    "seeds": "Seeds: vmap vs loop (BP(λ) sequence mode, seqMNIST shapes, H = 30, B = 50 per seed; `_b10` rows: B = 10)",
+    "kernel": "Trace-step kernel (one TD step, B = 100, d_out = 100, d_in = 200)",
+}
+
+# memory_fit's axes: H at the scaling family's first T, T at its first H (T = 28, H = 32).
+FIT_T, FIT_H = cases_lib.SCALE_TIME[0], cases_lib.SCALE_HIDDEN[0]
+
+
+def _fmt(v, spec="{:.3g}"):
+  return "–" if v is None else spec.format(v)
+
+
+def _mb(v):
+  return "–" if v is None else f"{v / 2**20:.1f}"
+
+
+def table(rows: list[dict]) -> str:
+  """A markdown table of the rows, one section per family."""
+  head = ("| case | rule | mode | B | T | H | median s | min–max s | compile s | peak MB | "
+          "GFLOP/s | × BPTT | × FLOP floor | seq/s | note |")
+  rule = "|" + "---|" * 15
+  out = []
+  for family, title in FAMILY_TITLES.items():
+    fam = [r for r in rows if r["family"] == family]
+    if not fam:
+      continue
+    out += [f"### {title}", "", head, rule]
+    for r in fam:
+      status = "" if r["status"] == "ok" else f"**{r['status']}**: "
+      out.append("| " + " | ".join([
+          r["name"], r["rule"] or "–", r["mode"] or "–", _fmt(r["batch"], "{}"),
+          _fmt(r["seq_len"], "{}"), _fmt(r["hidden"], "{}"), _fmt(r["median_s"], "{:.4g}"),
+          "–" if r["min_s"] is None else f"{r['min_s']:.3g}–{r['max_s']:.3g}",
+          _fmt(r["compile_s"], "{:.1f}"), _mb(r["peak_bytes"]), _fmt(r["gflops"], "{:.2f}"),
+          _fmt(r["ratio_to_bptt"], "{:.2f}"), _fmt(r["ratio_to_flop_floor"], "{:.2f}"),
+          _fmt(r["sequences_per_s"], "{:.0f}"),
+          (status + (r["note"] or "")).replace("|", "/")]) + " |")
+    out.append("")
+  return "\n".join(out)
+
+
+def memory_fit(rows: list[dict], rule_label: str = "bp_lambda", mode: str = "sequence"):
+  """Least-squares exponents of peak bytes in H (at T = 28) and in T (at H = 32) for one rule."""
+  ok = [r for r in rows if r["status"] == "ok" and r["family"] == "scale"
+        and r["rule"] == rule_label and r["mode"] == mode and r["cell"] == "lstm"]
+  out = {}
+  for axis, fixed_key, fixed in (("hidden", "seq_len", FIT_T), ("seq_len", "hidden", FIT_H)):
+    pts = [(r[axis], r["peak_bytes"]) for r in ok if r[fixed_key] == fixed and r["peak_bytes"]]
+    if len(pts) >= 2:
+      xs, ys = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
+      out[axis] = float(np.polyfit(xs, ys, 1)[0])
+  return out
+
+
+# ------------------------------------------------------------------------------ targets
+
+
+def load_targets(path: Optional[str] = None) -> dict:
+  """The targets file (default :data:`TARGETS_JSON`), checked for known kinds."""
+  with open(path or TARGETS_JSON) as f:
+    spec = json.load(f)
+  for t in spec["targets"]:
+    if t.get("kind") not in CHECKS:
+      raise ValueError(f"target {t.get('id')!r}: kind must be one of {sorted(CHECKS)}, got "
+                       f"{t.get('kind')!r}.")
+  return spec
+
+
+def _verdict(ok: bool) -> str:
+  return "**met**" if ok else "**not met**"
+
+
+def _flop_floor(t: dict, by: dict, rows: list[dict]) -> Optional[str]:
+  r = by.get(t["row"])
+  if not r or r["ratio_to_flop_floor"] is None:
+    return None
+  line = (f"{_verdict(r['ratio_to_flop_floor'] <= t['max_ratio'])} — {r['median_s']:.3g} s per "
+          f"batch vs floor {r['flop_floor_s']:.3g} s ({r['analytic_flops']:.3g} FLOP at "
+          f"{by['floor_matmul']['gflops']:.1f} GFLOP/s): {r['ratio_to_flop_floor']:.2f}×")
+  end = by.get(t.get("end_floor_row"))
+  if end:
+    alt = r["median_s"] / (r["analytic_flops"] / (end["gflops"] * 1e9))
+    line += f" ({alt:.2f}× with the end-of-run floor, {end['gflops']:.1f} GFLOP/s)"
+  return line
+
+
+def _ratio_to_bptt(t: dict, by: dict, rows: list[dict]) -> Optional[str]:
+  sel = [x for x in by.values() if x["rule"] == t["rule"] and x["mode"] == t["mode"]
+         and not x["seed_impl"] and x["ratio_to_bptt"] is not None]
+  if not sel:
+    return None
+  worst = max(sel, key=lambda x: x["ratio_to_bptt"])
+  detail = ", ".join(f"{x['name']} {x['ratio_to_bptt']:.2f}×" for x in sel)
+  return (f"{_verdict(worst['ratio_to_bptt'] <= t['max_ratio'])} — worst {worst['name']} "
+          f"{worst['ratio_to_bptt']:.2f}× ({detail})")
+
+
+def _speedup(t: dict, by: dict, rows: list[dict]) -> Optional[str]:
+  x = by.get(t["row"])
+  if not x:
+    return None
+  speedup = t["reference_s"] / x["median_s"]
+  return (f"{_verdict(speedup >= t['min_speedup'])} — {x['median_s']:.3g} s/batch, "
+          f"{speedup:.1f}× faster")
+
+
+def _seed_throughput(t: dict, by: dict, rows: list[dict]) -> Optional[str]:
+  v, lp = by.get(t["vmap"]), by.get(t["loop"])
+  if not (v and lp):
+    return None
+  gain = v["sequences_per_s"] / lp["sequences_per_s"]
+  return (f"{_verdict(gain >= t['min_gain'])} — {v['sequences_per_s']:.0f} vs "
+          f"{lp['sequences_per_s']:.0f} sequences/s: {gain:.2f}×")
+
+
+def _memory_slope(t: dict, by: dict, rows: list[dict]) -> Optional[str]:
+  mem = [x for x in by.values() if x["family"] == "scale" and x["rule"] == t["rule"]
+         and x["mode"] == t["mode"]]
+  fit = memory_fit(rows, t["rule"], t["mode"])
+  if not (mem and fit):
+    return None
+  pts = ", ".join(f"H={x['hidden']} T={x['seq_len']}: {_mb(x['peak_bytes'])} MB"
+                  for x in sorted(mem, key=lambda x: (x["seq_len"], x["hidden"])))
+  nan = float("nan")
+  ok = fit.get("hidden", 9) < t["max_slope"] and fit.get("seq_len", 9) < t["max_slope"]
+  return (f"{_verdict(ok)} — log-log slope of peak bytes in H (T = {FIT_T}) "
+          f"{fit.get('hidden', nan):.2f}, in T (H = {FIT_H}) {fit.get('seq_len', nan):.2f}; "
+          f"peak MB at B = {mem[0]['batch']}: {pts}")
+
+
+CHECKS: dict[str, Callable[[dict, dict, list], Optional[str]]] = {
+    "flop_floor": _flop_floor, "ratio_to_bptt": _ratio_to_bptt, "speedup": _speedup,
+    "seed_throughput": _seed_throughput, "memory_slope": _memory_slope,
+}
+
+
+def targets(rows: list[dict], spec: Optional[dict] = None) -> str:
+  """The targets of ``spec`` (default: :func:`load_targets`), each with the measured numbers and
+  met / not met, or 'not measured in this run' when its rows are missing."""
+  spec = spec or load_targets()
+  by = {r["name"]: r for r in rows if r["status"] == "ok"}
+  lines = []
+  for t in spec["targets"]:
+    found = CHECKS[t["kind"]](t, by, rows)
+    if found is None:
+      lines.append(f"- ({t['id']}) {t['missing']}: not measured in this run.")
+    else:
+      lines.append(f"- ({t['id']}) {t['text']}: {found}.")
+  return "\n".join(lines)
+
+
+def report(rows: list[dict], spec: Optional[dict] = None) -> str:
+  """The tables, the targets and the peak-memory exponents (what ``--table`` prints)."""
+  spec = spec or load_targets()
+  out = [table(rows), "#### Targets\n", targets(rows, spec),
+         f"\n#### Peak-memory exponents (log-log slope of peak bytes; H at T = {FIT_T}, T at "
+         f"H = {FIT_H})\n"]
+  for label, mode in spec.get("memory_exponents", ()):
+    fit = memory_fit(rows, label, mode)
+    if fit:
+      out.append(f"- {label} ({mode}): " + ", ".join(f"{k} {v:.2f}" for k, v in fit.items()))
+  return "\n".join(out)
