@@ -33,8 +33,19 @@ from bplambda_jax.credit._reverse import reverse_recurrence
 from bplambda_jax.credit._reverse import sequence_credit
 from bplambda_jax.credit._structure import UnitLayout
 from bplambda_jax.credit._structure import check_structure
+from bplambda_jax.credit._structure import eprop_transition
 from bplambda_jax.credit._structure import snap_pattern
 from bplambda_jax.credit._structure import unit_layout
+from bplambda_jax.credit._structured import STRUCTURES
+from bplambda_jax.credit._structured import TraceStructure
+from bplambda_jax.credit._structured import apply_blocks
+from bplambda_jax.credit._structured import by_component
+from bplambda_jax.credit._structured import from_components
+from bplambda_jax.credit._structured import structured_bytes_per_example
+from bplambda_jax.credit._structured import structured_init
+from bplambda_jax.credit._structured import structured_step
+from bplambda_jax.credit._structured import trace_structure
+from bplambda_jax.credit._structured import unit_blocks
 from bplambda_jax.credit._synth_traces import linear_trace_step
 from bplambda_jax.credit._synth_traces import trace_step_tree
 from bplambda_jax.credit._traces import compressed_trace
@@ -45,9 +56,13 @@ __all__ = [
     "DEFAULT_CHUNK",
     "Reverse",
     "SENSITIVITY_NAMES",
+    "STRUCTURES",
     "Sensitivity",
+    "TraceStructure",
     "UnitLayout",
+    "apply_blocks",
     "batch_credit",
+    "by_component",
     "check_structure",
     "chunked_bytes_per_example",
     "chunked_init",
@@ -58,7 +73,9 @@ __all__ = [
     "dense_trace",
     "eprop",
     "eprop_m",
+    "eprop_transition",
     "explicit_jacobian",
+    "from_components",
     "get_sensitivity",
     "immediate",
     "immediate_credit",
@@ -73,7 +90,12 @@ __all__ = [
     "snap_pattern",
     "state_jacobian",
     "step_context",
+    "structured_bytes_per_example",
+    "structured_init",
+    "structured_step",
     "sum_leading",
     "trace_step_tree",
+    "trace_structure",
+    "unit_blocks",
     "unit_layout",
 ]

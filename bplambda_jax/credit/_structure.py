@@ -310,6 +310,32 @@ def resolve_compressed(cell, compressed, what):
   return compressed
 
 
+def eprop_transition(cell: Cell) -> str:
+  """The structure of the e-prop flavour's transition K_t that a cell's declarations imply.
+
+  K_t = ∂c_t/∂c_{t−1} through h_{t−1} = o_{t−1}⊙act(c_{t−1}), [H, H]: v·K_t =
+  (v·∂c_t/∂h_{t−1})⊙D_{t−1} + v⊙f_t. It is diagonal when ∂c_t/∂h_{t−1} is, which follows when
+  J_t is declared diagonal, or unit-block-diagonal with each unit holding exactly one pair
+  (h_k, c_k) (recurrent weights per unit: element-wise and columnar LSTMs without connections).
+
+  Args:
+    cell: a cell with an LSTM cell-state path (``Cell.lstm``).
+
+  Returns:
+    'diagonal' or 'dense'.
+  """
+  if cell.lstm is None:
+    raise ValueError(f"eprop_transition needs a cell with an LSTM cell-state path (Cell.lstm); "
+                     f"cell {cell.name!r} has none.")
+  if cell.jacobian == "diagonal":
+    return "diagonal"
+  if cell.jacobian != "block" or cell.unit_of_state is None:
+    return "dense"
+  u, H = np.asarray(cell.unit_of_state), cell.hidden_size
+  paired = len(set(u[:H].tolist())) == H and np.array_equal(u[H:2 * H], u[:H])
+  return "diagonal" if paired and cell.state_size == 2 * H else "dense"
+
+
 def check_structure(cell: Cell, params, x_t) -> None:
   """Verify, at random points, every structure a cell declares; ValueError naming the first lie.
 
@@ -317,8 +343,9 @@ def check_structure(cell: Cell, params, x_t) -> None:
   influences only the state of the unit ``param_units`` gives it; the implicit Jacobian D_t is
   unit-block-diagonal; J_t has the declared ``jacobian`` structure ('block': unit-block-diagonal,
   'diagonal'); ``implicit_units``: D_t equals the unit blocks of J_t; the :class:`LSTMParts`
-  reproduce the step and ``c_vjp`` the recurrent weights of the gates i, f, g. Run it once for a
-  new cell. Only the shapes of ``params`` and ``x_t`` are used.
+  reproduce the step and ``c_vjp`` the recurrent weights of the gates i, f, g, and when the
+  declarations imply a diagonal e-prop transition (:func:`eprop_transition`), ``c_vjp`` is
+  diagonal. Run it once for a new cell. Only the shapes of ``params`` and ``x_t`` are used.
 
   Args:
     cell: the cell.
@@ -340,6 +367,7 @@ def check_structure(cell: Cell, params, x_t) -> None:
   if cell.implicit_units and (layout is None or cell.split_step is None):
     raise ValueError(f"cell {cell.name!r} declares implicit_units=True but no units or no "
                      f"split_step.")
+  k_diagonal = cell.lstm is not None and eprop_transition(cell) == "diagonal"
   same_unit = None if layout is None else (np.asarray(cell.unit_of_state)[:, None]
                                            == np.asarray(cell.unit_of_state)[None, :])
 
@@ -360,6 +388,9 @@ def check_structure(cell: Cell, params, x_t) -> None:
       w = v[:H] * jnp.ones((3, H), v.dtype)
       out["c_vjp"] = cell.lstm.c_vjp(p, w)
       out["c_vjp_ad"] = jax.vjp(pre, s[:H])[1](w)[0]
+      if k_diagonal:  # rows e_i·∂c_t/∂h_{t−1} at random gate derivatives π [3, H]
+        pi = jnp.stack([r[:H], v[:H], r[H:2 * H]])
+        out["c_h"] = jax.vmap(lambda e: cell.lstm.c_vjp(p, pi * e))(jnp.eye(H, dtype=s.dtype))
     return out
 
   probes = _run_probes(fn, params, n, x_t)
@@ -382,6 +413,10 @@ def check_structure(cell: Cell, params, x_t) -> None:
   if cell.lstm is not None:
     if not _close(probes["step"], probes["lstm_step"]):
       raise ValueError(f"cell {cell.name!r}: its LSTMParts do not reproduce its step.")
+    if k_diagonal and np.any(probes["c_h"][:, ~np.eye(H, dtype=bool)]):
+      raise ValueError(f"cell {cell.name!r}: its declarations (jacobian={cell.jacobian!r}, one "
+                       f"(h, c) pair per unit) imply a diagonal e-prop transition K_t, but "
+                       f"LSTMParts.c_vjp couples units.")
     if not _close(probes["c_vjp"], probes["c_vjp_ad"]):
       raise ValueError(f"cell {cell.name!r}: LSTMParts.c_vjp differs from the vjp of the gate "
                        f"pre-activations i, f, g with respect to h_{{t−1}}.")
