@@ -26,13 +26,16 @@ from bplambda_jax.model import Loss
 from bplambda_jax.model import Model
 from bplambda_jax.model import Synthesiser
 from bplambda_jax.model import columnar_lstm
+from bplambda_jax.model import elementwise_lstm
 from bplambda_jax.model import from_flax
 from bplambda_jax.model import get_cell
 from bplambda_jax.model import get_loss
 from bplambda_jax.model import get_synthesiser
 from bplambda_jax.model import gru
+from bplambda_jax.model import linear_lru
 from bplambda_jax.model import linear_rnn
 from bplambda_jax.model import linear_synthesiser
+from bplambda_jax.model import lru
 from bplambda_jax.model import lstm
 from bplambda_jax.model import make_model
 from bplambda_jax.model import mlp_synthesiser
@@ -97,6 +100,7 @@ __all__ = [
     "cosine",
     "credit",
     "dni",
+    "elementwise_lstm",
     "eprop",
     "eprop_m",
     "exact_gradients",
@@ -110,8 +114,10 @@ __all__ = [
     "gru",
     "init_state",
     "kernels",
+    "linear_lru",
     "linear_rnn",
     "linear_synthesiser",
+    "lru",
     "lstm",
     "make_model",
     "make_rule",

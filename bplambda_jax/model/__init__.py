@@ -1,16 +1,20 @@
 """What is trained: cells, synthesisers, losses, the model and its data (``Batch``)."""
 
-from bplambda_jax.model._cells import CELLS
 from bplambda_jax.model._cells import Cell
 from bplambda_jax.model._cells import JACOBIANS
 from bplambda_jax.model._cells import LSTMParts
 from bplambda_jax.model._cells import columnar_lstm
-from bplambda_jax.model._cells import get_cell
 from bplambda_jax.model._cells import gru
 from bplambda_jax.model._cells import linear_rnn
 from bplambda_jax.model._cells import lstm
 from bplambda_jax.model._cells import rnn
 from bplambda_jax.model._cells import tanh_rnn
+from bplambda_jax.model._elementwise import CELLS
+from bplambda_jax.model._elementwise import LRU_ACTIVATIONS
+from bplambda_jax.model._elementwise import elementwise_lstm
+from bplambda_jax.model._elementwise import get_cell
+from bplambda_jax.model._elementwise import linear_lru
+from bplambda_jax.model._elementwise import lru
 from bplambda_jax.model._flax import from_flax
 from bplambda_jax.model._losses import LOSSES
 from bplambda_jax.model._losses import Loss
@@ -34,19 +38,23 @@ __all__ = [
     "Cell",
     "JACOBIANS",
     "LOSSES",
+    "LRU_ACTIVATIONS",
     "LSTMParts",
     "Loss",
     "Model",
     "Synthesiser",
     "columnar_lstm",
+    "elementwise_lstm",
     "from_flax",
     "get_cell",
     "get_loss",
     "get_synthesiser",
     "gru",
+    "linear_lru",
     "linear_rnn",
     "linear_synthesiser",
     "loss_and_states",
+    "lru",
     "lstm",
     "make_model",
     "mlp_synthesiser",

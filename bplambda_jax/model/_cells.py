@@ -410,18 +410,3 @@ def columnar_lstm(hidden_size: int, connections: Optional[np.ndarray] = None) ->
               _weight_units(4, H), jacobian="block" if mask is None else "dense",
               implicit_units=True, lstm=parts)
 
-
-CELLS = {
-    "linear": linear_rnn,
-    "tanh": tanh_rnn,
-    "lstm": lstm,
-    "gru": gru,
-    "columnar_lstm": columnar_lstm,
-}
-
-
-def get_cell(name: str, hidden_size: int) -> Cell:
-  """A library cell by name: one of 'linear', 'tanh', 'lstm', 'gru', 'columnar_lstm'."""
-  if name not in CELLS:
-    raise ValueError(f"cell must be one of {sorted(CELLS)}, got {name!r}.")
-  return CELLS[name](hidden_size)
