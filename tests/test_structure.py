@@ -22,6 +22,10 @@ CELLS = {
     "columnar": lambda: bl.columnar_lstm(4),
     "columnar_connected": lambda: bl.columnar_lstm(4, np.array(
         [[0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1], [1, 0, 0, 0]])),
+    "elementwise_lstm": lambda: bl.elementwise_lstm(4),
+    "lru": lambda: bl.lru(4),
+    "lru_relu": lambda: bl.lru(4, "relu"),
+    "linear_lru": lambda: bl.linear_lru(4),
     "flax_lstm": lambda: bl.from_flax(nn.LSTMCell(4)),
     "flax_optimized_lstm": lambda: bl.from_flax(nn.OptimizedLSTMCell(4)),
     "flax_gru": lambda: bl.from_flax(nn.GRUCell(4)),
@@ -52,6 +56,20 @@ def test_what_each_cell_declares():
   for flax_cell in (nn.GRUCell(3), nn.MGUCell(3), nn.SimpleCell(3)):
     cell = bl.from_flax(flax_cell)
     assert cell.split_step is not None and cell.implicit_units and cell.lstm is None
+  # the element-wise cells: all recurrence inside a unit
+  assert bl.lru(3).jacobian == "block" and bl.lru(3).state_size == 6 and bl.lru(3).implicit_units
+  assert bl.linear_lru(3).jacobian == "diagonal" and bl.linear_lru(3).state_size == 3
+  ew = bl.elementwise_lstm(3)
+  assert ew.jacobian == "block" and ew.implicit_units and ew.lstm is not None
+  # the e-prop flavour's transition K_t, derived from the declarations
+  assert bl.credit.eprop_transition(ew) == "diagonal"
+  assert bl.credit.eprop_transition(bl.columnar_lstm(3)) == "diagonal"
+  assert bl.credit.eprop_transition(bl.lstm(3)) == "dense"
+  assert bl.credit.eprop_transition(bl.from_flax(nn.LSTMCell(3))) == "dense"
+  assert bl.credit.eprop_transition(bl.columnar_lstm(
+      3, np.eye(3)[::-1] * (1 - np.eye(3)))) == "dense"
+  with pytest.raises(ValueError, match="needs a cell with an LSTM cell-state path"):
+    bl.credit.eprop_transition(bl.gru(3))
 
 
 def _lie(name, **changes):
@@ -62,6 +80,10 @@ def _lie(name, **changes):
 def _wrong_c_vjp(p, v):  # the rows of the gates f, g, o instead of i, f, g
   H = v.shape[-1]
   return v.reshape(3 * H) @ p["w_hh"][H:]
+
+
+def _coupling_c_vjp(p, v):  # the columns' c_vjp plus a cross-unit term the step does not have
+  return bl.elementwise_lstm(4).lstm.c_vjp(p, v) + jnp.roll(v[0], 1) * 0.5
 
 
 LIES = {
@@ -81,6 +103,15 @@ LIES = {
                    "LSTMParts.c_vjp differs"),
     "lstm_step": (lambda: _lie("lstm", lstm=bl.lstm(4).lstm._replace(gate_fn=jnp.tanh)),
                   "its LSTMParts do not reproduce its step"),
+    "lru_diagonal": (lambda: _lie("lru", jacobian="diagonal"),
+                     "declares jacobian='diagonal', but J_t is not diagonal"),
+    "lru_units": (lambda: _lie("lru", unit_of_state=np.concatenate([np.arange(4),
+                                                                    np.roll(np.arange(4), 1)])),
+                  "some parameter entry influences the state of a unit other than its own"),
+    "eprop_transition": (
+        lambda: _lie("elementwise_lstm",
+                     lstm=bl.elementwise_lstm(4).lstm._replace(c_vjp=_coupling_c_vjp)),
+        "imply a diagonal e-prop transition K_t, but LSTMParts.c_vjp couples units"),
     "block_without_units": (lambda: _lie("tanh", jacobian="block", unit_of_state=None,
                                          param_units=None),
                             "declares jacobian='block' but no units"),

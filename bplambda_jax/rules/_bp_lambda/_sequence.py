@@ -6,7 +6,9 @@ With θ fixed within the sequence, Σ_τ δ_τ·E_τ = Σ_k w_k·∂ĝ(z_k)/∂�
 
 (:func:`bplambda_jax.credit.reverse_recurrence`), so the whole update is one vjp of ĝ over every
 (k, b) and the recursion needs only the flavour's link: the same numbers as the online mode at
-about the cost of one BPTT pass. The network's credit uses the sensitivity's reverse form.
+about the cost of one BPTT pass. With a structured trace (M diagonal or unit-blocked) M's blocks
+are prepared for every (k, b) in parallel and the link is a product with them, not a vjp. The
+network's credit uses the sensitivity's reverse form.
 """
 
 from __future__ import annotations
@@ -65,21 +67,28 @@ def make_sequence(cfg: Config):
       u = ell_prev * jnp.concatenate([d_prev, d[-1:]])
       final = (jnp.arange(T + 1) == T).astype(dtype)
 
+    if cfg.structure is not None:  # M_τ's blocks for every (τ, b), [N, B, k, k, U]
+      layout = cfg.structure.layout
+      ctx_m = tb(lambda c: credit.unit_blocks(lambda v: cfg.link(cp, c, v), layout, cfg.d_out,
+                                              dtype))(ctx)
+      link_m = lambda blk, v: credit.apply_blocks(blk, v, layout)
+    else:
+      ctx_m, link_m = ctx, lambda c, v: cfg.link(cp, c, v)
     apply_all = lambda th: tb(lambda zz: cfg.synthesiser.apply({"train": th, "frozen": frozen},
                                                                zz))(z)
     p, synth_vjp = jax.vjp(apply_all, theta)
     p = p * (1.0 - final)[:, None, None]  # [N, B, d_out]
     if not eprop:
-      r = u + gamma * link_tb(ctx, p)
+      r = u + gamma * jax.vmap(jax.vmap(link_m))(ctx_m, p)
     else:  # link = (ĝ·∂c/∂h)⊙D_{τ−1} + ĝ⊙f; its first factor is also the learning signal's
       qg = tb(lambda c, v: eprop_q(cell)(cp, c, v))(ctx, p)  # ĝ_τ·∂c_τ/∂h_{τ−1}, [N, B, H]
       r = u + gamma * (qg * ctx[2] + p * ctx[1])
     delta = jnp.concatenate([jnp.zeros_like(r[:1]), r[1:] - p[:-1]])  # δ_0 := 0
     # w_k = δ_{k+1} + γλ·w_{k+1}·M_{k+1}, w_{N−1} = 0, per example.
     x_k = jnp.concatenate([delta[1:], jnp.zeros_like(delta[:1])])
-    ctx_next = jax.tree.map(lambda a: a[1:], ctx)
+    ctx_next = jax.tree.map(lambda a: a[1:], ctx_m)
     w_all = jax.vmap(credit.reverse_recurrence, in_axes=(1, None, 1, None), out_axes=1)(
-        x_k, lambda c, v: cfg.link(cp, c, v), ctx_next, gamma * lam)
+        x_k, link_m, ctx_next, gamma * lam)
     synth_grad = jax.tree.map(lambda g: -g / B, synth_vjp(w_all)[0])
 
     ls = v + sg * p if not eprop else pad_state(ell_h + sg * qg[1:], n)  # ĝ_{t+1}·∂c_{t+1}/∂h_t
