@@ -51,3 +51,47 @@ def randomize(tree, key, scale=0.3):
 
 def to_f32(tree):
   return jax.tree.map(lambda l: l.astype(jnp.float32) if jnp.issubdtype(l.dtype, jnp.floating) else l, tree)
+
+
+def step_loop(rule, params, batch, *, faithful=False, synth_sgd=None):
+  """One sequence by a hand-written Python loop over ``rule.step`` (each step jitted once).
+
+  The step's loss weight is the raw mask with ``faithful=True`` (the authors' hand derivative
+  carries the scale) and ``step_weights(mask)[t]`` otherwise, with ``last=True`` at t = T−1.
+  With ``synth_sgd=α`` the synthesiser follows plain SGD after every step,
+  θ ← θ − α·grads_t['synth']['train'] (the authors' per-step synthesiser learning).
+
+  Returns a dict with the cell and readout gradients summed over the steps ('cell', 'readout'),
+  the synthesiser gradients summed over the steps ('synth'), the synthesiser's parameters after
+  the loop ('synth_params'), the learning signals [T, B, n] in the convention of ``rule.grads``
+  (the e-prop flavour's per-step signal is for s_{t−1}, one step late, and the last one is
+  ℓ_{T−1} alone) and the TD error norms ([T], or [T+1] in the e-prop flavour).
+  """
+  from bplambda_jax.model import step_weights  # pylint: disable=import-outside-toplevel
+
+  T, B = batch.x.shape[:2]
+  weights = batch.mask.astype(batch.x.dtype) if faithful else step_weights(batch.mask)
+  step = jit(lambda p, st, x, y, m, last: rule.step(p, st, x, y, m, last=last,
+                                                    synth_sgd=synth_sgd), static_argnums=5)
+  params = jax.tree.map(lambda a: a, params)  # a fresh copy of the nested dicts
+  state = rule.init_state(params, B)
+  acc = None
+  ls, td = [], []
+  for t in range(T):
+    g, state, m = step(params, state, batch.x[t], batch.y[t], weights[t], t == T - 1)
+    if synth_sgd is not None:
+      params["synth"]["train"] = jax.tree.map(lambda p, d: p - synth_sgd * d,
+                                              params["synth"]["train"], g["synth"]["train"])
+    acc = g if acc is None else jax.tree.map(jnp.add, acc, g)
+    ls.append(m["learning_signal"])
+    td.append(m["td_error_norm"])
+  if state.lag is not None:  # the e-prop flavour: signals one step late; the last is ℓ_{T−1}
+    n = ls[0].shape[-1]
+    last = jnp.concatenate([state.lag.ell, jnp.zeros(state.lag.ell.shape[:-1]
+                                                     + (n - state.lag.ell.shape[-1],),
+                                                     state.lag.ell.dtype)], -1)
+    ls = ls[1:] + [last]
+    td.append(m["final_td_error_norm"])
+  return {"cell": acc["cell"], "readout": acc["readout"], "synth": acc["synth"],
+          "synth_params": params["synth"], "learning_signal": jnp.stack(ls),
+          "td_error_norm": jnp.stack(td)}

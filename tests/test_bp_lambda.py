@@ -11,10 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bplambda_jax import sensitivity as sens_lib
-from bplambda_jax import synthesisers
+from bplambda_jax import bp_lambda, exact_gradients, linear_synthesiser, mlp_synthesiser
+from bplambda_jax import credit as sens_lib
 from bplambda_jax.model import make_model, step_weights
-from bplambda_jax.rules import bp_lambda, exact_gradients
 
 from helpers import flat, jit as _jit, random_batch, randomize, rel_err, to_f32
 
@@ -97,7 +96,7 @@ def test_lambda_one_gamma_one_is_regression_on_future_gradient(cell_name, seed, 
   """Σ_t δ_t·E_t = Σ_k (G_k − ĝ(s_k))·∂ĝ(s_k)/∂θ, so the synthesiser gradient is ∇½‖ĝ − G‖²."""
   model, rule, params, batch = _setup(cell_name, seed, lambda_=1.0, gamma=1.0, mode=mode,
                                       faithful=False, clip_increments=False, sg_scale=0.7)
-  synth = synthesisers.linear()
+  synth = linear_synthesiser()
   G, states = _jit(lambda p, b: _future_grads(model, p, b))(params, batch)
   frozen = params["synth"]["frozen"]
 
@@ -126,10 +125,10 @@ def test_lambda_one_gamma_one_is_regression_on_future_gradient(cell_name, seed, 
 # ---------------------------------------------------------------------- §11.2: λ = 0 is TD(0)
 
 _SYNTHS = {
-    "linear": lambda: synthesisers.linear(),
-    "mlp1": lambda: synthesisers.mlp(1, 4),
-    "mlp1_last_only": lambda: synthesisers.mlp(1, 4, train_last_only=True),
-    "mlp2": lambda: synthesisers.mlp(2, 3),
+    "linear": lambda: linear_synthesiser(),
+    "mlp1": lambda: mlp_synthesiser(1, 4),
+    "mlp1_last_only": lambda: mlp_synthesiser(1, 4, train_last_only=True),
+    "mlp2": lambda: mlp_synthesiser(2, 3),
 }
 
 
@@ -175,7 +174,7 @@ def test_lambda_zero_is_one_step_td(synth_name, mode):
 
 
 def test_lambda_zero_lstm_state_flavour():
-  synth = synthesisers.linear()
+  synth = linear_synthesiser()
   model, rule, params, batch = _setup("lstm", 11, synth=synth, lambda_=0.0, gamma=0.8,
                                       clip_increments=False)
   expected = _jit(lambda p, b: _td0_oracle(model, synth, p, b, 0.8))(params, batch)

@@ -7,10 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bplambda_jax import cells, synthesisers
-from bplambda_jax import sensitivity as sens_lib
+import bplambda_jax as bl
+from bplambda_jax import bptt
+from bplambda_jax import credit as sens_lib
+from bplambda_jax import model as cells
 from bplambda_jax.model import make_model, step_weights
-from bplambda_jax.rules import bptt
 
 from helpers import jit as _jit, random_batch, rel_err
 
@@ -269,7 +270,7 @@ def test_from_flax_gru_state_is_the_carry():
 
 
 def test_linear_synthesiser_init_and_apply():
-  synth = synthesisers.linear()
+  synth = bl.linear_synthesiser()
   assert synth.linear
   params = synth.init(jax.random.key(0), 5, 3)
   assert jax.tree.map(jnp.shape, params) == {"train": {"w": (3, 5), "b": (3,)}, "frozen": {}}
@@ -279,7 +280,7 @@ def test_linear_synthesiser_init_and_apply():
   w = jax.random.normal(jax.random.key(2), (3, 5))
   b = jax.random.normal(jax.random.key(3), (3,))
   assert rel_err(synth.apply({"train": {"w": w, "b": b}, "frozen": {}}, z), w @ z + b) < TOL
-  no_bias = synthesisers.linear(bias=False)
+  no_bias = bl.linear_synthesiser(bias=False)
   assert jax.tree.map(jnp.shape, no_bias.init(None, 5, 3)) == {"train": {"w": (3, 5)},
                                                                 "frozen": {}}
 
@@ -287,7 +288,7 @@ def test_linear_synthesiser_init_and_apply():
 @pytest.mark.parametrize("layers,last_only", [(1, False), (1, True), (2, False), (2, True)])
 def test_mlp_synthesiser_init_and_apply(layers, last_only):
   d_in, width, d_out = 5, 4, 3
-  synth = synthesisers.mlp(layers, width, train_last_only=last_only)
+  synth = bl.mlp_synthesiser(layers, width, train_last_only=last_only)
   assert not synth.linear
   params = synth.init(jax.random.key(0), d_in, d_out)
   hidden = params["frozen"]["hidden"] if last_only else params["train"]["hidden"]
@@ -317,7 +318,7 @@ def test_mlp_synthesiser_init_and_apply(layers, last_only):
 
 
 def test_get_synthesiser_by_name():
-  assert synthesisers.get_synthesiser("linear").linear
-  s = synthesisers.get_synthesiser("mlp", hidden_layers=2, hidden_size=3, train_last_only=True)
+  assert bl.get_synthesiser("linear").linear
+  s = bl.get_synthesiser("mlp", hidden_layers=2, hidden_size=3, train_last_only=True)
   params = s.init(jax.random.key(0), 4, 2)
   assert len(params["frozen"]["hidden"]) == 2 and params["frozen"]["hidden"][0]["w"].shape == (3, 4)

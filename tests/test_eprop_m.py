@@ -15,12 +15,11 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from bplambda_jax import cells
+import bplambda_jax as O
+from bplambda_jax import bp_lambda, bptt, linear_synthesiser
+from bplambda_jax import credit as S
+from bplambda_jax import model as cells
 from bplambda_jax import model as model_lib
-from bplambda_jax import sensitivity as S
-from bplambda_jax import synthesisers
-from bplambda_jax.rules import bp_lambda, bptt
-from bplambda_jax.rules import online as O
 from helpers import flat, grads_bundle, jit as _jit, random_batch, randomize, rel_err
 
 T, B, D_IN, D_OUT, H = 5, 2, 2, 2, 3
@@ -46,7 +45,7 @@ def _rule(cell_name, key):
   name, _, seq = key.partition("/")
   if name.startswith("eprop_m"):
     return O.eprop_m(model, int(name[len("eprop_m"):]), mode="sequence" if seq else "online")
-  return O.online(model, name)
+  return O.from_sensitivity(model, name)
 
 
 @functools.cache
@@ -161,8 +160,8 @@ def test_order_terms_are_the_words_with_j_explicit_factors():
 def test_bp_lambda_with_m_order_eprop_online_equals_sequence(m):
   """bp_lambda's sequence mode runs the stacked co-state of m-order e-prop (m + 1 rows)."""
   model = _model("lstm")
-  rules = {mode: bp_lambda(model, synthesisers.linear(), lambda_=0.6, gamma=0.9,
-                           sensitivity=f"eprop_m{m}", mode=mode) for mode in ("online", "sequence")}
+  rules = {mode: bp_lambda(model, linear_synthesiser(), lambda_=0.6, gamma=0.9, flavour="state",
+                           sensitivity=f"eprop_m:{m}", mode=mode) for mode in ("online", "sequence")}
   params = rules["online"].init(jax.random.key(6))
   params["synth"]["train"] = randomize(params["synth"]["train"], jax.random.key(7), 0.3)
   both = _jit(lambda p, b: {m: r.grads(p, b) for m, r in rules.items()})(params, _batch(6))
@@ -177,11 +176,12 @@ def test_errors():
       S.eprop_m(model.cell, bad)
   with pytest.raises(ValueError, match="m must be an integer >= 0"):
     O.eprop_m(model, -2)
+  # flax's own cells now come with a declared split; a cell without one is rejected.
+  no_split = cells.from_flax(nn.GRUCell(features=H))._replace(split_step=None)
   with pytest.raises(ValueError, match="split_step"):
-    S.eprop_m(cells.from_flax(nn.GRUCell(features=H)), 1)
-  # The stacked co-state (m ≥ 1) is exposed as `reverse` only; m = 0 also has the single-row
-  # `adjoint` (what bp_lambda's sequence mode uses).
+    S.eprop_m(no_split, 1)
+  # The reverse form carries the stacked co-state: m + 1 rows (a single row for m = 0).
   sens = S.eprop_m(model.cell, 2)
-  assert sens.adjoint is None and S.reverse_form(sens).copies == 3
-  assert O.eprop_m(model, 2).name == "eprop_m2"
-  assert S.get_sensitivity("eprop_m0", model.cell).adjoint is not None
+  assert sens.name == "eprop_m:2" and sens.reverse.copies == 3
+  assert O.eprop_m(model, 2).name == "eprop_m:2"
+  assert S.get_sensitivity("eprop_m:0", model.cell).reverse.copies == 1

@@ -5,7 +5,7 @@ The chain of oracles: explicit Python loops in float64 (numpy) pin the conventio
 einsum); the reference is then the oracle for the reassociated XLA path and the Pallas kernel over odd shapes that exercise the
 padding of d and P and several column tiles; the diagonal (linear-synthesiser) variants are checked
 against the dense step with G = 1[o = i]·z_j written out, and against the dense step fed the
-``jax.jacrev`` Jacobian of ``synthesisers.linear`` (the G that ``td_step`` builds).
+``jax.jacrev`` Jacobian of ``linear_synthesiser`` (the G that ``td_step`` builds).
 """
 
 import jax
@@ -13,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bplambda_jax import credit
 from bplambda_jax import kernels
-from bplambda_jax import synthesisers
+from bplambda_jax import linear_synthesiser
 
 F32_TOL = 1e-5
 F64_TOL = 1e-12
@@ -252,7 +253,7 @@ def test_diag_matches_dense(B, d, n, block_p):
 def test_linear_trace_step_matches_jacrev_tree():
   """linear_trace_step without G equals trace_step_tree fed td_step's jacrev ∂ĝ/∂θ."""
   B, d, n = 3, 5, 4
-  synth = synthesisers.linear()
+  synth = linear_synthesiser()
   theta = synth.init(jax.random.key(0), n, d)["train"]
   Ew, M, z, delta = _diag_inputs(8, B, d, n, jnp.float64)
   trace = {"w": Ew, "b": _rng(80).standard_normal((B, d, d))}
@@ -260,10 +261,10 @@ def test_linear_trace_step_matches_jacrev_tree():
   apply = lambda th, zz: synth.apply({"train": th, "frozen": {}}, zz)
   dgdth = jax.vmap(jax.jacrev(apply), in_axes=(None, 0))(theta, z)  # leaves [B, d, *θ]
   G = jax.tree.map(lambda g: g_scale * g, dgdth)
-  want = jax.jit(lambda *a: kernels.trace_step_tree(*a, impl="xla"))(trace, M, G, delta, c)
+  want = jax.jit(lambda *a: credit.trace_step_tree(*a, impl="xla"))(trace, M, G, delta, c)
   assert jax.tree.map(jnp.shape, want[1]) == jax.tree.map(jnp.shape, theta)
   for impl in ("xla", "pallas"):
-    got = jax.jit(lambda *a: kernels.linear_trace_step(*a, g_scale=g_scale, impl=impl,
+    got = jax.jit(lambda *a: credit.linear_trace_step(*a, g_scale=g_scale, impl=impl,
                                                        block_p=16))(trace, M, z, delta, c)
     assert _rel(got, want) < F64_TOL, impl
 
@@ -276,13 +277,13 @@ def test_trace_step_tree_per_leaf():
   G = {name: r.standard_normal((B, d) + s) for name, s in shapes.items()}
   M = r.standard_normal((B, d, d))
   delta = r.standard_normal((B, d))
-  new, inc = jax.jit(lambda *a: kernels.trace_step_tree(*a, impl="pallas", block_p=8))(
+  new, inc = jax.jit(lambda *a: credit.trace_step_tree(*a, impl="pallas", block_p=8))(
       trace, M, G, delta, 0.4)
   for name, s in shapes.items():
     e, i = _REF(trace[name].reshape(B, d, -1), M, G[name].reshape(B, d, -1), delta, 0.4)
     assert new[name].shape == (B, d) + s and inc[name].shape == s
     assert _rel((new[name], inc[name]), (e.reshape((B, d) + s), i.reshape(s))) < F64_TOL
   with pytest.raises(ValueError, match="tree structure of trace"):
-    kernels.trace_step_tree(trace, M, {"a": G["a"]}, delta, 0.4)
+    credit.trace_step_tree(trace, M, {"a": G["a"]}, delta, 0.4)
   with pytest.raises(ValueError, match="trace must be a dict with key 'w'"):
-    kernels.linear_trace_step({"v": trace["a"]}, M, delta, delta, 0.4)
+    credit.linear_trace_step({"v": trace["a"]}, M, delta, delta, 0.4)

@@ -15,19 +15,20 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from bplambda_jax import parallel
+from bplambda_jax import training
 from helpers import rel_err
 
 # Runs in a fresh interpreter with 4 host devices. Four compiles of a bp_lambda training run
-# (train.run, 2 Adam steps): unsharded at S=8; sharded at S=8 (the padded S=6 sweep and the
-# control's lowering reuse it); the one-call form at S=4; a 2×2 (seed × batch) mesh at S=4.
+# (training.run, 2 Adam steps): unsharded at S=8; sharded at S=8 (the padded S=6 sweep and the
+# control's lowering reuse it); shard_seeds called directly at S=4; a 2×2 (seed × batch) mesh at
+# S=4.
 _CODE = textwrap.dedent(r"""
   import json
   import jax
   jax.config.update("jax_enable_x64", True)
   import jax.numpy as jnp
   import bplambda_jax as bl
-  from bplambda_jax import parallel, train
+  from bplambda_jax import training
   from bplambda_jax.model import Batch
 
   T, B, D_IN, D_OUT, H, STEPS = 5, 2, 3, 2, 3, 2
@@ -65,11 +66,11 @@ _CODE = textwrap.dedent(r"""
   res = {"devices": len(jax.devices())}
   model = bl.make_model("tanh", "mse", D_IN, D_OUT, hidden_size=H)
   rule = bl.bp_lambda(model, lambda_=0.7, gamma=0.9, sg_scale=0.5)
-  opt = train.optimiser(1e-2, 1e-2, 1e-2)
-  run = lambda k: train.run(rule, opt, data_fn, k, STEPS)
+  opt = training.optimiser(1e-2, 1e-2, 1e-2)
+  run = lambda k: training.run(rule, opt, data_fn, k, STEPS)
   keys8 = jax.random.split(jax.random.key(7), 8)
   keys4 = keys8[:4]
-  mesh = parallel.seed_mesh()
+  mesh = training.seed_mesh()
   res["mesh"] = dict(mesh.shape)
 
   # Unsharded reference; seeds are independent, so its first S rows are the S-seed sweep.
@@ -78,20 +79,20 @@ _CODE = textwrap.dedent(r"""
   res["seed0_vs_seed1"] = rel(jax.tree.map(lambda a: a[0], ref8[0].params),
                               jax.tree.map(lambda a: a[1], ref8[0].params))
 
-  # 8 seeds over 4 devices; 6 seeds padded to 8 (reuses the 8-seed program); 4 seeds through the
-  # one-call form.
-  sweep = parallel.shard_seeds(run, mesh, pad=True)
+  # 8 seeds over 4 devices; 6 seeds padded to 8 (reuses the 8-seed program); 4 seeds through a
+  # sweep built and called in one expression (what sharded_sweep did).
+  sweep = training.shard_seeds(run, mesh, pad=True)
   out = sweep(keys8)
   res["seeds_8"] = {"rel_err": rel(out, ref8), "layout": layout(out, mesh)}
   out = sweep(keys8[:6])
   res["pad_6"] = {"shape": int(out[1]["loss"].shape[0]), "rel_err": rel(out, first(ref8, 6))}
-  out = parallel.sharded_sweep(run, keys4, mesh)
+  out = training.shard_seeds(run, mesh)(keys4)
   res["seeds_4"] = {"rel_err": rel(out, first(ref8, 4)), "layout": layout(out, mesh)}
 
   # 2 seeds × 2 batch shards: each seed's batch is split by constrain_batch inside its run.
-  mesh2 = parallel.seed_mesh(batch_axis=2)
-  data2 = lambda k, st: parallel.constrain_batch(data_fn(k, st), mesh2)
-  sweep2 = parallel.shard_seeds(lambda k: train.run(rule, opt, data2, k, STEPS), mesh2)
+  mesh2 = training.seed_mesh(batch_axis=2)
+  data2 = lambda k, st: training.constrain_batch(data_fn(k, st), mesh2)
+  sweep2 = training.shard_seeds(lambda k: training.run(rule, opt, data2, k, STEPS), mesh2)
   hlo = sweep2.lower(keys4).compile().as_text()
   out = sweep2(keys4)  # the compiled program above is reused
   res["batch_2x2"] = {"mesh": dict(mesh2.shape), "rel_err": rel(out, first(ref8, 4)),
@@ -107,10 +108,10 @@ _CODE = textwrap.dedent(r"""
       return str(e)
     return None
 
-  res["err_not_divisible"] = error(lambda: parallel.shard_seeds(run, mesh)(keys8[:6]))
-  res["err_batch_axis"] = error(lambda: parallel.seed_mesh(batch_axis=3))
+  res["err_not_divisible"] = error(lambda: training.shard_seeds(run, mesh)(keys8[:6]))
+  res["err_batch_axis"] = error(lambda: training.seed_mesh(batch_axis=3))
   res["err_batch_size"] = error(lambda: jax.eval_shape(
-      lambda: parallel.constrain_batch(jnp.zeros((T, 3, D_IN)), mesh2)))
+      lambda: training.constrain_batch(jnp.zeros((T, 3, D_IN)), mesh2)))
   print("RESULT" + json.dumps(res))
 """)
 
@@ -180,11 +181,11 @@ def _fn(key, scale):
 
 
 def test_one_device_sweep_equals_vmap():
-  mesh = parallel.seed_mesh()
+  mesh = training.seed_mesh()
   assert dict(mesh.shape) == {"seed": len(jax.devices()), "batch": 1}
   keys = jax.random.split(jax.random.key(0), 3 * len(jax.devices()))
   scales = jnp.linspace(0.1, 0.9, keys.shape[0])
-  out = parallel.sharded_sweep(_fn, keys, mesh, scales)
+  out = training.shard_seeds(_fn, mesh)(keys, scales)
   ref = jax.vmap(_fn)(keys, scales)
   assert rel_err({"h": out["h"], "hs": out["hs"]}, {"h": ref["h"], "hs": ref["hs"]}) < 1e-14
   assert bool(jnp.all(jax.random.key_data(out["key"]) == jax.random.key_data(ref["key"])))
@@ -192,24 +193,24 @@ def test_one_device_sweep_equals_vmap():
 
 
 def test_bad_arguments():
-  mesh = parallel.seed_mesh()
+  mesh = training.seed_mesh()
   keys = jax.random.split(jax.random.key(0), 2)
   n = len(jax.devices())
   for bad in (0, -1, 1.5, True, n + 1):
     with pytest.raises(ValueError, match="batch_axis"):
-      parallel.seed_mesh(batch_axis=bad)
+      training.seed_mesh(batch_axis=bad)
   with pytest.raises(ValueError, match="devices is empty"):
-    parallel.seed_mesh(devices=[])
+    training.seed_mesh(devices=[])
   other = jax.sharding.Mesh(jax.devices(), ("x",))
   with pytest.raises(ValueError, match="'seed' axis is required"):
-    parallel.shard_seeds(_fn, other)
+    training.shard_seeds(_fn, other)
   with pytest.raises(ValueError, match="jax.sharding.Mesh"):
-    parallel.shard_seeds(_fn, "mesh")
+    training.shard_seeds(_fn, "mesh")
   with pytest.raises(ValueError, match="fn must be callable"):
-    parallel.shard_seeds(None, mesh)
+    training.shard_seeds(None, mesh)
   with pytest.raises(ValueError, match="pad must be True or False"):
-    parallel.shard_seeds(_fn, mesh, pad=1)
-  sweep = parallel.shard_seeds(_fn, mesh)
+    training.shard_seeds(_fn, mesh, pad=1)
+  sweep = training.shard_seeds(_fn, mesh)
   with pytest.raises(ValueError, match="disagree on the seed count"):
     sweep(keys, jnp.ones(3))
   with pytest.raises(ValueError, match="found a scalar"):
@@ -217,6 +218,6 @@ def test_bad_arguments():
   with pytest.raises(ValueError, match="at least one argument"):
     sweep()
   with pytest.raises(ValueError, match="'batch' axis"):
-    parallel.constrain_batch(jnp.zeros((2, 2)), jax.sharding.Mesh(jax.devices(), ("seed",)))
+    training.constrain_batch(jnp.zeros((2, 2)), jax.sharding.Mesh(jax.devices(), ("seed",)))
   with pytest.raises(ValueError, match="axis must index"):
-    parallel.constrain_batch(jnp.zeros((2,)), mesh)
+    training.constrain_batch(jnp.zeros((2,)), mesh)

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from bplambda_jax import cells
+import bplambda_jax as O
+from bplambda_jax import bp_lambda, bptt, linear_synthesiser, make_rule
+from bplambda_jax import credit as S
+from bplambda_jax import model as cells
 from bplambda_jax import model as model_lib
-from bplambda_jax import sensitivity as S
-from bplambda_jax import synthesisers
-from bplambda_jax.rules import bp_lambda, bptt
-from bplambda_jax.rules import online as O
+from bplambda_jax.credit import _protocol, _structure
 from helpers import flat, grads_bundle, jit as _jit, random_batch, randomize, rel_err
 
 T, B, D_IN, D_OUT, H = 5, 2, 2, 2, 3
@@ -55,25 +55,25 @@ def _rule(cell_name, key):
   cell = model.cell
   if name == "eprop":
     sens = S.eprop(cell, compressed=False if dense else None)
-  elif name == "snap1":
+  elif name == "snap:1":
     sens = S.snap(cell, 1, compressed=False if dense else None)
   elif name == "columnar_rtrl":
     sens = S.columnar_rtrl(cell, compressed=not dense)
   else:
     sens = name
-  return O.online(model, sens, mode=mode)
+  return O.from_sensitivity(model, sens, mode=mode)
 
 
 # The rules compiled for each cell (keys as in _rule).
 BUNDLES = {
     "linear": ("bptt", "rtrl", "eprop"),
-    "tanh": ("bptt", "rtrl", "eprop", "snap1", "snap2"),
-    "gru": ("bptt", "rtrl", "eprop", "snap1"),
-    "lstm": ("bptt", "rtrl", "eprop", "eprop/dense", "snap1", "snap1/dense", "eprop/seq",
+    "tanh": ("bptt", "rtrl", "eprop", "snap:1", "snap:2"),
+    "gru": ("bptt", "rtrl", "eprop", "snap:1"),
+    "lstm": ("bptt", "rtrl", "eprop", "eprop/dense", "snap:1", "snap:1/dense", "eprop/seq",
              "rtrl/seq", "immediate"),
-    "columnar": ("bptt", "rtrl", "columnar_rtrl", "snap1", "snap1/dense"),
+    "columnar": ("bptt", "rtrl", "columnar_rtrl", "snap:1", "snap:1/dense"),
     "columnar_chain": ("bptt", "rtrl", "columnar_rtrl", "columnar_rtrl/dense",
-                       "columnar_rtrl/seq", "snap2"),
+                       "columnar_rtrl/seq", "snap:2"),
     "flax_gru": ("bptt", "rtrl"),
     "flax_lstm": ("bptt", "rtrl"),
 }
@@ -240,7 +240,7 @@ def test_eprop_on_flax_cell_with_split_step_uses_dense_trace():
   params = jax.tree.map(lambda a: a.astype(jnp.float64), flax_model.init(jax.random.key(4)))
   assert jax.tree.leaves(sens.init(params["cell"]))[0].shape[0] == H  # dense [n, *P]
   batch = _batch(4)
-  got = _jit(O.online(flax_model, sens).grads)(params, batch)[0]["cell"]
+  got = _jit(O.from_sensitivity(flax_model, sens).grads)(params, batch)[0]["cell"]
   fp = params["cell"]
   lib_params = {**params, "cell": {"w_ih": fp["i"]["kernel"].T, "w_hh": fp["h"]["kernel"].T,
                                    "b": fp["i"]["bias"]}}
@@ -257,8 +257,8 @@ def test_eprop_on_flax_cell_with_split_step_uses_dense_trace():
 def test_snap2_fills_a_dense_rnn_and_equals_rtrl():
   params, batch = _params("tanh", 5), _batch(5)
   want = _cell_grads("tanh", "rtrl", params, batch)
-  assert rel_err(_cell_grads("tanh", "snap2", params, batch), want) < TOL
-  assert rel_err(_cell_grads("tanh", "snap1", params, batch), want) > 1e-3
+  assert rel_err(_cell_grads("tanh", "snap:2", params, batch), want) < TOL
+  assert rel_err(_cell_grads("tanh", "snap:1", params, batch), want) > 1e-3
   pattern = S.snap_pattern(_model("tanh").cell, params["cell"], batch.x[0, 0], 2)
   assert all(bool(np.all(m)) for m in jax.tree.leaves(pattern))
 
@@ -267,7 +267,7 @@ def test_snap2_fills_a_dense_rnn_and_equals_rtrl():
 def test_snap1_equals_eprop_on_single_state_cells(cell_name):
   """For RNN/GRU units, SnAp-1 keeps ∂h_k/∂(unit k's params) through J's diagonal = D."""
   params, batch = _params(cell_name, 6), _batch(6)
-  got = _cell_grads(cell_name, "snap1", params, batch)
+  got = _cell_grads(cell_name, "snap:1", params, batch)
   assert rel_err(got, _cell_grads(cell_name, "eprop", params, batch)) < TOL
   assert rel_err(got, _cell_grads(cell_name, "rtrl", params, batch)) > 1e-3
 
@@ -339,7 +339,7 @@ def test_snap_with_sparse_connections_is_masked_rtrl():
   params, batch = _params("columnar_chain", 8), _batch(8)
   want, mask = _brute_force_snap("columnar_chain", params, batch, 2)
   assert not mask.all()
-  got = _cell_grads("columnar_chain", "snap2", params, batch)
+  got = _cell_grads("columnar_chain", "snap:2", params, batch)
   assert rel_err(got, want) < TOL
   assert rel_err(got, _cell_grads("columnar_chain", "rtrl", params, batch)) > 1e-4
 
@@ -364,7 +364,7 @@ def test_columnar_rtrl_with_connections_is_an_approximation():
 
 
 @pytest.mark.parametrize("cell_name,key", [
-    ("lstm", "eprop"), ("lstm", "snap1"), ("columnar", "snap1"),
+    ("lstm", "eprop"), ("lstm", "snap:1"), ("columnar", "snap:1"),
     ("columnar_chain", "columnar_rtrl"),
 ])
 def test_compressed_trace_equals_dense_trace(cell_name, key):
@@ -389,7 +389,7 @@ def test_unit_spread_views_and_gather_fallback():
   shuffled = rng.permutation(gate_major.ravel()).reshape(gate_major.shape)
   per_unit = np.arange(U)
   for pu, has_view in ((gate_major, True), (shuffled, False), (per_unit, True)):
-    sp = S._spread_of(pu, U)
+    sp = _structure._spread_of(pu, U)
     assert (sp.axis is not None) == has_view, pu
     table = rng.standard_normal((2, 7, U))  # [*lead, U]
     z = rng.standard_normal((2, 7) + pu.shape)
@@ -397,7 +397,7 @@ def test_unit_spread_views_and_gather_fallback():
     np.testing.assert_allclose(got, table[..., pu] * z, rtol=1e-14)
     summed = S.sum_leading(jnp.asarray(got), 2)
     np.testing.assert_allclose(np.asarray(summed), got.sum(axis=(0, 1)), rtol=1e-12)
-  big = rng.standard_normal((4, S.SUM_AS_PRODUCT_MIN_SIZE // 4 + 1))  # the product branch
+  big = rng.standard_normal((4, _protocol.SUM_AS_PRODUCT_MIN_SIZE // 4 + 1))  # the product branch
   np.testing.assert_allclose(np.asarray(S.sum_leading(jnp.asarray(big))), big.sum(0), rtol=1e-12)
 
 
@@ -446,7 +446,7 @@ def test_online_rule_online_equals_sequence(cell_name, key):
   want, want_aux = _grads(cell_name, key)(params, batch)
   assert rel_err(got, want) < TOL
   assert rel_err(aux, want_aux) < TOL
-  assert _rule(cell_name, key + "/seq").online is False
+  assert _rule(cell_name, key + "/seq").mode == "sequence"
 
 
 def test_immediate_rule_is_the_one_step_truncated_gradient():
@@ -469,14 +469,15 @@ def test_immediate_rule_is_the_one_step_truncated_gradient():
 
 def test_bp_lambda_with_sensitivity_online_equals_sequence():
   """bp_lambda's online form (traces, compressed where the sensitivity is) equals its sequence
-  form (the sensitivity's adjoint) with a non-zero synthesiser. The three cases share one compiled
+  form (the sensitivity's reverse form) with a non-zero synthesiser. The three cases share one compiled
   program; 'immediate' is covered by test_bp_lambda.py, m-order e-prop by test_eprop_m.py."""
   cases = (("eprop", "lstm"), ("rtrl", "tanh"), ("columnar_rtrl", "columnar_chain"))
   rules, params = {}, {}
   for i, (sens_name, cell_name) in enumerate(cases):
     for mode in ("online", "sequence"):
-      rules[sens_name, mode] = bp_lambda(_model(cell_name), synthesisers.linear(), lambda_=0.7,
-                                         gamma=0.9, sensitivity=sens_name, mode=mode)
+      rules[sens_name, mode] = bp_lambda(_model(cell_name), linear_synthesiser(), lambda_=0.7,
+                                         gamma=0.9, flavour="state", sensitivity=sens_name,
+                                         mode=mode)
     p = rules[sens_name, "online"].init(jax.random.key(14 + i))
     p["synth"]["train"] = randomize(p["synth"]["train"], jax.random.key(20 + i), 0.3)
     params[sens_name] = p
@@ -494,34 +495,42 @@ def test_bp_lambda_with_sensitivity_online_equals_sequence():
 
 def test_errors():
   lstm_model = _model("lstm")
+  # flax's own cells now declare their split and units; these copies declare neither.
+  no_split = _model("flax_gru").cell._replace(split_step=None)
+  no_split_lstm = _model("flax_lstm")._replace(
+      cell=_model("flax_lstm").cell._replace(split_step=None))
+  no_units = _model("gru").cell._replace(unit_of_state=None, param_units=None)
   with pytest.raises(ValueError, match="split_step"):
-    S.eprop(_model("flax_gru").cell)
+    S.eprop(no_split)
   with pytest.raises(ValueError, match="split_step"):
-    O.eprop(_model("flax_lstm"))
+    O.eprop(no_split_lstm)
   with pytest.raises(ValueError, match="columnar_lstm"):
-    S.columnar_rtrl(lstm_model.cell)
+    S.columnar_rtrl(no_units)
   with pytest.raises(ValueError, match="columnar_lstm"):
-    O.columnar_rtrl(_model("gru"))
+    O.columnar_rtrl(_model("gru")._replace(cell=no_units))
+  # Any cell that declares its units is accepted (not only columnar_lstm).
+  assert S.columnar_rtrl(lstm_model.cell).name == "columnar_rtrl"
   with pytest.raises(ValueError, match="declare its units"):
-    S.snap(_model("flax_gru").cell, 1, compressed=True)
+    S.snap(no_units, 1, compressed=True)
   with pytest.raises(ValueError, match="n = 1 only"):
     S.snap(lstm_model.cell, 2, compressed=True)
   with pytest.raises(ValueError, match="n must be an integer >= 1"):
     S.snap(lstm_model.cell, 0)
   with pytest.raises(ValueError, match="compressed must be"):
     S.eprop(lstm_model.cell, compressed="yes")
-  with pytest.raises(ValueError, match="mode='sequence'.*'snap2' has none"):
-    O.online(lstm_model, "snap2", mode="sequence")
+  with pytest.raises(ValueError, match="mode='sequence'.*'snap:2' has none"):
+    O.from_sensitivity(lstm_model, "snap:2", mode="sequence")
   with pytest.raises(ValueError, match="mode='sequence'"):
-    bp_lambda(lstm_model, sensitivity="snap1", mode="sequence")
-  with pytest.raises(ValueError, match="signal must be one of"):
-    O.online(lstm_model, "rtrl", signal="bptt")
+    bp_lambda(lstm_model, flavour="state", sensitivity="snap:1", mode="sequence")
+  # The learning signal is no longer an option of the sensitivity rules (signal= was removed).
+  with pytest.raises(ValueError, match=r"does not take option\(s\) \['signal'\]"):
+    make_rule("rtrl", lstm_model, signal="bptt")
   with pytest.raises(ValueError, match="mode must be one of"):
-    O.online(lstm_model, "rtrl", mode="offline")
-  with pytest.raises(ValueError, match="snap<n>"):
+    O.from_sensitivity(lstm_model, "rtrl", mode="offline")
+  with pytest.raises(ValueError, match="'snap:n'"):
     S.get_sensitivity("snap", lstm_model.cell)
-  assert S.get_sensitivity("snap3", lstm_model.cell).name == "snap3"
-  assert S.get_sensitivity("eprop_m2", lstm_model.cell).name == "eprop_m2"
+  assert S.get_sensitivity("snap:3", lstm_model.cell).name == "snap:3"
+  assert S.get_sensitivity("eprop_m:2", lstm_model.cell).name == "eprop_m:2"
   assert S.get_sensitivity("columnar_rtrl", _model("columnar").cell).name == "columnar_rtrl"
 
 
@@ -542,17 +551,17 @@ def test_compressed_trace_rejects_shared_parameters():
   assert jax.tree.leaves(S.eprop(cell, compressed=False).init(params))[0].shape[0] == H
 
 
-def test_check_unit_structure():
+def test_check_structure():
   x = jnp.zeros((D_IN,))
   tanh = cells.tanh_rnn(H)
   params = tanh.init(jax.random.key(0), D_IN)
-  S.check_unit_structure(tanh, params, x)
+  S.check_structure(tanh, params, x)
   # Declared units that do not match what the weights feed.
   lying = tanh._replace(param_units=lambda p: jax.tree.map(
       lambda u: (u + 1) % H, tanh.param_units(p)))
   with pytest.raises(ValueError, match="param_units"):
-    S.check_unit_structure(lying, params, x)
+    S.check_structure(lying, params, x)
   # A split that calls the whole state Jacobian implicit: D is not block-diagonal.
   all_implicit = tanh._replace(split_step=lambda p, si, se, xx: tanh.step(p, si, xx))
   with pytest.raises(ValueError, match="unit-block-diagonal"):
-    S.check_unit_structure(all_implicit, params, x)
+    S.check_structure(all_implicit, params, x)

@@ -11,13 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bplambda_jax import make_model
-from bplambda_jax import synthesisers
+from bplambda_jax import bp_lambda, bptt, dni, linear_synthesiser, make_model, mlp_synthesiser
+from bplambda_jax import tbptt
 from bplambda_jax.model import Batch, step_weights
-from bplambda_jax.rules.bp_lambda import bp_lambda
-from bplambda_jax.rules.bptt import bptt
-from bplambda_jax.rules.dni import dni
-from bplambda_jax.rules.tbptt import split_chunks, tbptt
 
 from helpers import randomize, random_batch, rel_err, to_f32
 
@@ -43,7 +39,7 @@ def _rule(kind, cell, *args, **kw):
   elif kind == "tbptt":
     rule = tbptt(model, *args)
   elif kind == "dni":
-    synth = synthesisers.mlp(1, 5) if kw.pop("synth", "linear") == "mlp" else synthesisers.linear()
+    synth = mlp_synthesiser(1, 5) if kw.pop("synth", "linear") == "mlp" else linear_synthesiser()
     rule = dni(model, synth, *args, **kw)
   else:
     rule = bp_lambda(model, **kw)
@@ -162,22 +158,35 @@ def _dni_oracle(model, synth, params, batch, n, sg_scale, gamma=None):
 
 
 @pytest.mark.parametrize("T,n,first", [(7, 3, 1), (6, 3, 3), (3, 5, 3)])
-def test_split_chunks_end_aligned(T, n, first):
-  batch = random_batch(jax.random.PRNGKey(T), T, 2, D_IN, D_OUT)
-  ch = jax.jit(split_chunks, static_argnums=1)(batch, n)
-  C = -(-T // n)
-  assert ch.x.shape == (C, n, 2, D_IN)
-  valid = np.asarray(ch.valid)
-  assert valid[0].sum() == first and valid[1:].sum() == (C - 1) * n
-  assert np.all(valid[0, n - first:] == 1)  # padding at the front of the first chunk only
-  # Every real step keeps its own input, target and weight (no Q15 misalignment).
-  flat_x = ch.x.reshape(C * n, 2, D_IN)[C * n - T:]
-  flat_y = ch.y.reshape(C * n, 2, D_OUT)[C * n - T:]
-  flat_w = ch.w.reshape(C * n, 2)[C * n - T:]
-  np.testing.assert_array_equal(flat_x, batch.x)
-  np.testing.assert_array_equal(flat_y, batch.y)
-  np.testing.assert_array_equal(flat_w, step_weights(batch.mask))
-  assert float(jnp.sum(jnp.abs(ch.w.reshape(C * n, 2)[:C * n - T]))) == 0.0
+def test_chunks_end_aligned(T, n, first):
+  """Chunks are aligned to the sequence end: the first holds T mod n steps (n when that is 0, T
+  when n > T), every later one n; nothing is padded. grads equals the python-loop oracle over
+  those chunks, and a loop over the chunk-level step with them gives the same numbers, every step
+  keeping its own input, target and weight (no Q15 misalignment)."""
+  bounds = _chunk_bounds(T, n)
+  assert bounds[0] == (0, first) and all(b - a == n for a, b in bounds[1:])
+  assert bounds[-1][1] == T and len(bounds) == -(-T // n)
+  _, params, batch = _setup("tanh", jax.random.key(T), T=T)
+  rule, grads = _rule("tbptt", "tanh", n)
+  g, aux = grads(params, batch)
+  g_ref, ls_ref, loss_ref = _jit_tbptt_oracle("tanh", n)(params, batch)
+  assert rel_err(g, g_ref) < TOL
+  assert rel_err(aux["learning_signal"], ls_ref) < TOL
+  assert abs(float(aux["loss"] - loss_ref)) < TOL * float(loss_ref)
+  assert rule.chunk == n
+  w = step_weights(batch.mask)
+  step = jax.jit(rule.step, static_argnames="last")
+  state = rule.init_state(params, B)
+  acc, ls, loss = None, [], 0.0
+  for a, b in bounds:
+    g_c, state, m = step(params, state, batch.x[a:b], batch.y[a:b], w[a:b], last=b == T)
+    acc = g_c if acc is None else jax.tree.map(jnp.add, acc, g_c)
+    ls.append(m["learning_signal"])
+    loss = loss + m["loss"]
+  assert rel_err(acc, g_ref) < TOL
+  assert rel_err(jnp.concatenate(ls), ls_ref) < TOL
+  assert abs(float(loss - loss_ref)) < TOL * float(loss_ref)
+  assert int(state.t) == len(bounds)
 
 
 # -------------------------------------------------------------------------------------- TBPTT
@@ -185,8 +194,8 @@ def test_split_chunks_end_aligned(T, n, first):
 
 @pytest.mark.parametrize("cell,n", [("linear", T7), ("tanh", T7 + 2), ("lstm", T7), ("gru", T7 + 1)])
 def test_tbptt_full_length_equals_bptt(cell, n):
-  """n = T: one chunk; n > T: one front-padded chunk. Both are full BPTT."""
-  _, params, batch = _setup(cell, jax.random.PRNGKey(1))
+  """n = T: one chunk; n > T: one chunk of T steps (no padding). Both are full BPTT."""
+  _, params, batch = _setup(cell, jax.random.key(1))
   g_ref, aux_ref = _grads("bptt", cell, params=params, batch=batch)
   g, aux = _grads("tbptt", cell, n, params=params, batch=batch)
   assert rel_err(g, g_ref) < TOL
@@ -197,7 +206,7 @@ def test_tbptt_full_length_equals_bptt(cell, n):
 @pytest.mark.parametrize("cell,n", [("tanh", 2), ("lstm", 3), ("gru", 1)])
 def test_tbptt_matches_python_loop_oracle(cell, n):
   """T = 7, n ∤ T (first chunk 1 step) and n = 1 (spec §11.4: each loss through its step only)."""
-  _, params, batch = _setup(cell, jax.random.PRNGKey(2 + n))
+  _, params, batch = _setup(cell, jax.random.key(2 + n))
   g, aux = _grads("tbptt", cell, n, params=params, batch=batch)
   g_ref, ls_ref, loss_ref = _jit_tbptt_oracle(cell, n)(params, batch)
   assert rel_err(g, g_ref) < TOL
@@ -212,7 +221,7 @@ def test_tbptt_matches_python_loop_oracle(cell, n):
 
 def test_tbptt_float32():
   """A float32 run agrees with the float64 oracle to float32 precision."""
-  _, params, batch = _setup("lstm", jax.random.PRNGKey(3))
+  _, params, batch = _setup("lstm", jax.random.key(3))
   g_ref, _, _ = _jit_tbptt_oracle("lstm", 3)(params, batch)
   b32 = Batch(batch.x.astype(jnp.float32), batch.y.astype(jnp.float32),
               batch.mask.astype(jnp.float32))
@@ -224,7 +233,7 @@ def test_tbptt_float32():
 def test_tbptt_targets_stay_on_their_steps():
   """T mod n ≠ 0 with a single per-step target: its signal lives only in its own chunk (Q15)."""
   n, t0 = 3, 3  # T = 7: chunks [0], [1, 2, 3], [4, 5, 6]
-  model, params, batch = _setup("lstm", jax.random.PRNGKey(4))
+  model, params, batch = _setup("lstm", jax.random.key(4))
   batch = batch._replace(mask=jnp.zeros((T7, B)).at[t0].set(1.0))
   _, aux = _grads("tbptt", "lstm", n, params=params, batch=batch)
   norms = np.asarray(jnp.linalg.norm(aux["learning_signal"], axis=-1))  # [T, B]
@@ -251,9 +260,9 @@ def _states(model, params, xs):
 
 
 def test_tbptt_eager_synth_passthrough_and_errors():
-  model, params, batch = _setup("gru", jax.random.PRNGKey(5))
+  model, params, batch = _setup("gru", jax.random.key(5))
   rule = tbptt(model, 1)
-  params_s = dict(params, synth=synthesisers.linear().init(jax.random.PRNGKey(0), 4, 4))
+  params_s = dict(params, synth=linear_synthesiser().init(jax.random.key(0), 4, 4))
   g_s, _ = rule.grads(params_s, batch)  # eager (not jitted), with an extra 'synth' entry
   g_jit, _ = _grads("tbptt", "gru", 1, params=params, batch=batch)
   assert set(g_s) == {"cell", "readout", "synth"}
@@ -271,15 +280,15 @@ def test_tbptt_eager_synth_passthrough_and_errors():
 
 def _with_random_synth(rule, params, key, scale=0.3):
   p = dict(params)
-  p["synth"] = randomize(rule.init(jax.random.PRNGKey(0))["synth"], key, scale)
+  p["synth"] = randomize(rule.init(jax.random.key(0))["synth"], key, scale)
   return p
 
 
 @pytest.mark.parametrize("cell,n", [("lstm", 3), ("gru", 1)])
 def test_dni_zero_synthesiser_equals_tbptt(cell, n):
-  _, params, batch = _setup(cell, jax.random.PRNGKey(6 + n))
+  _, params, batch = _setup(cell, jax.random.key(6 + n))
   rule, _ = _rule("dni", cell, n, sg_scale=0.7)
-  p = dict(params, synth=rule.init(jax.random.PRNGKey(0))["synth"])  # zero-initialised ĝ
+  p = dict(params, synth=rule.init(jax.random.key(0))["synth"])  # zero-initialised ĝ
   g, aux = _grads("dni", cell, n, sg_scale=0.7, params=p, batch=batch)
   g_ref, aux_ref = _grads("tbptt", cell, n, params=params, batch=batch)
   assert rel_err(g["cell"], g_ref["cell"]) < TOL
@@ -294,12 +303,12 @@ def test_dni_zero_synthesiser_equals_tbptt(cell, n):
                                                   ("lstm", "gamma", "mlp")])
 def test_dni_matches_python_loop_oracle(cell, bootstrap, synth):
   n, sg = 3, 0.6
-  model, params, batch = _setup(cell, jax.random.PRNGKey(7))
+  model, params, batch = _setup(cell, jax.random.key(7))
   kw = {"gamma": 0.8} if bootstrap == "gamma" else {}
   rule, grads = _rule("dni", cell, n, bootstrap=bootstrap, sg_scale=sg, synth=synth, **kw)
-  p = _with_random_synth(rule, params, jax.random.PRNGKey(8))
+  p = _with_random_synth(rule, params, jax.random.key(8))
   g, aux = grads(p, batch)
-  synthesiser = synthesisers.mlp(1, 5) if synth == "mlp" else synthesisers.linear()
+  synthesiser = mlp_synthesiser(1, 5) if synth == "mlp" else linear_synthesiser()
   oracle = jax.jit(lambda q, b: _dni_oracle(model, synthesiser, q, b, n, sg, kw.get("gamma")))
   g_net, g_synth, ls = oracle(p, batch)
   assert rel_err({"cell": g["cell"], "readout": g["readout"]}, g_net) < TOL
@@ -317,12 +326,12 @@ def test_dni_synthesiser_target_by_hand(T, bootstrap):
   """Linear RNN, n = 2, linear ĝ: G from explicit matrix products (spec §6.3)."""
   n, H, sg, gamma = 2, 3, 0.7, 0.6
   model = make_model("linear", "mse", D_IN, D_OUT, hidden_size=H)
-  key = jax.random.PRNGKey(9 + T)
+  key = jax.random.key(9 + T)
   batch = random_batch(key, T, 2, D_IN, D_OUT, mask_prob=0.7)
   kw = {"gamma": gamma} if bootstrap == "gamma" else {}
   rule = dni(model, n=n, bootstrap=bootstrap, sg_scale=sg, **kw)
-  params = rule.init(jax.random.PRNGKey(10))
-  params["synth"] = randomize(params["synth"], jax.random.PRNGKey(11), 0.5)
+  params = rule.init(jax.random.key(10))
+  params["synth"] = randomize(params["synth"], jax.random.key(11), 0.5)
   g, _ = rule.grads(params, batch)
 
   # numpy, by hand
@@ -363,9 +372,9 @@ def test_dni_synthesiser_target_by_hand(T, bootstrap):
 def test_dni_one_step_is_bp_lambda_zero():
   """n = 1 with the γ bootstrap is BP(λ = 0) (spec §11.2) for every parameter group."""
   gamma, sg = 0.7, 0.4
-  _, params, batch = _setup("lstm", jax.random.PRNGKey(12))
-  r_bpl, bpl = _rule("bp_lambda", "lstm", lambda_=0.0, mode="sequence")
-  p = _with_random_synth(r_bpl, params, jax.random.PRNGKey(13))
+  _, params, batch = _setup("lstm", jax.random.key(12))
+  r_bpl, bpl = _rule("bp_lambda", "lstm", lambda_=0.0, mode="sequence", flavour="state")
+  p = _with_random_synth(r_bpl, params, jax.random.key(13))
   hp = {"lambda_": 0.0, "gamma": gamma, "sg_scale": sg}
   g1, a1 = _grads("dni", "lstm", 1, bootstrap="gamma", params=p, batch=batch,
                   hparams={"gamma": gamma, "sg_scale": sg})
@@ -379,14 +388,14 @@ def test_dni_one_step_is_bp_lambda_zero():
 
 
 def test_dni_hparams_vmap_and_errors():
-  model, params, batch = _setup("lstm", jax.random.PRNGKey(14))
+  model, params, batch = _setup("lstm", jax.random.key(14))
   rule, grads = _rule("dni", "lstm", 1)
-  p = _with_random_synth(rule, params, jax.random.PRNGKey(15))
+  p = _with_random_synth(rule, params, jax.random.key(15))
   # a jax.vmap sweep over sg_scale equals separate calls (hyper-parameters are not baked in)
   sweep = jax.vmap(lambda sg: rule.grads(p, batch, {"sg_scale": sg})[0])(jnp.array([0.3, 1.0]))
   for i, sg in enumerate((0.3, 1.0)):
     assert rel_err(jax.tree.map(lambda a: a[i], sweep), grads(p, batch, {"sg_scale": sg})[0]) < TOL
-  assert rule.init(jax.random.PRNGKey(0))["synth"]["train"]["w"].shape == (8, 8)  # [h; c], H = 4
+  assert rule.init(jax.random.key(0))["synth"]["train"]["w"].shape == (8, 8)  # [h; c], H = 4
   with pytest.raises(ValueError, match="no 'synth'"):
     rule.grads(params, batch)
   with pytest.raises(ValueError, match="bootstrap"):

@@ -1,14 +1,16 @@
-"""Training loop: seed vmap equals a loop over seeds, jit equals eager, optimiser groups, checkpoints."""
+"""Training loop: seed vmap equals a loop over seeds, jit equals eager, optimiser groups, streaming
+with per-step synthesiser SGD, checkpoints."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import bplambda_jax as bl
-from bplambda_jax import train
-from bplambda_jax.tasks import copy_repeat
-from helpers import random_batch, rel_err
+from bplambda_jax import tasks
+from bplambda_jax import training as train
+from helpers import random_batch, rel_err, step_loop
 
 
 def _setup(mode="online", cell="tanh", flavour="state"):
@@ -20,7 +22,7 @@ def _setup(mode="online", cell="tanh", flavour="state"):
 
 def _data(key, step):
   del step
-  return copy_repeat.copy_repeat_batch(key, 2, 1, 3, 8)
+  return tasks.copy_repeat_batch(key, 2, 1, 3, 8)
 
 
 def test_vmap_over_seeds_equals_loop():
@@ -77,18 +79,40 @@ def test_adam_matches_reference_settings():
   np.testing.assert_allclose(upd, -0.1 * g / (jnp.abs(g) + 1e-9), rtol=1e-12)
 
 
-def test_alpha_learning_uses_rule_updated_synthesiser():
+def test_stream_with_synth_sgd_equals_a_loop_over_steps():
+  """stream(every=None, synth_sgd=α): per-step SGD on ĝ inside the sequence (the authors'
+  alpha_learning), one optimiser update of the other groups at its last step; the same numbers as
+  a hand-written loop over rule.step."""
+  alpha = 0.5
   model = bl.make_model("linear", "mse", 3, 2, hidden_size=4)
-  rule = bl.bp_lambda(model, alpha_learning=True, synth_alpha=0.5)
-  opt = train.optimiser(0.0, 0.0, 0.0, alpha_learning=True)
-  state = train.init_state(rule, opt, jax.random.key(0))
+  rule = bl.bp_lambda(model)
+  opt = train.optimiser(1e-2, 1e-2, 1e-2)
+  params = rule.init(jax.random.key(0))
   batch = random_batch(jax.random.key(1), 5, 2, 3, 2)
-  new, _ = train.make_update(rule, opt)(state, batch)
-  _, aux = rule.grads(state.params, batch)
-  assert rel_err(new.params["synth"], aux["synth_params"]) == 0.0
-  assert rel_err(new.params["synth"], state.params["synth"]) > 0.0
-  with pytest.raises(ValueError, match="lr_synth"):
-    train.optimiser(0.0, 0.0, 1e-3, alpha_learning=True)
+  T, B = batch.x.shape[:2]
+  drv = train.stream(rule, opt, every=None, synth_sgd=alpha)
+  state = drv.init(params, B)
+  lasts = jnp.arange(T) == T - 1
+  new, metrics = jax.jit(lambda st: drv.run(st, batch.x, batch.y, bl.step_weights(batch.mask),
+                                            lasts=lasts))(state)
+  want = step_loop(rule, params, batch, synth_sgd=alpha)
+  # The synthesiser followed per-step SGD (the optimiser's synth group saw zero gradients) ...
+  assert rel_err(new.params["synth"], want["synth_params"]) < 1e-14
+  assert rel_err(new.params["synth"], params["synth"]) > 0.0
+  # ... and the other groups got one optimiser update with the summed step gradients.
+  acc = {"cell": want["cell"], "readout": want["readout"],
+         "synth": jax.tree.map(jnp.zeros_like, params["synth"])}
+  upd, _ = opt.update(acc, opt.init(params), params)
+  expected = optax.apply_updates(params, upd)
+  for group in ("cell", "readout"):
+    assert rel_err(new.params[group], expected[group]) < 1e-14, group
+    assert rel_err(new.params[group], params[group]) > 0.0, group
+  assert int(new.updates) == 1 and int(new.step) == T and int(new.count) == 0
+  assert rel_err(metrics["learning_signal"], want["learning_signal"]) < 1e-14
+  with pytest.raises(ValueError, match="synth_sgd"):
+    train.stream(bl.rtrl(model), opt, synth_sgd=alpha)  # no synthesiser
+  with pytest.raises(ValueError, match="synth_sgd must be a finite number >= 0"):
+    train.stream(rule, opt, synth_sgd=-1.0)
 
 
 def test_checkpoint_resume_gives_identical_numbers(tmp_path):

@@ -4,9 +4,12 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from bplambda_jax import cells, sensitivity, synthesisers
+import bplambda_jax as bl
+from bplambda_jax import bp_lambda, bptt, make_rule
+from bplambda_jax import credit as sensitivity
+from bplambda_jax import model as cells
+from bplambda_jax import model as synthesisers
 from bplambda_jax.model import get_loss, make_model
-from bplambda_jax.rules import bp_lambda, bptt
 
 from helpers import random_batch
 
@@ -41,6 +44,12 @@ def test_unit_interval_via_hparams(lstm_model, batch, name, value):
   with pytest.raises(ValueError, match=rf"{name} must lie in \[0, 1\]"):
     rule.grads(params, batch, {name: value})
   with pytest.raises(ValueError, match=rf"{name} must lie in \[0, 1\]"):
+    rule.grads(params, batch, {name: jnp.asarray(value)})
+  # One value per call: arrays are rejected (sweep with jax.vmap instead).
+  with pytest.raises(ValueError, match=rf"{name} must be a scalar \(one value per call; use "
+                                       rf"jax.vmap to sweep\)"):
+    rule.grads(params, batch, {name: jnp.asarray([0.5, 0.7])})
+  with pytest.raises(ValueError, match=rf"{name} must be a scalar"):
     rule.grads(params, batch, {name: jnp.asarray([0.5, value])})
 
 
@@ -53,13 +62,22 @@ def test_negative_sg_scale(lstm_model, batch):
     rule.grads(params, batch, {"sg_scale": -0.5})
 
 
-def test_negative_synth_alpha(lstm_model, batch):
-  with pytest.raises(ValueError, match=r"synth_alpha must be a finite number >= 0"):
-    bp_lambda(lstm_model, alpha_learning=True, synth_alpha=-0.1)
-  rule = bp_lambda(lstm_model, alpha_learning=True)
+def test_negative_synth_sgd(lstm_model, batch):
+  """Per-step synthesiser SGD (the authors' synth_alpha) is the step's synth_sgd and the stream's."""
+  rule = bp_lambda(lstm_model)
   params = rule.init(jax.random.key(1))
-  with pytest.raises(ValueError, match=r"synth_alpha must be a finite number >= 0"):
-    rule.grads(params, batch, {"synth_alpha": -0.1})
+  state = rule.init_state(params, B)
+  w = bl.step_weights(batch.mask)
+  with pytest.raises(ValueError, match=r"synth_sgd must be a finite number >= 0"):
+    rule.step(params, state, batch.x[0], batch.y[0], w[0], synth_sgd=-0.1)
+  opt = bl.training.optimiser(1e-3, 1e-3, 1e-3)
+  with pytest.raises(ValueError, match=r"synth_sgd must be a finite number >= 0"):
+    bl.stream(rule, opt, synth_sgd=-0.1)
+  with pytest.raises(ValueError, match=r"synth_sgd must be a finite number >= 0"):
+    bl.stream(rule, opt, synth_sgd=float("inf"))
+  # no longer an option of the rule
+  with pytest.raises(ValueError, match=r"does not take option\(s\) \['synth_alpha'\]"):
+    make_rule("bp_lambda", lstm_model, synth_alpha=0.1)
 
 
 def test_unknown_hparams_key(lstm_model, batch):
@@ -67,7 +85,7 @@ def test_unknown_hparams_key(lstm_model, batch):
   params = rule.init(jax.random.key(1))
   with pytest.raises(ValueError, match=r"unknown hyper-parameters \['lamda'\].*accepted.*lambda_"):
     rule.grads(params, batch, {"lamda": 0.5})
-  # synth_alpha is a hyper-parameter only with alpha_learning.
+  # synth_alpha is no hyper-parameter (per-step synthesiser SGD is step(..., synth_sgd=α)).
   with pytest.raises(ValueError, match=r"unknown hyper-parameters \['synth_alpha'\]"):
     rule.grads(params, batch, {"synth_alpha": 0.5})
   exact = bptt(lstm_model)
@@ -107,10 +125,12 @@ def test_unknown_synthesiser():
 
 
 def test_unknown_sensitivity(lstm_model):
-  with pytest.raises(ValueError, match=r"sensitivity must be .*'eprop'.*'rtrl'.*got 'bogus'"):
+  with pytest.raises(ValueError, match=r"unknown sensitivity 'bogus'; accepted: .*eprop.*rtrl"):
     bp_lambda(lstm_model, sensitivity="bogus")
-  with pytest.raises(ValueError, match=r"sensitivity must be .*'immediate'.*got 'rtlr'"):
+  with pytest.raises(ValueError, match=r"unknown sensitivity 'rtlr'; accepted: immediate"):
     sensitivity.get_sensitivity("rtlr", lstm_model.cell)
+  with pytest.raises(ValueError, match=r"sensitivity 'snap' needs an integer argument n"):
+    sensitivity.get_sensitivity("snap", lstm_model.cell)
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -131,11 +151,11 @@ def test_bad_model_sizes():
 
 def test_bad_synthesiser_arguments():
   with pytest.raises(ValueError, match=r"hidden_layers must be an integer >= 1"):
-    synthesisers.mlp(0, 4)
+    synthesisers.mlp_synthesiser(0, 4)
   with pytest.raises(ValueError, match=r"hidden_size must be a positive integer"):
-    synthesisers.mlp(1, 0)
+    synthesisers.mlp_synthesiser(1, 0)
   with pytest.raises(ValueError, match=r"d_in must be a positive integer"):
-    synthesisers.linear().init(jax.random.key(0), 0, 3)
+    synthesisers.linear_synthesiser().init(jax.random.key(0), 0, 3)
 
 
 def test_bad_activation_and_connections():
@@ -153,7 +173,8 @@ def test_bad_activation_and_connections():
 
 
 def _rules(model):
-  return [bp_lambda(model), bp_lambda(model, mode="sequence"), bptt(model)]
+  # the state flavour online, the model's default flavour in sequence mode, and BPTT
+  return [bp_lambda(model, flavour="state"), bp_lambda(model, mode="sequence"), bptt(model)]
 
 
 @pytest.mark.parametrize("field,bad,match", [
@@ -214,19 +235,24 @@ def test_batch_type_and_missing_synth(lstm_model, batch):
 # --------------------------------------------------------------------- incompatible options
 
 
-def test_sequence_mode_rejects_clipping_and_alpha_learning(lstm_model):
+def test_sequence_mode_rejects_clipping_and_removed_options(lstm_model):
   with pytest.raises(ValueError, match=r"mode='sequence'.*clip_increments=True"):
     bp_lambda(lstm_model, mode="sequence", clip_increments=True)
   with pytest.raises(ValueError, match=r"mode='sequence'.*clip_increments=True"):
     bp_lambda(lstm_model, mode="sequence", faithful=True)  # clipping is the faithful default
-  with pytest.raises(ValueError, match=r"mode='sequence'.*alpha_learning=True"):
-    bp_lambda(lstm_model, mode="sequence", alpha_learning=True)
+  # alpha_learning is no longer an option (per-step synthesiser SGD is the step's synth_sgd)
+  with pytest.raises(ValueError, match=r"does not take option\(s\) \['alpha_learning'\]"):
+    make_rule("bp_lambda", lstm_model, mode="sequence", alpha_learning=True)
 
 
 @pytest.mark.parametrize("cell_name", ["linear", "tanh", "gru", "columnar_lstm"])
 def test_eprop_flavour_needs_the_lstm(cell_name):
   model = make_model(cell_name, "mse", D_IN, D_OUT, hidden_size=H)
-  with pytest.raises(ValueError, match=r"flavour='eprop' is defined for the library LSTM cell"):
+  if model.cell.lstm is not None:  # the columnar LSTM has an LSTM cell-state path: accepted
+    bp_lambda(model, flavour="eprop")
+    return
+  with pytest.raises(ValueError, match=r"flavour='eprop' needs a cell with an LSTM cell-state "
+                                       r"path .*Use flavour='state'"):
     bp_lambda(model, flavour="eprop")
 
 
@@ -238,12 +264,12 @@ def test_readout_scale_needs_faithful(lstm_model):
 
 def test_faithful_hc_flavour_needs_immediate_sensitivity(lstm_model):
   with pytest.raises(ValueError, match=r"faithful LSTM \[h, c\] flavour.*sensitivity='immediate'"):
-    bp_lambda(lstm_model, faithful=True, sensitivity="eprop")
+    bp_lambda(lstm_model, flavour="state", faithful=True, sensitivity="eprop")
 
 
 def test_eprop_sensitivity_needs_a_split():
   import flax.linen as nn
-  cell = cells.from_flax(nn.GRUCell(features=H))
+  cell = cells.from_flax(nn.GRUCell(features=H))._replace(split_step=None)  # no declared split
   model = make_model(cell, "mse", D_IN, D_OUT)
   with pytest.raises(ValueError, match=r"eprop needs the cell to declare its implicit/explicit"):
     bp_lambda(model, sensitivity="eprop")
