@@ -191,8 +191,8 @@ def test_a_diverging_run_stops_and_leaves_a_checkpoint_that_loads(tmp_path, caps
   code, captured = _run(argv, capsys)
   assert code == cli.EXIT_STOPPED
   err = captured.err
-  assert "non-finite" in err and "rule 'eprop', seed 0, update 1" in err
-  assert "The last good state is checkpoint 5" in err
+  assert "non-finite" in err and "rule 'eprop', seed 0, update 2" in err
+  assert "Every seed is saved at its last good state" in err and "checkpoint 5 of" in err
   cfg = RunConfig.from_dict({k: v for k, v in json.loads((out / "config.json").read_text())
                              .items() if k != "runs"})
   setup = make_setup(cfg)

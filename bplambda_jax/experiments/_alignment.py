@@ -24,6 +24,7 @@ from bplambda_jax.experiments._config import RunConfig
 from bplambda_jax.experiments._runner import Run, _stop_signals, train_one
 from bplambda_jax.experiments._setup import Setup
 from bplambda_jax.model import make_model
+from bplambda_jax.rules import parse_rule_spec
 
 TASKS = ("toy", "copy")
 COLUMNS = ("cell", "readout", "all", "learning_signal")
@@ -79,12 +80,17 @@ def run_alignment(task: str, rule_specs, seeds, *, cell: Optional[str] = None,
     raise ValueError(f"seeds must be consecutive integers, got {seeds}.")
   B = data_fn(jax.random.key(0), 0).x.shape[1]
   chunk = min(100, synth_steps)
+  names = {parse_rule_spec(spec)[0] for spec in rule_specs}
+  shared = {}  # λ, γ and the synthetic-gradient scale, for the rules that have them
+  if "bp_lambda" in names:
+    shared.update(lambda_=lambda_, gamma=gamma)
+  if names & {"bp_lambda", "dni"}:
+    shared.update(sg_scale=sg_scale)
   cfg = RunConfig(task="toy" if task == "toy" else "copy-repeat", rules=tuple(rule_specs),
                   seeds=len(seeds), seed=seeds[0], steps=synth_steps, batch_size=B,
-                  lr_cell=0.0, lr_readout=0.0, lr_synth=lr_synth, lambda_=lambda_, gamma=gamma,
-                  sg_scale=sg_scale, mode="online", chunk=chunk,
+                  lr_cell=0.0, lr_readout=0.0, lr_synth=lr_synth, mode="online", chunk=chunk,
                   eval_every=chunk * -(-synth_steps // chunk), max_to_keep=1,
-                  **({"seq_len": 10} if task == "toy" else {"max_n": 3})).resolve()
+                  **shared, **({"seq_len": 10} if task == "toy" else {"max_n": 3})).resolve()
 
   def batch(d, key, level, step):
     del d, level
