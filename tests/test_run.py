@@ -49,6 +49,8 @@ TASKS = {
     "plastic-toy": (["--rule", "bp_lambda,eprop"], ("alignment.png", "loss.png")),
     "line-draw": (["--rule", "tbptt:3"], ("loss.png", "eval_loss.png")),
     "copy-repeat": (["--rule", "bp_lambda,bptt", "--set", "max_n=2"], ("bits.png", "level.png")),
+    "copy": (["--rule", "bp_lambda,tbptt:4", "--set", "pattern_length=3", "--set",
+              "cell=elementwise_lstm", "--set", "mode=online"], ("bits.png", "accuracy.png")),
     "seqmnist-row": (["--rule", "eprop", "--set", "eval_batch_size=8"],
                      ("loss.png", "accuracy.png")),
     "seqmnist-pixel": (["--rule", "tbptt:50", "--set", "eval_batch_size=8"],

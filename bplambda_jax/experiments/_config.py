@@ -15,6 +15,7 @@ toy                linear 30    10   10      0 / 0 / 1e-3 (1e-4)    1      1    
 plastic-toy        linear 30    10   10      1e-4 / 1e-4 / 1e-3     1      1         10k
 line-draw          lstm 30      10   10      1e-3 / 1e-3 / 1e-3     0.9    0.5       5k
 copy-repeat        lstm 100     100  ≤ 113   1e-3 / 1e-3 / 1e-5     0.9    1         150k
+copy (N = 48)      lstm 64      16   99      1e-3 / 1e-3 / 1e-4     0.9    1         5k
 seqmnist-*         lstm 30      50   28/784  3e-4 / 3e-4 / 3e-4     0.9    0.1       50 epochs
 =================  ===========  ===  ======  =====================  =====  ========  =========
 
@@ -56,6 +57,8 @@ class RunConfig:
     hidden_size: H (None: the preset).
     seq_len: T of the toy, plastic-toy and line-draw tasks (None: 10).
     max_n: copy-repeat: the largest pattern length a padded batch holds (None: 10).
+    pattern_length: copy: the pattern length N (None: 48, T = 99).
+    repeats: copy: the repeat count R (None: 1); T = (R+1)·N + 3.
     lr_cell: Adam learning rate of the recurrent cell (0 freezes it; None: the preset).
     lr_readout: Adam learning rate of the readout (None: the preset).
     lr_synth: Adam learning rate of the synthesiser (None: the preset).
@@ -86,6 +89,8 @@ class RunConfig:
   hidden_size: Optional[int] = None
   seq_len: Optional[int] = None
   max_n: Optional[int] = None
+  pattern_length: Optional[int] = None
+  repeats: Optional[int] = None
   lr_cell: Optional[float] = None
   lr_readout: Optional[float] = None
   lr_synth: Optional[float] = None
@@ -230,7 +235,8 @@ def _check_values(c: RunConfig):
   if len(set(c.rules)) != len(c.rules):
     raise ValueError(f"config key 'rules' names a rule twice: {list(c.rules)}.")
   positive = lambda v: v >= 1
-  for name in ("seeds", "steps", "batch_size", "hidden_size", "max_n", "chunk", "eval_every",
+  for name in ("seeds", "steps", "batch_size", "hidden_size", "max_n", "pattern_length",
+               "repeats", "chunk", "eval_every",
                "eval_batch_size", "checkpoint_every", "max_to_keep"):
     _range(name, getattr(c, name), positive, "an integer >= 1")
   _range("seed", c.seed, lambda v: v >= 0, "an integer >= 0")
@@ -253,6 +259,9 @@ def _check_values(c: RunConfig):
                      f"{c.task!r}.")
   if c.max_n is not None and c.task != "copy-repeat":
     raise ValueError(f"config key 'max_n' applies to copy-repeat only, not {c.task!r}.")
+  for key in ("pattern_length", "repeats"):
+    if getattr(c, key) is not None and c.task != "copy":
+      raise ValueError(f"config key {key!r} applies to the copy task only, not {c.task!r}.")
   if (c.data_dir or c.data_path) and not c.task.startswith("seqmnist"):
     raise ValueError(f"config keys 'data_dir' and 'data_path' apply to the sequential MNIST "
                      f"tasks only, not {c.task!r}.")
@@ -280,6 +289,9 @@ PRESETS = {
     "copy-repeat": dict(cell="lstm", hidden_size=100, batch_size=100, max_n=10, lr_cell=1e-3,
                         lr_readout=1e-3, lr_synth=1e-5, gamma=0.9, sg_scale=1.0, steps=150_000,
                         eval_every=1000, chunk=100),
+    "copy": dict(cell="lstm", hidden_size=64, batch_size=16, pattern_length=48, repeats=1,
+                 lr_cell=1e-3, lr_readout=1e-3, lr_synth=1e-4, gamma=0.9, sg_scale=1.0,
+                 steps=5_000, eval_every=500, chunk=100),
     "seqmnist-row": _SEQMNIST,
     "seqmnist-pixel": _SEQMNIST,
     "seqmnist-permuted": _SEQMNIST,

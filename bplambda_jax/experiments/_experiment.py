@@ -90,7 +90,8 @@ def run(config: RunConfig, out: str, *, runs: Optional[Sequence[Run]] = None,
                                             progress=progress, stop=stop)
       results.write_json(path, summary)
   figures = {"toy": ("alignment", "loss"), "plastic-toy": ("alignment", "loss"),
-             "line-draw": ("loss", "eval_loss"), "copy-repeat": ("bits", "level")}.get(
+             "line-draw": ("loss", "eval_loss"), "copy-repeat": ("bits", "level"),
+             "copy": ("bits", "eval_loss", "accuracy")}.get(
                  cfg.task, ("loss", "accuracy"))
   summary["figures"] = [os.path.basename(p) for p in plots.plot(
       out, log.lines(), figures, f"{cfg.task}: {', '.join(r.label for r in runs)}")]

@@ -16,7 +16,7 @@ FIGURES = {
     "bits": ("train", "training loss (bits per target step)", "bits.png"),
     "level": ("train", "curriculum level (N, R) reached (index)", "level.png"),
     "alignment": ("eval", "cos(learning signal, BPTT dL/ds_t), t < T−1", "alignment.png"),
-    "accuracy": ("eval", "validation accuracy", "accuracy.png"),
+    "accuracy": ("eval", "evaluation accuracy (validation split or fresh batches)", "accuracy.png"),
     "eval_loss": ("eval", "evaluation loss (nats per target step)", "eval_loss.png"),
 }
 

@@ -68,7 +68,9 @@ def load_data(cfg: RunConfig, *, verbose: bool = True):
 def make_setup(cfg: RunConfig, data=None, source=None) -> Setup:
   """The :class:`Setup` of a resolved config (``data`` from :func:`load_data` for MNIST)."""
   dtype = jnp.dtype(cfg.dtype)
-  task = tasks.get_task(cfg.task, **({"max_n": cfg.max_n} if cfg.task == "copy-repeat" else {}))
+  extra = {"copy-repeat": {"max_n": cfg.max_n},
+           "copy": {"pattern_length": cfg.pattern_length, "repeats": cfg.repeats}}
+  task = tasks.get_task(cfg.task, **extra.get(cfg.task, {}))
   model = make_model(cfg.cell, task.loss, task.input_size, task.output_size, cfg.hidden_size,
                      param_dtype=dtype)
   B = cfg.batch_size
@@ -118,6 +120,9 @@ def make_setup(cfg: RunConfig, data=None, source=None) -> Setup:
   T = cfg.seq_len
 
   def generate(key, batch_size):
+    if cfg.task == "copy":
+      return tasks.copy_repeat_batch(key, cfg.pattern_length, cfg.repeats, batch_size,
+                                     task.seq_len, dtype)
     if cfg.task == "toy":
       return tasks.toy_batch(batch_size, T, dtype)
     if cfg.task == "plastic-toy":
@@ -136,7 +141,8 @@ def make_setup(cfg: RunConfig, data=None, source=None) -> Setup:
       res = _metrics.alignment(rule, params, fresh, model=model)
       return {"alignment": res["learning_signal"], "grad_cosine": res["all"],
               "loss": _task_metrics.task_metrics(model, params, fresh, ("loss",))["loss"]}
-    return _task_metrics.task_metrics(model, params, fresh, ("loss",))
+    names = ("loss", "bits", "accuracy") if cfg.task == "copy" else ("loss",)
+    return _task_metrics.task_metrics(model, params, fresh, names)
 
   return Setup(cfg, task, model, None, None, batch, None, None, evaluate, None, None)
 

@@ -7,6 +7,7 @@ toy                   10     10     2        mse   ``toy_batch`` (fixed)
 plastic-toy           10     10     2        mse   ``plastic_toy_batch``
 line-draw             10     10     2        mse   ``line_draw_batch`` (whole line)
 copy-repeat           max    10     9        bce   ``curriculum_batch`` (curriculum)
+copy                  (R+1)N+3  10  9        bce   ``copy_repeat_batch`` at a fixed level (N, R)
 seqmnist-row          28     28     10 (ce)  ce    ``mnist_data_fn(..., 'row')``
 seqmnist-pixel        784    1      10 (ce)  ce    ``mnist_data_fn(..., 'pixel')``
 seqmnist-permuted     784    1      10 (ce)  ce    ``mnist_data_fn(..., 'permuted')``
@@ -24,6 +25,7 @@ from bplambda_jax.tasks import _seq_mnist as seq_mnist
 from bplambda_jax.tasks import _toy as toy
 
 DEFAULT_MAX_N = 10
+DEFAULT_PATTERN_LENGTH = 48  # the copy task's default: T = 2·48 + 3 = 99
 
 
 class Task(NamedTuple):
@@ -98,17 +100,20 @@ def _mnist_task(layout: str) -> Task:
               cell="lstm", hidden_size=30, batch_size=50)
 
 
-TASK_NAMES = ("copy-repeat", "line-draw", "plastic-toy", "seqmnist-permuted", "seqmnist-pixel",
-              "seqmnist-row", "toy")
+TASK_NAMES = ("copy", "copy-repeat", "line-draw", "plastic-toy", "seqmnist-permuted",
+              "seqmnist-pixel", "seqmnist-row", "toy")
 
 
-def get_task(name: str, *, max_n: Optional[int] = None) -> Task:
+def get_task(name: str, *, max_n: Optional[int] = None, pattern_length: Optional[int] = None,
+             repeats: int = 1) -> Task:
   """The description of a task by name.
 
   Args:
     name: one of :data:`TASK_NAMES`.
     max_n: copy-repeat only: the largest pattern length the padded batches hold; the sequence
       length is then ``(max_n + 1)·max_n + 3`` (default max_n = 10: T = 113).
+    pattern_length, repeats: copy only: the fixed level (N, R), T = (R+1)·N + 3 (R = 1 is the
+      plain copy task; long horizons: N = 48, 148, 498 give T ≈ 100, 300, 1000; default N = 48).
 
   Returns:
     The :class:`Task`. The toy is a fixed linear RNN whose synthesiser alone learns; the plastic
@@ -120,6 +125,18 @@ def get_task(name: str, *, max_n: Optional[int] = None) -> Task:
     raise ValueError(f"task must be one of {TASK_NAMES}, got {name!r}.")
   if max_n is not None and name != "copy-repeat":
     raise ValueError(f"max_n applies only to task 'copy-repeat', got task {name!r}.")
+  if name == "copy":
+    pattern_length = DEFAULT_PATTERN_LENGTH if pattern_length is None else pattern_length
+    for arg, v in (("pattern_length", pattern_length), ("repeats", repeats)):
+      if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"task 'copy' needs {arg} as a positive integer, got {v!r}.")
+    return Task("copy", seq_len=copy_repeat.seq_len(pattern_length, repeats),
+                input_size=copy_repeat.INPUT_SIZE, output_size=copy_repeat.OUTPUT_SIZE,
+                loss="bce", metrics=("loss", "bits", "accuracy"), score="bits", eval_split=None,
+                test_split=None, trained=_ALL, cell="lstm", hidden_size=64, batch_size=16,
+                generator=lambda key, batch_size: copy_repeat.copy_repeat_batch(
+                    key, pattern_length, repeats, batch_size,
+                    copy_repeat.seq_len(pattern_length, repeats)))
   if name.startswith("seqmnist-"):
     return _mnist_task(name[len("seqmnist-"):])
   if name == "copy-repeat":
