@@ -32,7 +32,6 @@ import jax
 import numpy as np
 
 import bplambda_jax as bl
-from benchmarks.cases import Case
 
 SIZES = (64, 256, 1024)
 SEQ_LEN = 1000
@@ -47,8 +46,9 @@ def _rule(spec: str, **options) -> dict:
   return {"rule": spec, "options": tuple(sorted(options.items()))}
 
 
-def elementwise_cases() -> list[Case]:
+def elementwise_cases() -> list:
   """The update rows (kind 'update'), in run order: per cell and size, BPTT, e-prop, BP(λ)."""
+  from benchmarks.cases import Case  # here, so that benchmarks.cases can import this module
   out = []
   for label, cell in CELLS.items():
     for n in SIZES:
@@ -67,9 +67,10 @@ def elementwise_cases() -> list[Case]:
   return out
 
 
-def kernel_cases() -> list[Case]:
+def kernel_cases() -> list:
   """One structured trace step at n = 1024 per cell and implementation (kind
   'structured_step'); Pallas rows are skipped on CPU."""
+  from benchmarks.cases import Case
   out = []
   n = SIZES[-1]
   for label, cell in CELLS.items():
@@ -84,7 +85,7 @@ def kernel_cases() -> list[Case]:
   return out
 
 
-def structured_step_program(case: Case):
+def structured_step_program(case):
   """(fn, args) of a 'structured_step' case: one ``bl.credit.structured_step`` on random float32
   data of the shapes BP(λ)'s default flavour has on the case's cell (``fn(*args)`` is timed)."""
   model = bl.make_model(case.cell, "bce", case.input_size, OUTPUTS, hidden_size=case.hidden)

@@ -11,11 +11,9 @@
   memory per example are n·d_in-sized, the dense trace's n²·d_in.
 * ``trace=`` selects the form automatically from the cell's declarations and can be overridden;
   invalid combinations raise.
-* The new cells run through every rule of the registry; e-prop, columnar RTRL, SnAp-1 and
-  1-order e-prop are exact RTRL on them (= BPTT, float64, 1e-10).
+* The new cells run through every rule of the registry; e-prop, columnar RTRL and 1-order
+  e-prop are exact RTRL on them, SnAp-1 too on the LRUs (= BPTT, float64, 1e-10).
 """
-
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -103,7 +101,7 @@ def test_reference_is_the_dense_trace_step_on_the_blocks():
 # (pattern, B, U, P, block_u, block_p): B, S, k padded to powers of two, U and P to whole tiles,
 # up to two tiles each way (the interpreter runs every grid program: keep the grids small)
 KERNEL_CASES = [
-    ("diagonal", 3, 5, 7, 8, 128),
+    ("diagonal", 20, 5, 7, 8, 128),  # B > 16: the XLA path's batch sum is a reduction
     ("h_of_x", 2, 9, 33, 8, 32),
     ("full2", 3, 6, 40, 4, 64),
     ("chain3", 1, 3, 5, 8, 128),
@@ -283,6 +281,9 @@ def test_trace_is_chosen_from_the_declarations_and_can_be_overridden():
                                                                    trace_chunk=0) == "dense"
   assert kind(lru, synthesiser=bl.mlp_synthesiser(1, 3)) == "dense"
   assert kind(lru, mode="sequence") == f"structured(1, {H}, {2 * H + 1})"  # the step's trace
+  f32 = bl.bp_lambda(ew, trace_dtype=jnp.float32)
+  td = jax.eval_shape(lambda p: f32.init_state(p, 2), params[ew.cell.name]).td
+  assert td.trace.dtype == jnp.float32 and td.m.dtype == jnp.float64  # M's blocks: params' dtype
   # the e-prop flavour's K_t is derived from the declarations
   assert credit.eprop_transition(ew.cell) == "diagonal"
   assert credit.eprop_transition(bl.columnar_lstm(3)) == "diagonal"
