@@ -34,7 +34,7 @@ from bplambda_jax.rules._from_sensitivity import columnar_rtrl, eprop, eprop_m, 
 from bplambda_jax.rules._tbptt import tbptt
 
 _BP_LAMBDA_OPTIONS = ("lambda_", "gamma", "sg_scale", "flavour", "sensitivity", "mode", "faithful",
-                      "clip_increments", "readout_scale", "bias_grad_scale", "trace_chunk",
+                      "clip_increments", "readout_scale", "bias_grad_scale", "trace", "trace_chunk",
                       "trace_dtype", "synthesiser")
 
 # name -> (factory(model, k, **options), accepted options)
