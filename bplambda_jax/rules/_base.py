@@ -125,6 +125,18 @@ def merge_hparams(defaults: Mapping[str, float], hparams, checks: Mapping[str, C
   return {k: jnp.asarray(v, dtype) for k, v in merged.items()}
 
 
+def init_with_synthesiser(model, synthesiser, d_in: int, d_out: int) -> Callable:
+  """``init(key) -> params``: the model's parameters plus ``'synth'``, ĝ from d_in to d_out."""
+
+  def init(key):
+    k1, k2 = jax.random.split(key)
+    params = model.init(k1)
+    params["synth"] = synthesiser.init(k2, d_in, d_out, model.param_dtype)
+    return params
+
+  return init
+
+
 def zeros_like_tree(tree):
   return jax.tree.map(jnp.zeros_like, tree)
 

@@ -114,11 +114,7 @@ def dni(model: Model,
   defaults = base.frozen(defaults)
   S = model.cell.state_size
 
-  def init(key):
-    k1, k2 = jax.random.split(key)
-    params = model.init(k1)
-    params["synth"] = synthesiser.init(k2, S, S, model.param_dtype)
-    return params
+  init = base.init_with_synthesiser(model, synthesiser, S, S)
 
   def init_state(params, batch_size):
     B = check_batch_size(batch_size)

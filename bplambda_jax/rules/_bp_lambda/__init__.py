@@ -209,11 +209,7 @@ def bp_lambda(model: Model,
   init_state_steps, step = make_online(cfg)
   sequence_grads = make_sequence(cfg)
 
-  def init(key):
-    k1, k2 = jax.random.split(key)
-    params = model.init(k1)
-    params["synth"] = synthesiser.init(k2, d_in, d_out, model.param_dtype)
-    return params
+  init = base.init_with_synthesiser(model, synthesiser, d_in, d_out)
 
   def init_state(params, batch_size):
     _check_params(params)
