@@ -37,7 +37,9 @@ import numpy as np
 
 import bplambda_jax as bl
 
-KINDS = ("update", "matmul", "trace_step")
+from benchmarks import cases_elementwise
+
+KINDS = ("update", "matmul", "trace_step", "structured_step")
 SEED_IMPLS = ("vmap", "loop")
 
 # Scaling rows whose analytic cost (see :func:`estimated_flops`) exceeds this are skipped: on the
@@ -54,8 +56,9 @@ class Case(NamedTuple):
 
   Attributes:
     name: unique row name.
-    family: 'seqmnist', 'copyrepeat', 'scale', 'seeds', 'floor' or 'kernel'.
-    kind: 'update' (one jitted ``bl.make_update`` step), 'matmul' or 'trace_step'.
+    family: 'seqmnist', 'copyrepeat', 'scale', 'seeds', 'elementwise', 'floor' or 'kernel'.
+    kind: 'update' (one jitted ``bl.make_update`` step), 'matmul', 'trace_step' or
+      'structured_step' (one structured BP(λ) trace step, ``benchmarks/cases_elementwise.py``).
     rule: the rule's spec for ``bl.make_rule`` (e.g. 'dni:3'); None for floors and kernels.
     options: the rule's options for ``bl.make_rule``, as sorted (name, value) pairs (hashable).
     cell: cell name ('lstm', 'columnar_lstm') or None.
@@ -70,7 +73,8 @@ class Case(NamedTuple):
     bptt_ref: name of the BPTT row of the same model, for ``ratio_to_bptt``.
     skip: reason the case is not run at its full size (None: it is run).
     note: free text carried into the row.
-    impl: the trace-step implementation for 'trace_step' cases ('xla' or 'pallas').
+    impl: the trace-step implementation for 'trace_step' and 'structured_step' cases ('xla' or
+      'pallas').
   """
 
   name: str
@@ -178,6 +182,8 @@ def analytic_flops(case: Case) -> Optional[float]:
   """The analytic FLOP count reported for a case (BP(λ) online and trace-step rows), or None."""
   if case.kind == "trace_step":
     return dense_step_flops(case.batch, case.hidden)
+  if case.family == "elementwise":  # structured traces: the dense-trace floor does not apply
+    return None
   if case.rule == "bp_lambda" and rule_mode(case) == "online":
     return trace_flops(case.batch, case.seq_len + 1, case.hidden) * case.seeds
   return None
@@ -343,7 +349,8 @@ def all_cases() -> list[Case]:
   """Every case, in run order (the floor first, so later rows can use it)."""
   extra = _floor_and_kernel_cases()
   cases = extra[:1] + _seqmnist_cases() + _copyrepeat_cases() + _scale_cases() + _seed_cases()
-  cases += extra[1:]
+  cases += cases_elementwise.elementwise_cases()
+  cases += extra[1:] + cases_elementwise.kernel_cases()
   # The floor again at the end: its drift shows how much the machine's load changed during the run.
   cases.append(extra[0]._replace(name="floor_matmul_end",
                                  note="floor_matmul again at the end of the run (drift check)"))

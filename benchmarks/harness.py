@@ -31,6 +31,7 @@ import numpy as np
 
 import bplambda_jax as bl
 from benchmarks import cases as cases_lib
+from benchmarks import cases_elementwise
 from benchmarks.flops import Uncountable, count_flops
 
 MIN_REPEATS = 5
@@ -170,12 +171,17 @@ class Runner:
   """Runs cases, sharing compiled programs between cases with equal :meth:`Case.program_key`."""
 
   def __init__(self, repeats: int = MIN_REPEATS, budget_s: float = DEFAULT_BUDGET_S,
-               tiny: bool = False, log: Callable[[str], None] = print):
+               tiny: bool = False, log: Callable[[str], None] = print,
+               timer: Optional[Callable] = None):
     if not isinstance(repeats, int) or repeats < 1:
       raise ValueError(f"repeats must be a positive integer, got {repeats!r}.")
     if not budget_s > 0:
       raise ValueError(f"budget_s must be > 0, got {budget_s!r}.")
     self.repeats, self.budget_s, self.tiny, self.log = repeats, budget_s, tiny, log
+    # timer(call, repeats, budget_s) -> (first_run_s, [seconds], note): how a case's compiled
+    # call is timed (default :func:`timed_calls`); the interleaving tools (benchmarks/compare.py,
+    # benchmarks/peers/) pass one that keeps the call and times it themselves.
+    self.timer = timer or timed_calls
     # The tiny smoke run compiles at XLA's lowest backend optimisation level (about half the
     # compile time); full-size runs use the default compiler options.
     self.compiler_options = TINY_COMPILER_OPTIONS if tiny else None
@@ -219,7 +225,7 @@ class Runner:
         return compiled(*args)
       flops = prog["flops"]
       row["timed"] = "train_update_vmap_seeds" if case.seed_impl == "vmap" else "train_update"
-    first, times, note = timed_calls(call, self.repeats, self.budget_s)
+    first, times, note = self.timer(call, self.repeats, self.budget_s)
     if shared:
       note = "; ".join(n for n in (note, "compiled program shared with an earlier row") if n)
     row.update(prog["mem"])
@@ -232,7 +238,7 @@ class Runner:
     """Compile ``fn(*args)``, time it, fill the row's compile and memory fields and ``fields``;
     returns (first_run_s, times, note)."""
     compiled, compile_s, mem, xla_flops, flops = compile_program(fn, args, self.compiler_options)
-    first, times, note = timed_calls(lambda: compiled(*args), self.repeats, self.budget_s)
+    first, times, note = self.timer(lambda: compiled(*args), self.repeats, self.budget_s)
     row.update(mem)
     row.update(compile_s=compile_s, xla_flops=xla_flops, flops=flops, **fields)
     return first, times, note
@@ -289,6 +295,11 @@ class Runner:
           self._measure_matmul(case, row)
         elif case.kind == "trace_step":
           self._measure_trace_step(case, row)
+        elif case.kind == "structured_step":
+          fn, args = cases_elementwise.structured_step_program(case)
+          self._fill_times(row, *self._measure_program(
+              row, fn, args, timed="structured_step", mode="online",
+              rule=f"credit.structured_step[{case.impl}]"))
         else:
           raise ValueError(f"case kind must be one of {cases_lib.KINDS}, got {case.kind!r}.")
       row["status"] = "ok"

@@ -21,7 +21,10 @@ FAMILY_TITLES = {
     "copyrepeat": "Copy-repeat shapes (LSTM 100, B = 100, T = 40)",
     "scale": "Scaling (seqMNIST shapes, B = 16)",
     "seeds": "Seeds: vmap vs loop (BP(λ) sequence mode, seqMNIST shapes, H = 30, B = 50 per seed; `_b10` rows: B = 10)",
-    "kernel": "Trace-step kernel (one TD step, B = 100, d_out = 100, d_in = 200)",
+    "elementwise": "Element-wise cells, structured BP(λ) traces (B = 8, T = 1000, D_in = H = n)",
+    "kernel": "Trace-step kernels (one TD step: dense at B = 100, d_out = 100, d_in = 200; "
+              "structured at B = 8, n = 1024)",
+    "peer": "Peer: braintrace 0.2.6's e-prop, timed interleaved with ours (benchmarks/peers/)",
 }
 
 # memory_fit's axes: H at the scaling family's first T, T at its first H (T = 28, H = 32).
@@ -150,9 +153,41 @@ def _memory_slope(t: dict, by: dict, rows: list[dict]) -> Optional[str]:
           f"peak MB at B = {mem[0]['batch']}: {pts}")
 
 
+def _row_ratio(t: dict, by: dict, rows: list[dict]) -> Optional[str]:
+  """median(row) / median(over) ≤ max_ratio, both rows of the same run."""
+  x, y = by.get(t["row"]), by.get(t["over"])
+  if not (x and y):
+    return None
+  ratio = x["median_s"] / y["median_s"]
+  return (f"{_verdict(ratio <= t['max_ratio'])} — {x['median_s']:.3g} s vs {y['median_s']:.3g} s "
+          f"per update: {ratio:.2f}×")
+
+
+def _peer_speedup(t: dict, by: dict, rows: list[dict]) -> Optional[str]:
+  """A peer library's row over ours (both timed interleaved by benchmarks/peers/) ≥ min_speedup."""
+  ours, peer = by.get(t["row"]), by.get(t["peer"])
+  if not (ours and peer):
+    return None
+  speedup = peer["median_s"] / ours["median_s"]
+  return (f"{_verdict(speedup >= t['min_speedup'])} — {ours['median_s']:.3g} s against "
+          f"{peer['median_s']:.3g} s ({peer['rule']}): {speedup:.1f}×")
+
+
+def _rows_memory_slope(t: dict, by: dict, rows: list[dict]) -> Optional[str]:
+  """Log-log slope of peak bytes against ``hidden`` over the named rows ≤ max_slope."""
+  pts = [(by[n]["hidden"], by[n]["peak_bytes"]) for n in t["rows"]
+         if n in by and by[n]["peak_bytes"]]
+  if len({h for h, _ in pts}) < 2:
+    return None
+  slope = float(np.polyfit(np.log([p[0] for p in pts]), np.log([p[1] for p in pts]), 1)[0])
+  detail = ", ".join(f"n={h}: {_mb(b)} MB" for h, b in pts)
+  return f"{_verdict(slope <= t['max_slope'])} — slope {slope:.2f} ({detail})"
+
+
 CHECKS: dict[str, Callable[[dict, dict, list], Optional[str]]] = {
     "flop_floor": _flop_floor, "ratio_to_bptt": _ratio_to_bptt, "speedup": _speedup,
-    "seed_throughput": _seed_throughput, "memory_slope": _memory_slope,
+    "seed_throughput": _seed_throughput, "memory_slope": _memory_slope, "row_ratio": _row_ratio,
+    "peer_speedup": _peer_speedup, "rows_memory_slope": _rows_memory_slope,
 }
 
 

@@ -37,8 +37,10 @@ def test_every_case_runs_tiny_with_complete_rows(tiny_rows):
     assert r["first_run_s"] > 0 and r["compile_s"] > 0
     assert r["peak_bytes"] == r["argument_bytes"] + r["output_bytes"] + r["temp_bytes"] > 0
     # The chunked BP(λ) trace loops over its filled slots (a while loop with a data-dependent
-    # trip count), which the jaxpr counter refuses to guess; everything else is counted.
-    chunked = r["rule"] == "bp_lambda" and r["mode"] == "online" and "dense" not in r["name"]
+    # trip count), which the jaxpr counter refuses to guess; everything else (the structured
+    # traces of the element-wise cells included) is counted.
+    chunked = (r["rule"] == "bp_lambda" and r["mode"] == "online" and "dense" not in r["name"]
+               and r["family"] != "elementwise")
     if chunked:
       assert r["flops"] is None and r["gflops"] is None
     else:
@@ -67,6 +69,12 @@ def test_rows_refer_to_the_right_cases(tiny_rows):
   assert by["scale_h64_t28_columnar_rtrl"]["cell"] == "columnar_lstm"
   assert by["scale_h64_t28_columnar_rtrl"]["bptt_ref"] == "scale_h64_t28_columnar_bptt"
   assert by["kernel_trace_step_xla"]["rule"] == "credit.linear_trace_step[xla]"
+  assert by["kernel_structured_step_lru_n1024_xla"]["rule"] == "credit.structured_step[xla]"
+  for cell in ("lru", "lstm"):
+    for n in (64, 256, 1024):
+      r = by[f"elementwise_{cell}_n{n}_t1000_bplambda_online"]
+      assert r["mode"] == "online" and r["bptt_ref"] == f"elementwise_{cell}_n{n}_t1000_bptt"
+      assert r["cell"] == {"lru": "lru", "lstm": "elementwise_lstm"}[cell]
   assert by["seeds2_vmap"]["timed"] == "train_update_vmap_seeds"
   assert by["seeds2_loop"]["timed"] == "train_update_loop_seeds"
   # The loop's FLOPs are S single-seed updates; the vmapped program does the same work.
@@ -103,7 +111,7 @@ def test_table_and_targets_render(tiny_rows):
   for r in tiny_rows:
     assert f"| {r['name']} |" in text
   summary = report.targets(tiny_rows)
-  for tag in ("(a)", "(b)", "(c)", "(d)", "(e)"):
+  for tag in ("(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "(g)", "(h)", "(i)", "(j)"):
     assert tag in summary
   assert "#### Targets" in report.report(tiny_rows)
 
@@ -119,6 +127,26 @@ def test_targets_come_from_the_data_file(tiny_rows):
   strict = dict(t, reference_s=1e-9 * by[t["row"]]["median_s"])
   assert "**not met**" in report.targets(tiny_rows, {"targets": [strict]})
   assert "not measured" in report.targets([], {"targets": [t]})
+
+
+def test_row_ratio_peer_and_memory_slope_targets():
+  row = lambda name, **kw: dict(dict(name=name, status="ok", rule="r", hidden=None,
+                                     peak_bytes=None, median_s=1.0), **kw)
+  rows = [row("a", median_s=1.5), row("b", median_s=1.0), row("peer", median_s=6.0, rule="p"),
+          row("m1", hidden=10, peak_bytes=100.0), row("m2", hidden=100, peak_bytes=1e4)]
+  ratio = {"id": "x", "kind": "row_ratio", "row": "a", "over": "b", "text": "t", "missing": "m"}
+  assert "**met**" in report.targets(rows, {"targets": [dict(ratio, max_ratio=1.6)]})
+  assert "**not met**" in report.targets(rows, {"targets": [dict(ratio, max_ratio=1.4)]})
+  assert "1.50×" in report.targets(rows, {"targets": [dict(ratio, max_ratio=1.4)]})
+  peer = {"id": "y", "kind": "peer_speedup", "row": "b", "peer": "peer", "text": "t",
+          "missing": "m"}
+  assert "**met**" in report.targets(rows, {"targets": [dict(peer, min_speedup=5.0)]})
+  assert "**not met**" in report.targets(rows, {"targets": [dict(peer, min_speedup=7.0)]})
+  slope = {"id": "z", "kind": "rows_memory_slope", "rows": ["m1", "m2"], "text": "t",
+           "missing": "m"}
+  assert "slope 2.00" in report.targets(rows, {"targets": [dict(slope, max_slope=2.2)]})
+  assert "**not met**" in report.targets(rows, {"targets": [dict(slope, max_slope=1.9)]})
+  assert "not measured" in report.targets(rows[:3], {"targets": [dict(slope, max_slope=2.2)]})
 
 
 def test_bad_targets_file(tmp_path):
