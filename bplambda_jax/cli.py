@@ -153,7 +153,15 @@ def cmd_align(args) -> int:
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-  pass
+  """Shows each default once: not for flags, nor where the help text already names it (a preset's
+  default is resolved from the task, so a None there means 'the preset's value')."""
+
+  def _get_help_string(self, action):
+    text = action.help or ""
+    if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+        or "default" in text:
+      return text
+    return super()._get_help_string(action)
 
 
 def _common(p, out_default):
