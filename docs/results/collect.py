@@ -1,0 +1,638 @@
+"""Collect the runs of the reproduction report into the small JSON files it is made from.
+
+Run the commands listed in ``docs/reproduction.md`` from the repository root (each writes a
+results directory ``runs/<name>/``); keep each command's wall time in
+``runs/logs/<name>.time.json`` (``runs/logs/long/<name>.time.json`` for the long horizons) as
+``{"command": ..., "wall_s": ..., "rc": 0, "start": ..., "end": ..., "loadavg_1m_start": ...,
+"loadavg_1m_end": ...}``. Then::
+
+    python docs/results/collect.py --runs runs            # runs/ -> docs/results/<section>.json
+    python docs/results/make_figures.py                   # docs/results/*.json -> docs/figures/
+    python docs/results/collect.py --no-collect --report  # rewrite the report's tables
+
+Each ``docs/results/<section>.json`` holds, per run: the command, its wall time, the resolved
+config, the data source, provenance, the per-rule summary copied from the run's
+``summary.json`` (per-seed values, mean ± sd with ddof = 1, n) and thinned curves from
+``metrics.jsonl``; and the section's tables. A table cell is either text or a reference into the
+same file (``{"ref": "runs/<run>/rules/<label>/eval/alignment", "fmt": "pm", "digits": 3}``);
+``--report`` renders every table into ``docs/reproduction.md`` between
+``<!-- table FILE#ID -->`` and ``<!-- /table -->``, and ``tests/test_reproduction.py`` checks that
+the rendered numbers equal the JSON. A planned command whose run is missing is listed in its
+section's ``commands`` table as not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DOCS = os.path.dirname(HERE)
+REPO = os.path.dirname(DOCS)
+REPORT = os.path.join(DOCS, "reproduction.md")
+BENCH = os.path.join(REPO, "benchmarks", "results", "latest.json")
+
+LAMBDAS = ("0.0", "0.25", "0.5", "0.75", "1.0")
+DNI = tuple(f"dni:{n}" for n in range(1, 6))
+
+# ----------------------------------------------------------------------------- the commands
+
+_L = "0,0.25,0.5,0.75,1"
+_D = ",".join(DNI)
+_M = "--seeds 5 --steps 3000 --set chunk=60 --set checkpoint_every=3000 --no-progress"
+_Q = ("--seeds 5 --steps 20000 --set hidden_size=32 --set batch_size=16 --set max_n=7 "
+      "--set chunk=500 --set checkpoint_every=20000 --no-progress")
+_H = ("--seeds 3 --set cell=elementwise_lstm --set hidden_size=64 --set pattern_length=4 "
+      "--set mode=online --set eval_batch_size=256 --no-progress")
+_R = "bp_lambda,eprop,columnar_rtrl,tbptt:10"
+
+
+def _toy(T, faithful=False):
+  if faithful:
+    return (f"bplambda toy --faithful --T {T} --lambdas {_L} --seeds 5 "
+            f"--set checkpoint_every=1000 --out runs/toy_T{T}_faithful --no-progress")
+  return (f"bplambda toy --T {T} --lambdas {_L} --seeds 5 --set chunk=500 "
+          f"--set checkpoint_every=10000 --out runs/toy_T{T} --no-progress")
+
+
+def _dni(T, faithful=False):
+  if faithful:
+    return (f"bplambda run toy --faithful --rule {_D} --seeds 5 --set seq_len={T} "
+            f"--set checkpoint_every=1000 --out runs/dni_T{T}_faithful --no-progress")
+  return (f"bplambda run toy --rule {_D} --seeds 5 --set seq_len={T} --set chunk=500 "
+          f"--set checkpoint_every=10000 --out runs/dni_T{T} --no-progress")
+
+
+def _plastic(T):
+  return (f"bplambda toy --plastic --T {T} --lambdas {_L} --seeds 5 --set chunk=500 "
+          f"--set checkpoint_every=10000 --out runs/plastic_T{T} --no-progress")
+
+
+def _plastic_dni(T):
+  return (f"bplambda run plastic-toy --rule {_D} --seeds 5 --set seq_len={T} --set chunk=500 "
+          f"--set checkpoint_every=10000 --out runs/plastic_dni_T{T} --no-progress")
+
+
+def _mnist(rules, out, extra=""):
+  return f"bplambda run seqmnist-row --rule {rules}{extra} {_M} --out runs/{out}"
+
+
+def _long(repeats, steps, chunk, every):
+  return (f"bplambda run copy --rule {_R} {_H} --set repeats={repeats} --steps {steps} "
+          f"--set chunk={chunk} --set eval_every={every} --set checkpoint_every={every} "
+          f"--out runs/long/T{(repeats + 1) * 4 + 3}")
+
+
+TOY_T = (10, 30, 60, 120, 250)
+FAITHFUL_T = (10, 30, 60)
+PLASTIC_T = (10, 30, 60, 120)
+
+# section -> {run name: planned command}, in the order of the report's commands tables
+PLAN = {
+    "toy": {**{f"{k}_T{T}": f(T) for T in TOY_T for k, f in (("toy", _toy), ("dni", _dni))},
+            **{f"{k}_T{T}_faithful": f(T, True) for T in FAITHFUL_T
+               for k, f in (("toy", _toy), ("dni", _dni))}},
+    "plastic": {f"{k}_T{T}": f(T) for T in PLASTIC_T
+                for k, f in (("plastic", _plastic), ("plastic_dni", _plastic_dni))},
+    "seqmnist": {
+        "mnist_bplambda1_eprop": f"bplambda run seqmnist-row --rule bp_lambda,eprop {_M} "
+                                 f"--out runs/mnist_bplambda1_eprop",
+        "mnist_bplambda05": f"bplambda run seqmnist-row --rule bp_lambda --set lambda_=0.5 {_M} "
+                            f"--out runs/mnist_bplambda05",
+        "mnist_dni123": _mnist("dni:1,dni:2,dni:3", "mnist_dni123"),
+        "mnist_dni45_bptt": _mnist("dni:4,dni:5,bptt", "mnist_dni45_bptt"),
+        "mnist_tbptt123": _mnist("tbptt:1,tbptt:2,tbptt:3", "mnist_tbptt123"),
+        "mnist_tbptt45": _mnist("tbptt:4,tbptt:5", "mnist_tbptt45")},
+    "copy_repeat": {
+        "copy_q_a": f"bplambda run copy-repeat --rule bptt,bp_lambda,eprop {_Q} --out runs/copy_q_a",
+        "copy_q_ref": ("bplambda run copy-repeat --rule bp_lambda --set lr_cell=1e-3 "
+                       "--set lr_readout=1e-3 --set lr_synth=1e-5 --set gamma=0.9 "
+                       f"--set lambda_=1 {_Q} --out runs/copy_q_ref"),
+        "copy_q_faithful": (f"bplambda run copy-repeat --rule bp_lambda --faithful {_Q} "
+                            "--out runs/copy_q_faithful"),
+        "copy_q_tbptt": (f"bplambda run copy-repeat --rule tbptt:1,tbptt:3,tbptt:5 {_Q} "
+                         "--out runs/copy_q_tbptt"),
+        "copy_q_dni": f"bplambda run copy-repeat --rule dni:1,dni:3,dni:5 {_Q} --out runs/copy_q_dni"},
+    "long": {"long_T103": _long(24, 2000, 100, 500), "long_T303": _long(74, 1000, 50, 250),
+             "long_T1003": _long(249, 300, 25, 100)},
+}
+# the runner's own log directory of a section (the long horizons keep theirs apart)
+LOG_DIR = {"long": os.path.join("logs", "long")}
+
+CURVE_METRICS = {"toy": {"eval": ("alignment",)}, "plastic": {"eval": ("alignment", "loss")},
+                 "seqmnist": {"eval": ("accuracy", "loss")},
+                 "copy_repeat": {"train": ("bits", "level")},
+                 "long": {"eval": ("bits", "accuracy")}}
+CURVE_STRIDE = {"copy_repeat": 1000}
+
+
+# ----------------------------------------------------------------------------- rendering
+
+def resolve(doc: dict, path: str):
+  node = doc
+  for key in path.split("/"):
+    node = node[key]
+  return node
+
+
+def render(doc: dict, cell) -> str:
+  """The text of a table cell (a string, or a reference into ``doc``)."""
+  if isinstance(cell, str):
+    return cell
+  value = resolve(doc, cell["ref"])
+  fmt, d = cell["fmt"], cell.get("digits", 3)
+  if fmt == "pm":
+    return f"{value['mean']:.{d}f} ± {value['sd']:.{d}f}"
+  if fmt == "pct_pm":
+    return f"{100 * value['mean']:.{d}f} ± {100 * value['sd']:.{d}f}"
+  if fmt == "mean":
+    return f"{value['mean']:.{d}f}"
+  if fmt == "num":
+    return f"{value:.{d}f}"
+  if fmt == "levels":
+    return " ".join(f"({n},{r})" for n, r in zip(value["n"], value["r"]))
+  if fmt == "ints":
+    return " ".join(str(int(v)) for v in value)
+  raise ValueError(f"unknown cell format {fmt!r}")
+
+
+def render_table(doc: dict, file: str, table_id: str) -> str:
+  t = doc["tables"][table_id]
+  lines = [f"Source: `docs/results/{file}`, table `{table_id}` ({t['note']})", "",
+           "| " + " | ".join(t["header"]) + " |",
+           "|" + "|".join("---" for _ in t["header"]) + "|"]
+  for row in t["rows"]:
+    lines.append("| " + " | ".join(render(doc, c) for c in row) + " |")
+  return "\n".join(lines)
+
+
+def pm(ref, digits=3):
+  return {"ref": ref, "fmt": "pm", "digits": digits}
+
+
+def num(ref, digits=0):
+  return {"ref": ref, "fmt": "num", "digits": digits}
+
+
+# ----------------------------------------------------------------------------- collection
+
+def _stats(values):
+  v = np.asarray(values, dtype=np.float64)
+  return {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if v.size > 1 else None,
+          "n": int(v.size), "values": v.tolist()}
+
+
+def level_index(n, r):
+  """Position of (N, R) in (1,1) → (2,1) → (2,2) → (3,2) → …; 0 before the first solved level."""
+  return 0 if n == 0 else n + r - 1
+
+
+def _out(command: str) -> str:
+  m = re.search(r"--out (\S+)", command)
+  if not m:
+    raise ValueError(f"no --out in {command!r}")
+  return m.group(1)
+
+
+def load_run(runs: str, name: str, section: str, planned: str):
+  """The record of one finished run, or None (no results or no successful timing record)."""
+  out = _out(planned)
+  d = os.path.join(runs, os.path.relpath(out, "runs"))
+  timing_path = os.path.join(runs, LOG_DIR.get(section, "logs"), f"{name}.time.json")
+  if not (os.path.exists(os.path.join(d, "summary.json")) and os.path.exists(timing_path)):
+    return None
+  timing = json.load(open(timing_path))
+  if timing["rc"] != 0:
+    return None
+  if timing["command"] != planned:
+    print(f"warning: {name} ran {timing['command']!r}, not the planned {planned!r}",
+          file=sys.stderr)
+  cfg = json.load(open(os.path.join(d, "config.json")))
+  cfg.pop("runs", None)
+  summary = json.load(open(os.path.join(d, "summary.json")))
+  prov = summary.get("provenance", {})
+  rules = {}
+  for label, r in summary["rules"].items():
+    keep = {k: r[k] for k in ("spec", "mode", "steps", "seeds", "changes") if k in r}
+    keep["seconds"] = round(r["seconds"], 1)
+    keep["ms_per_update"] = 1e3 * r["seconds"] / r["steps"]
+    for group in ("final", "eval", "test"):
+      if group in r:
+        keep[group] = {k: v for k, v in r[group].items() if k != "count"}
+    for k in ("solved", "best_step"):
+      if k in r:
+        keep[k] = r[k]
+    first = first_eval(d, label)
+    if first:
+      keep["eval0"] = first
+    if "solved" in r:
+      keep["solved_level"] = _stats([level_index(n, rr) for n, rr in
+                                     zip(r["solved"]["n"], r["solved"]["r"])])
+    rules[label] = keep
+  return {"command": timing["command"], "out": _out(timing["command"]),
+          "wall_s": timing["wall_s"], "start": timing["start"], "end": timing["end"],
+          "loadavg_1m": [timing["loadavg_1m_start"], timing["loadavg_1m_end"]],
+          "timing_note": timing.get("note"),
+          "config": cfg, "data": summary.get("data"),
+          "provenance": {k: prov.get(k) for k in ("bplambda_jax", "git_sha", "jax", "devices",
+                                                  "date")},
+          "rules": rules, "curves": curves(d, section)}
+
+
+def first_eval(d: str, label: str):
+  """Statistics of the evaluation before the first update (ĝ = 0 for BP(λ) and DNI)."""
+  rows = [json.loads(l) for l in open(os.path.join(d, "metrics.jsonl")) if l.strip()]
+  rows = sorted((r for r in rows if r["rule"] == label and r["kind"] == "eval"
+                 and r["step"] == 0), key=lambda r: r["seed"])
+  if not rows:
+    return None
+  return {k: _stats([r[k] for r in rows]) for k in ("alignment", "grad_cosine", "bits")
+          if k in rows[0]}
+
+
+def curves(d: str, section: str) -> dict:
+  """Thinned curves, {label: {kind: {"step": [K], metric: [K][S] (seeds in order)}}}: every
+  evaluation (toy: alignment; plastic toy: alignment and loss; MNIST: validation accuracy and
+  loss; long horizons: bits and accuracy) and, for copy-repeat, the training bits and solved
+  level every 1,000 updates."""
+  lines = [json.loads(l) for l in open(os.path.join(d, "metrics.jsonl")) if l.strip()]
+  keep = CURVE_METRICS[section]
+  stride = CURVE_STRIDE.get(section)
+  table = {}
+  for row in lines:
+    if row["kind"] == "train":
+      if not stride or row["step"] % stride:
+        continue
+      row = {**row, "bits": row["loss"] / math.log(2),
+             "level": level_index(row["solved_n"], row["solved_r"])}
+    elif section in ("toy", "plastic") and row["step"] % 1000 and row["step"] > 1000:
+      continue  # evaluations: every 1,000 updates (every one up to 1,000)
+    metrics = [m for m in keep.get(row["kind"], ()) if m in row]
+    if not metrics:
+      continue
+    c = table.setdefault(row["rule"], {}).setdefault(row["kind"], {})
+    for m in metrics:
+      c.setdefault(m, {}).setdefault(row["step"], {})[row["seed"]] = row[m]
+  out = {}
+  for label, kinds in table.items():
+    for kind, metrics in kinds.items():
+      steps = sorted(next(iter(metrics.values())))
+      entry = {"step": steps}
+      for m, by_step in metrics.items():
+        entry[m] = [[_round(by_step[s][k]) for k in sorted(by_step[s])] for s in steps]
+      out.setdefault(label, {})[kind] = entry
+  return out
+
+
+def _round(v):
+  return round(v, 4) if isinstance(v, float) else v
+
+
+# ----------------------------------------------------------------------------- tables
+
+def commands_table(doc, section):
+  """Every planned command of the section: its wall time if it ran, else 'not run'."""
+  rows = []
+  for name, planned in PLAN[section].items():
+    rec = doc["runs"].get(name)
+    if rec:
+      load = ("{:.1f} / {:.1f}".format(*rec["loadavg_1m"]) if None not in rec["loadavg_1m"]
+              else "not recorded")
+      rows.append([f"`{rec['out']}`", f"`{rec['command']}`", num(f"runs/{name}/wall_s"), load,
+                   f"`{(rec['provenance']['git_sha'] or '?')[:7]}`"])
+    else:
+      rows.append([f"`{_out(planned)}`", f"`{planned}`", "not run in this budget", "–", "–"])
+  return {"note": "one row per command, run from the repository root; wall time of the whole "
+          "command (all its rules and seeds) on 2 CPU cores shared with other jobs; 1-minute "
+          "load average at its start / end; the library's commit when it ran",
+          "header": ["results", "command", "wall s", "load", "commit"], "rows": rows}
+
+
+def toy_tables(doc, section):
+  plastic = section == "plastic"
+  bp_prefix, dni_prefix = ("plastic", "plastic_dni") if plastic else ("toy", "dni")
+  Ts = PLASTIC_T if plastic else TOY_T
+  tables = {}
+  convs = [("ours", "")] if plastic else [("ours", ""), ("faithful", "_faithful")]
+  for conv, suffix in convs:
+    bp = {"note": "final alignment, mean ± sd over seeds 0–4", "header":
+          ["T"] + [f"λ = {float(l):g}" for l in LAMBDAS], "rows": []}
+    dni = {"note": "final alignment, mean ± sd over seeds 0–4", "header":
+           ["T"] + [f"DNI n = {n}" for n in range(1, 6)], "rows": []}
+    for T in Ts:
+      a, b = f"{bp_prefix}_T{T}{suffix}", f"{dni_prefix}_T{T}{suffix}"
+      if a in doc["runs"]:
+        bp["rows"].append([str(T)] + [pm(f"runs/{a}/rules/λ={l}/eval/alignment")
+                                      for l in LAMBDAS])
+      if b in doc["runs"]:
+        dni["rows"].append([str(T)] + [pm(f"runs/{b}/rules/{r}/eval/alignment") for r in DNI])
+    tables[f"bp_lambda_{conv}"] = bp
+    tables[f"dni_{conv}"] = dni
+    gc = {"note": "cosine of the whole parameter gradient with BPTT's, mean ± sd over seeds "
+          "0–4; 'ĝ = 0' is the evaluation before the first update",
+          "header": ["T", "ĝ = 0", "λ = 0", "λ = 0.5", "λ = 1", "DNI n = 1", "DNI n = 5"],
+          "rows": []}
+    for T in Ts:
+      a, b = f"{bp_prefix}_T{T}{suffix}", f"{dni_prefix}_T{T}{suffix}"
+      if a in doc["runs"] and b in doc["runs"]:
+        gc["rows"].append([str(T), pm(f"runs/{a}/rules/λ=1.0/eval0/grad_cosine", 4)]
+                          + [pm(f"runs/{a}/rules/λ={l}/eval/grad_cosine", 4)
+                             for l in ("0.0", "0.5", "1.0")]
+                          + [pm(f"runs/{b}/rules/dni:{n}/eval/grad_cosine", 4) for n in (1, 5)])
+    tables[f"grad_cosine_{conv}"] = gc
+    if plastic:
+      loss = {"note": "final evaluation loss (MSE at t = T−1), mean ± sd over seeds 0–4",
+              "header": ["T"] + [f"λ = {float(l):g}" for l in LAMBDAS]
+              + [f"DNI n = {n}" for n in (1, 3, 5)], "rows": []}
+      for T in Ts:
+        a, b = f"{bp_prefix}_T{T}", f"{dni_prefix}_T{T}"
+        if a in doc["runs"] and b in doc["runs"]:
+          loss["rows"].append([str(T)] + [pm(f"runs/{a}/rules/λ={l}/eval/loss", 4)
+                                          for l in LAMBDAS]
+                              + [pm(f"runs/{b}/rules/dni:{n}/eval/loss", 4) for n in (1, 3, 5)])
+      tables["loss_ours"] = loss
+  tables["commands"] = commands_table(doc, section)
+  return tables
+
+
+MNIST_ORDER = ([("mnist_bplambda1_eprop", "bp_lambda", "BP(λ = 1)"),
+                ("mnist_bplambda05", "bp_lambda", "BP(λ = 0.5)"),
+                ("mnist_bplambda1_eprop", "eprop", "e-prop only (no synthetic gradient)")]
+               + [("mnist_dni123" if n <= 3 else "mnist_dni45_bptt", f"dni:{n}",
+                   f"BPTT + SG, n = {n}") for n in range(1, 6)]
+               + [("mnist_tbptt123" if n <= 3 else "mnist_tbptt45", f"tbptt:{n}",
+                   f"truncated BPTT, n = {n}") for n in range(1, 6)]
+               + [("mnist_dni45_bptt", "bptt", "full BPTT")])
+
+
+def mnist_tables(doc):
+  rows = []
+  for run, label, name in MNIST_ORDER:
+    if run not in doc["runs"]:
+      rows.append([name, f"`{label}`", "not run in this budget", "–", "–", "–", "–",
+                   f"`{run}`"])
+      continue
+    base = f"runs/{run}/rules/{label}"
+    rows.append([name, f"`{label}`",
+                 {"ref": f"{base}/test/accuracy", "fmt": "pct_pm", "digits": 1},
+                 pm(f"{base}/test/loss", 3),
+                 {"ref": f"{base}/eval/accuracy", "fmt": "pct_pm", "digits": 1},
+                 {"ref": f"{base}/best_step", "fmt": "ints"},
+                 num(f"{base}/ms_per_update", 0), f"`{run}`"])
+  return {"results": {"note": "test accuracy (%) and loss with the parameters of the best "
+                      "validation loss; validation accuracy at the last update; mean ± sd over "
+                      "seeds 0–4; the update of the best validation loss, per seed; ms per "
+                      "update: the rule's training time over its updates, 5 seeds at once, "
+                      "evaluations included",
+                      "header": ["rule", "spec", "test accuracy %", "test loss",
+                                 "final validation accuracy %", "best-validation update",
+                                 "ms per update", "run"],
+                      "rows": rows},
+          "commands": commands_table(doc, "seqmnist")}
+
+
+def _setting(cfg, label):
+  spec = label.split(":")[0]
+  s = f"lr {cfg['lr_cell']:g}"
+  if spec in ("bp_lambda", "dni"):
+    s += f", lr ĝ {cfg['lr_synth']:g}, sg {cfg['sg_scale']:g}"
+  if spec == "bp_lambda":
+    s += f", γ {cfg['gamma']:g}, λ {cfg['lambda_']:g}"
+  if cfg.get("faithful"):
+    s += ", `--faithful`"
+  return s
+
+
+def copy_tables(doc):
+  rows = []
+  for run in PLAN["copy_repeat"]:
+    rec = doc["runs"].get(run)
+    if rec is None:
+      continue
+    for label in rec["rules"]:
+      base = f"runs/{run}/rules/{label}"
+      rows.append([f"`{label}`", _setting(rec["config"], label),
+                   {"ref": f"{base}/solved", "fmt": "levels"},
+                   pm(f"{base}/solved_level", 2), pm(f"{base}/final/loss", 3),
+                   num(f"{base}/ms_per_update", 0), f"`{run}`"])
+  return {"results": {"note": "largest (N, R) solved by each of seeds 0–4; its index in the "
+                      "curriculum (1 = (1,1), 2 = (2,1), 3 = (2,2), 4 = (3,2), 5 = (3,3), …), "
+                      "mean ± sd over the 5 seeds; training loss (nats per target step) over "
+                      "the last 500 updates; ms per update: 5 seeds at once",
+                      "header": ["rule", "setting", "largest (N, R) per seed", "level index",
+                                 "final loss", "ms per update", "run"], "rows": rows},
+          "commands": commands_table(doc, "copy_repeat")}
+
+
+LONG_RULES = ("bp_lambda", "eprop", "columnar_rtrl", "tbptt:10")
+
+
+def long_tables(doc):
+  rows = []
+  for run in PLAN["long"]:
+    rec = doc["runs"].get(run)
+    if rec is None:
+      continue
+    T = run.split("_T")[1]
+    for label in LONG_RULES:
+      if label not in rec["rules"]:
+        continue
+      base = f"runs/{run}/rules/{label}"
+      r = rec["rules"][label]
+      rows.append([T, f"`{label}`", str(r["steps"]),
+                   pm(f"{base}/eval0/bits", 3) if "eval0" in r and "bits" in r["eval0"] else "–",
+                   pm(f"{base}/eval/bits", 3), {"ref": f"{base}/eval/accuracy",
+                                                "fmt": "pct_pm", "digits": 1},
+                   num(f"{base}/ms_per_update", 0), f"`{run}`"])
+  if not rows:
+    rows.append(["–", "not run in this budget", "–", "–", "–", "–", "–", "–"])
+  return {"results": {"note": "evaluation bits per target step (256 fresh sequences) before "
+                      "the first update and after the last; accuracy of the thresholded "
+                      "outputs; mean ± sd over seeds 0–2; ms per update: 3 seeds at once, "
+                      "evaluations included",
+                      "header": ["T", "rule", "updates", "bits at update 0", "final bits",
+                                 "final accuracy %", "ms per update", "run"], "rows": rows},
+          "commands": commands_table(doc, "long")}
+
+
+COST_MNIST = [("seqmnist_lstm30_bptt", "mnist_dni45_bptt", "bptt"),
+              ("seqmnist_lstm30_tbptt3", "mnist_tbptt123", "tbptt:3"),
+              ("seqmnist_lstm30_dni3", "mnist_dni123", "dni:3"),
+              ("seqmnist_lstm30_eprop", "mnist_bplambda1_eprop", "eprop"),
+              ("seqmnist_lstm30_bplambda_sequence", "mnist_bplambda1_eprop", "bp_lambda"),
+              ("seqmnist_lstm30_bplambda_online", "mnist_bplambda1_eprop", "bp_lambda"),
+              ("seqmnist_lstm30_snap1", None, None), ("seqmnist_lstm30_rtrl", None, None)]
+COST_COPY = [("copyrepeat_lstm100_bptt", "copy_q_a", "bptt"),
+             ("copyrepeat_lstm100_eprop", "copy_q_a", "eprop"),
+             ("copyrepeat_lstm100_bplambda_sequence", "copy_q_a", "bp_lambda"),
+             ("copyrepeat_lstm100_bplambda_online", "copy_q_a", "bp_lambda")]
+COST_HORIZON = ([f"scale_h32_t{T}_{r}" for T in (100, 300, 1000)
+                 for r in ("bptt", "eprop", "bplambda_sequence", "bplambda_online", "rtrl",
+                           "columnar_bptt", "columnar_rtrl")]
+                + [f"elementwise_lstm_n64_t1000_{r}"  # the long-horizon cell (when measured)
+                   for r in ("bptt", "eprop", "bplambda_online", "bplambda_online_dense")])
+_BENCH_KEYS = ("rule", "mode", "cell", "batch", "seq_len", "hidden", "median_s", "min_s",
+               "max_s", "repeats", "peak_bytes", "ratio_to_bptt", "date", "loadavg_1m", "note",
+               "status")
+
+
+def cost_doc(docs: dict, bench_path: str = BENCH):
+  """Section 5: benchmark rows (seconds per update, peak memory) next to the accuracy and the
+  curriculum level they buy (copied from seqmnist.json and copy_repeat.json, with their refs);
+  and the benchmark's horizon rows (T = 28 … 1000) for the long-horizon section."""
+  rows = json.load(open(bench_path))
+  by_name = {r["name"]: r for r in rows}
+  keep = {}
+  for name in [n for n, _, _ in COST_MNIST + COST_COPY] + COST_HORIZON:
+    r = by_name.get(name)
+    if r is None:
+      continue
+    keep[name] = {k: r.get(k) for k in _BENCH_KEYS}
+    if r["status"] == "ok":
+      keep[name]["median_ms"] = r["median_s"] * 1e3
+      keep[name]["peak_mib"] = r["peak_bytes"] / 2 ** 20
+  dates = sorted(r["date"] for r in rows if r.get("date"))
+  measured = f"measured {dates[0][:10]}" + (f" to {dates[-1][:10]}" if dates[-1][:10] != dates[0][:10]
+                                            else "")
+  doc = {"section": "cost",
+         "benchmark": {"file": "benchmarks/results/latest.json",
+                       "command": "python -m benchmarks.run --json benchmarks/results/latest.json",
+                       "dates": [dates[0], dates[-1]],
+                       "jax": rows[0]["jax_version"], "device": rows[0]["device"],
+                       "rows": keep},
+         "copied": {}, "points": []}
+  tables = {}
+  for kind, spec, src_file, metric in (("seqmnist", COST_MNIST, "seqmnist", "test/accuracy"),
+                                       ("copy", COST_COPY, "copy_repeat", "solved_level")):
+    src = docs.get(src_file)
+    table_rows = []
+    for name, run, label in spec:
+      if name not in keep or keep[name]["status"] != "ok":
+        continue
+      b = f"benchmark/rows/{name}"
+      cells = [f"`{name}`", keep[name]["mode"], num(f"{b}/median_ms", 1),
+               num(f"{b}/peak_mib", 1), num(f"{b}/ratio_to_bptt", 2)]
+      if src and run in src["runs"] and label in src["runs"][run]["rules"]:
+        ref = f"runs/{run}/rules/{label}/{metric}"
+        key = f"{src_file}:{run}:{label}"
+        rule = src["runs"][run]["rules"][label]
+        doc["copied"][key] = {"file": f"{src_file}.json", "ref": ref,
+                              "value": resolve(src, ref),
+                              "ms_per_update": rule["ms_per_update"],
+                              "ms_from": f"runs/{run}/rules/{label}/ms_per_update"}
+        cells += [{"ref": f"copied/{key}/value", "fmt": "pct_pm" if kind == "seqmnist" else "pm",
+                   "digits": 1 if kind == "seqmnist" else 2},
+                  f"`{label}`, {rule['mode']}", num(f"copied/{key}/ms_per_update", 0)]
+        doc["points"].append({"kind": kind, "case": name,
+                              "label": f"{label} ({keep[name]['mode']})",
+                              "value": doc["copied"][key]["value"]})
+      else:
+        cells += ["–", "–", "–"]
+      table_rows.append(cells)
+    what = ("test accuracy % (section 3)" if kind == "seqmnist"
+            else "level index reached (section 4, LSTM 32, batch 16)")
+    bench = ("benchmark: LSTM 30, batch 50, T = 28" if kind == "seqmnist"
+             else "benchmark: LSTM 100, batch 100, T = 40")
+    tables[kind] = {"note": f"{bench}, {measured}; one update of one seed, median of the timed calls; "
+                    "peak memory from XLA's memory analysis of the compiled update; last three "
+                    "columns: this report's runs",
+                    "header": ["benchmark case", "mode", "ms per update", "peak MiB",
+                               "× BPTT", what, "our run: rule, mode",
+                               "our run: ms per update (5 seeds at once)"],
+                    "rows": table_rows}
+  hrows = []
+  for name in COST_HORIZON:
+    if name not in keep:
+      continue
+    k = keep[name]
+    b = f"benchmark/rows/{name}"
+    if k["status"] == "ok":
+      hrows.append([str(k["seq_len"]), f"`{name}`", k["cell"], k["mode"],
+                    num(f"{b}/median_ms", 1), num(f"{b}/peak_mib", 1),
+                    num(f"{b}/ratio_to_bptt", 2) if k["ratio_to_bptt"] is not None else "–"])
+    else:
+      hrows.append([str(k["seq_len"]), f"`{name}`", k["cell"], k["mode"], "skipped", "–", "–"])
+  tables["horizon"] = {"note": "benchmark: LSTM or columnar LSTM 32, batch 16 (`scale_*`), "
+                       "element-wise LSTM 64, batch 8 (`elementwise_*`); one update of "
+                       f"one seed over T steps, {measured}; × BPTT is against BPTT on the same cell; "
+                       "'skipped': estimated too slow for this machine",
+                       "header": ["T", "benchmark case", "cell", "mode", "ms per update",
+                                  "peak MiB", "× BPTT"], "rows": hrows}
+  doc["tables"] = tables
+  return doc
+
+
+def build(runs: str) -> dict:
+  docs, missing = {}, []
+  for section, plan in PLAN.items():
+    doc = {"section": section, "runs": {}}
+    for name, planned in plan.items():
+      rec = load_run(runs, name, section, planned)
+      if rec is None:
+        missing.append(name)
+      else:
+        doc["runs"][name] = rec
+    if section in ("toy", "plastic"):
+      doc["tables"] = toy_tables(doc, section)
+    elif section == "seqmnist":
+      doc["tables"] = mnist_tables(doc)
+    elif section == "copy_repeat":
+      doc["tables"] = copy_tables(doc)
+    elif section == "long":
+      doc["tables"] = long_tables(doc)
+    docs[section] = doc
+  docs["cost"] = cost_doc(docs)
+  if missing:
+    print("not (yet) available:", ", ".join(missing), file=sys.stderr)
+  return docs
+
+
+def write(docs: dict):
+  for section, doc in docs.items():
+    path = os.path.join(HERE, f"{section}.json")
+    with open(path, "w") as f:
+      json.dump(doc, f, indent=None, ensure_ascii=False, separators=(",", ":"))
+      f.write("\n")
+    print(f"wrote {path} ({os.path.getsize(path) / 1e3:.0f} kB)")
+
+
+BLOCK = re.compile(r"<!-- table (\S+?)#(\S+?) -->\n.*?<!-- /table -->", re.S)
+
+
+def update_report():
+  """Re-render every table block of docs/reproduction.md from the JSON files."""
+  text = open(REPORT).read()
+  cache = {}
+
+  def sub(m):
+    file, tid = m.group(1), m.group(2)
+    if file not in cache:
+      cache[file] = json.load(open(os.path.join(HERE, file)))
+    return f"<!-- table {file}#{tid} -->\n{render_table(cache[file], file, tid)}\n<!-- /table -->"
+
+  new = BLOCK.sub(sub, text)
+  with open(REPORT, "w") as f:
+    f.write(new)
+  print(f"rewrote the tables of {REPORT}")
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--runs", default="runs", help="the directory the commands wrote into")
+  p.add_argument("--report", action="store_true", help="re-render the report's tables")
+  p.add_argument("--no-collect", action="store_true", help="only re-render the tables")
+  args = p.parse_args(argv)
+  if not args.no_collect:
+    write(build(args.runs))
+  if args.report:
+    update_report()
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,296 @@
+"""The figures of docs/reproduction.md, made from the JSON files in docs/results/ only.
+
+    python docs/results/make_figures.py        # writes docs/figures/fig_*.png
+
+Every point is a mean over the seeds of a run (5; 3 for the long horizons); error bars are ± 1 sd
+(ddof = 1). A figure whose runs are all missing is not written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIGURES = os.path.join(os.path.dirname(HERE), "figures")
+LAMBDAS = ("0.0", "0.25", "0.5", "0.75", "1.0")
+
+
+def load(name):
+  path = os.path.join(HERE, f"{name}.json")
+  return json.load(open(path)) if os.path.exists(path) else None
+
+
+def save(fig, name):
+  os.makedirs(FIGURES, exist_ok=True)
+  path = os.path.join(FIGURES, name)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  print("wrote", path)
+
+
+def stat(rules, label, group, metric):
+  s = rules.get(label, {}).get(group, {}).get(metric)
+  return (np.nan, np.nan) if s is None else (s["mean"], s["sd"] or 0.0)
+
+
+def _T(name):
+  return int(name.split("_T")[1].split("_")[0])
+
+
+def alignment_panels(doc, rows, prefix_bp, prefix_dni, title, loss=False):
+  """rows: [(row title, suffix)]; per entry a row of panels: BP(λ) against λ, DNI against n (and,
+  with loss, the final loss of both)."""
+  ncol = 3 if loss else 2
+  fig, axes = plt.subplots(len(rows), ncol, figsize=(5 * ncol, 3.6 * len(rows)), squeeze=False)
+  Ts = sorted({_T(n) for n in doc["runs"]})
+  for i, (row_title, suffix) in enumerate(rows):
+    for T in Ts:
+      a = doc["runs"].get(f"{prefix_bp}_T{T}{suffix}")
+      b = doc["runs"].get(f"{prefix_dni}_T{T}{suffix}")
+      if a:
+        m, s = zip(*[stat(a["rules"], f"λ={l}", "eval", "alignment") for l in LAMBDAS])
+        axes[i, 0].errorbar([float(l) for l in LAMBDAS], m, s, marker="o", capsize=3,
+                            label=f"T = {T}")
+      if b:
+        m, s = zip(*[stat(b["rules"], f"dni:{n}", "eval", "alignment") for n in range(1, 6)])
+        axes[i, 1].errorbar(range(1, 6), m, s, marker="s", capsize=3, label=f"T = {T}")
+      if loss and a and b:
+        m, s = zip(*([stat(a["rules"], f"λ={l}", "eval", "loss") for l in LAMBDAS]
+                     + [stat(b["rules"], f"dni:{n}", "eval", "loss") for n in range(1, 6)]))
+        axes[i, 2].errorbar(range(10), m, s, marker="o", capsize=3, label=f"T = {T}")
+    axes[i, 0].set_xlabel("λ")
+    axes[i, 1].set_xlabel("DNI truncation n")
+    axes[i, 0].set_ylabel("final alignment\ncos(learning signal, dL/dh_t), t < T−1")
+    axes[i, 0].set_title(f"BP(λ), {row_title}", fontsize=9)
+    axes[i, 1].set_title(f"BPTT + SG (DNI), {row_title}", fontsize=9)
+    for ax in axes[i, :2]:
+      ax.axhline(0, color="grey", lw=0.5)
+      ax.set_ylim(-0.25, 1.05)
+      ax.legend(fontsize=8)
+    if loss:
+      axes[i, 2].set_xticks(range(10), [f"λ={float(l):g}" for l in LAMBDAS]
+                            + [f"n={n}" for n in range(1, 6)], rotation=60, fontsize=8)
+      axes[i, 2].set_ylabel("final evaluation loss (MSE)")
+      axes[i, 2].set_yscale("log")
+      axes[i, 2].set_title("loss: BP(λ) (left), DNI (right)", fontsize=9)
+      axes[i, 2].legend(fontsize=8)
+  fig.suptitle(title + " (seeds 0–4, mean ± sd)", fontsize=11)
+  return fig
+
+
+def curve_panel(ax, run, rule, metric, kind="eval", scale=1.0, **kw):
+  c = run["curves"].get(rule, {}).get(kind)
+  if not c or metric not in c:
+    return
+  v = scale * np.array(c[metric], float)
+  m, s = v.mean(1), v.std(1, ddof=1) if v.shape[1] > 1 else 0 * v.mean(1)
+  line, = ax.plot(c["step"], m, **kw)
+  ax.fill_between(c["step"], m - s, m + s, color=line.get_color(), alpha=0.15)
+
+
+def toy():
+  doc = load("toy")
+  if doc and doc["runs"]:
+    rows = [("ours: Adam 1e-3, 10,000 updates", "")]
+    if any(n.endswith("_faithful") for n in doc["runs"]):
+      rows.append(("--faithful: Adam 1e-4, 1,000 updates", "_faithful"))
+    save(alignment_panels(doc, rows, "toy", "dni", "Fixed linear RNN"), "fig_toy_alignment.png")
+    # alignment during training: λ = 1 and DNI n = 5, every horizon (ours)
+    Ts = sorted({_T(n) for n in doc["runs"] if not n.endswith("_faithful")})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for T in Ts:
+      for ax, name, label in ((axes[0], f"toy_T{T}", "λ=1.0"), (axes[1], f"dni_T{T}", "dni:5")):
+        if name in doc["runs"]:
+          curve_panel(ax, doc["runs"][name], label, "alignment", label=f"T = {T}", marker=".")
+    axes[0].set_title("BP(λ = 1)", fontsize=9)
+    axes[1].set_title("BPTT + SG (DNI), n = 5", fontsize=9)
+    axes[0].set_ylabel("alignment (mean ± sd, seeds 0–4)")
+    for ax in axes:
+      ax.set_xscale("symlog", linthresh=100)
+      ax.set_xlim(left=0)
+      ax.set_xlabel("update")
+      ax.axhline(0, color="grey", lw=0.5)
+      ax.legend(fontsize=8)
+    fig.suptitle("Fixed linear RNN: alignment during training (ours: Adam 1e-3)", fontsize=11)
+    save(fig, "fig_toy_curves.png")
+  doc = load("plastic")
+  if doc and doc["runs"]:
+    save(alignment_panels(doc, [("10,000 updates", "")], "plastic", "plastic_dni",
+                          "Plastic linear RNN", loss=True), "fig_plastic_alignment.png")
+    # alignment and loss during training: λ = 0, λ = 1, DNI n = 5, per horizon
+    Ts = sorted({_T(n) for n in doc["runs"]})
+    fig, axes = plt.subplots(2, len(Ts), figsize=(4.2 * len(Ts), 6.4), squeeze=False,
+                             sharex=True)
+    for j, T in enumerate(Ts):
+      for name, rule, text in ((f"plastic_T{T}", "λ=0.0", "BP(λ = 0)"),
+                               (f"plastic_T{T}", "λ=1.0", "BP(λ = 1)"),
+                               (f"plastic_dni_T{T}", "dni:5", "DNI n = 5")):
+        if name in doc["runs"]:
+          for i, metric in enumerate(("alignment", "loss")):
+            curve_panel(axes[i, j], doc["runs"][name], rule, metric, label=text, marker=".")
+      axes[0, j].set_title(f"T = {T}", fontsize=9)
+      axes[0, j].axhline(0, color="grey", lw=0.5)
+      axes[1, j].set_yscale("log")
+      axes[1, j].set_xlabel("update")
+      for i in range(2):
+        axes[i, j].set_xscale("symlog", linthresh=1000)
+        axes[i, j].set_xlim(left=0)
+        axes[i, j].legend(fontsize=7)
+    axes[0, 0].set_ylabel("alignment (mean ± sd, seeds 0–4)")
+    axes[1, 0].set_ylabel("evaluation loss (MSE)")
+    fig.suptitle("Plastic linear RNN: alignment and loss during training", fontsize=11)
+    save(fig, "fig_plastic_curves.png")
+
+
+def seqmnist():
+  doc = load("seqmnist")
+  if not doc or not doc["runs"]:
+    return
+  names, means, sds = [], [], []
+  for row in doc["tables"]["results"]["rows"]:
+    if isinstance(row[2], str):
+      continue
+    ref = row[2]["ref"].split("/")
+    s = doc["runs"][ref[1]]["rules"][ref[3]]["test"]["accuracy"]
+    names.append(row[0])
+    means.append(100 * s["mean"])
+    sds.append(100 * s["sd"])
+  fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1.4))
+  y = np.arange(len(names))[::-1]
+  colours = ["C0" if "BP(λ" in n else "C2" if "e-prop" in n else "C1" if "SG" in n
+             else "C3" if "truncated" in n else "C4" for n in names]
+  ax.barh(y, means, xerr=sds, color=colours, capsize=3)
+  ax.set_yticks(y, names, fontsize=8)
+  ax.set_xlim(max(0, min(means) - 10), min(100, max(means) + 5))
+  ax.set_xlabel("test accuracy % (best validation loss), mean ± sd over seeds 0–4")
+  data = next(iter(doc["runs"].values()))
+  src = data.get("data") or {}
+  ax.set_title(f"Row-wise sequential MNIST, LSTM 30: {src.get('num_train', '?'):,} training "
+               f"digits, {data['config']['steps']:,} updates", fontsize=10)
+  save(fig, "fig_seqmnist_accuracy.png")
+  fig, ax = plt.subplots(figsize=(7.5, 4.5))
+  for run in doc["runs"].values():
+    for label in run["curves"]:
+      name = label if label != "bp_lambda" else f"bp_lambda λ={run['config']['lambda_']:g}"
+      bold = "bp_lambda" in name or name in ("bptt", "eprop")
+      curve_panel(ax, run, label, "accuracy", scale=100, label=name, lw=2 if bold else 1,
+                  ls="-" if bold else "--")
+  ax.set_xlabel("update (60 updates = 1 epoch of the 3,000 training digits)")
+  ax.set_ylabel("validation accuracy % (mean ± sd, seeds 0–4)")
+  ax.legend(fontsize=7, ncol=3)
+  ax.set_title("Row-wise sequential MNIST: validation accuracy during training", fontsize=10)
+  save(fig, "fig_seqmnist_curves.png")
+
+
+def _level_name(i):
+  if i == 0:
+    return "none"
+  n = (i + 2) // 2
+  r = i + 1 - n
+  return f"({n},{r})"
+
+
+def copy_repeat():
+  doc = load("copy_repeat")
+  if not doc or not doc["runs"]:
+    return
+  rows = doc["tables"]["results"]["rows"]
+  fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 0.35 * len(rows) + 2.5),
+                                gridspec_kw={"width_ratios": [1, 1.3]})
+  y = np.arange(len(rows))[::-1]
+  names = []
+  top = 1
+  for yi, row in zip(y, rows):
+    ref = row[2]["ref"].split("/")
+    run, label = ref[1], ref[3]
+    lv = doc["runs"][run]["rules"][label]["solved_level"]
+    top = max(top, max(lv["values"]))
+    ax.scatter(lv["values"], [yi] * len(lv["values"]), color="grey", s=12, zorder=2)
+    ax.errorbar(lv["mean"], yi, xerr=lv["sd"], marker="D", color="C0", capsize=3, zorder=3)
+    names.append(f"{label} [{run}]")
+    curve_panel(ax2, doc["runs"][run], label, "level", kind="train", label=names[-1],
+                lw=2 if label in ("bptt", "bp_lambda", "eprop") else 1)
+  ticks = range(0, int(top) + 2)
+  ax.set_yticks(y, names, fontsize=7)
+  ax.set_xticks(ticks, [_level_name(i) for i in ticks], rotation=90, fontsize=7)
+  ax.set_xlabel("largest (N, R) solved (dots: seeds; diamond: mean ± sd of the index)")
+  ax2.set_yticks(ticks, [_level_name(i) for i in ticks], fontsize=7)
+  ax2.set_xlabel("update")
+  ax2.set_ylabel("largest (N, R) solved\n(mean ± sd of the index, seeds 0–4)")
+  ax2.legend(fontsize=6, ncol=2)
+  fig.suptitle("Copy-repeat curriculum, LSTM 32, batch 16, 20,000 updates", fontsize=11)
+  save(fig, "fig_copy_levels.png")
+
+
+def cost():
+  doc = load("cost")
+  if not doc:
+    return
+  points = [p for p in doc["points"] if p["kind"] == "seqmnist"]
+  if not points:
+    return
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+  for p in points:
+    b = doc["benchmark"]["rows"][p["case"]]
+    acc = p["value"]
+    for ax, x in ((axes[0], b["median_ms"]), (axes[1], b["peak_mib"])):
+      ax.errorbar(x, 100 * acc["mean"], yerr=100 * acc["sd"], marker="o", capsize=3)
+      ax.annotate(p["label"], (x, 100 * acc["mean"]), fontsize=8, xytext=(4, 4),
+                  textcoords="offset points")
+  axes[0].set_xlabel("ms per update (benchmark: LSTM 30, batch 50, T = 28, one seed)")
+  axes[1].set_xlabel("peak memory of the compiled update, MiB (same benchmark)")
+  axes[0].set_ylabel("seqMNIST test accuracy %\n(this report, seeds 0–4)")
+  for ax in axes:
+    ax.set_xscale("log")
+  fig.suptitle("Cost against accuracy, row-wise sequential MNIST", fontsize=10)
+  save(fig, "fig_cost_accuracy.png")
+
+
+def long_horizons():
+  cost_doc, doc = load("cost"), load("long")
+  runs = doc["runs"] if doc else {}
+  ncol = 2 + len(runs)
+  fig, axes = plt.subplots(1, ncol, figsize=(4.6 * ncol, 3.8), squeeze=False)
+  axes = axes[0]
+  rows = cost_doc["benchmark"]["rows"] if cost_doc else {}
+  for r in ("bptt", "eprop", "bplambda_sequence", "bplambda_online", "columnar_rtrl", "rtrl"):
+    pts = [(T, rows[n]["median_ms"], rows[n]["peak_mib"]) for T in (28, 100, 300, 1000)
+           for n in [f"scale_h32_t{T}_{r}"] if n in rows and rows[n]["status"] == "ok"]
+    if not pts:
+      continue
+    T, ms, mib = zip(*sorted(pts))
+    name = r + (" (columnar LSTM)" if r.startswith("columnar") else "")
+    axes[0].plot(T, ms, marker="o", label=name)
+    axes[1].plot(T, mib, marker="o", label=name)
+  for ax, what in ((axes[0], "ms per update"), (axes[1], "peak MiB")):
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("T")
+    ax.set_ylabel(what)
+    ax.set_title(f"benchmark, LSTM 32, batch 16: {what}", fontsize=9)
+    ax.legend(fontsize=7)
+  for ax, (name, run) in zip(axes[2:], sorted(runs.items(), key=lambda kv: _T(kv[0]))):
+    for label in run["curves"]:
+      curve_panel(ax, run, label, "bits", label=label, marker=".")
+    ax.set_xlabel("update")
+    ax.set_ylabel("evaluation bits per target step")
+    ax.set_title(f"copy, element-wise LSTM 64, T = {_T(name)} (seeds 0–2)", fontsize=9)
+    ax.legend(fontsize=7)
+  fig.suptitle("Long horizons", fontsize=11)
+  save(fig, "fig_long_horizons.png")
+
+
+if __name__ == "__main__":
+  toy()
+  seqmnist()
+  copy_repeat()
+  cost()
+  long_horizons()

@@ -1,0 +1,190 @@
+"""docs/reproduction.md against the JSON files it is made from (no training; fast).
+
+* every file the report links (``](path)``: JSON, PNG, scripts) exists;
+* every table is introduced by ``Source: `docs/results/FILE.json`, table `ID` (...)``, and its
+  header and every cell equal the table ``ID`` of that JSON file rendered at the printed precision
+  (a cell is text, or a reference into the same file: mean ± sd, a number, per-seed levels);
+* every referenced statistic is consistent with its per-seed values (mean, sd with ddof = 1),
+  with n ≥ 5 seeds in the sections of the paper's claims and n ≥ 3 in the long horizons;
+* the report has its six sections, at least five figures, one in each numbered section, and
+  every JSON under docs/results/ that it cites is small and names the command of each run.
+"""
+
+import json
+import math
+import os
+import re
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = os.path.join(ROOT, "docs")
+REPORT = os.path.join(DOCS, "reproduction.md")
+SOURCE = re.compile(r"^Source: `docs/results/([^`]+\.json)`, table `([^`]+)`")
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _report():
+  with open(REPORT, encoding="utf-8") as f:
+    return f.read()
+
+
+def _load(name, cache={}):
+  if name not in cache:
+    with open(os.path.join(DOCS, "results", name), encoding="utf-8") as f:
+      cache[name] = json.load(f)
+  return cache[name]
+
+
+def _resolve(doc, path):
+  node = doc
+  for key in path.split("/"):
+    assert isinstance(node, dict) and key in node, f"{path}: no key {key!r}"
+    node = node[key]
+  return node
+
+
+def _render(doc, cell):
+  """The expected text of a cell (written independently of docs/results/collect.py)."""
+  if isinstance(cell, str):
+    return cell
+  v = _resolve(doc, cell["ref"])
+  d = cell.get("digits", 3)
+  fmt = cell["fmt"]
+  if fmt == "pm":
+    return "{:.{d}f} ± {:.{d}f}".format(v["mean"], v["sd"], d=d)
+  if fmt == "pct_pm":
+    return "{:.{d}f} ± {:.{d}f}".format(100 * v["mean"], 100 * v["sd"], d=d)
+  if fmt == "mean":
+    return "{:.{d}f}".format(v["mean"], d=d)
+  if fmt == "num":
+    return "{:.{d}f}".format(v, d=d)
+  if fmt == "levels":
+    return " ".join(f"({n},{r})" for n, r in zip(v["n"], v["r"]))
+  if fmt == "ints":
+    return " ".join(str(int(x)) for x in v)
+  raise AssertionError(f"unknown cell format {fmt!r}")
+
+
+def _tables():
+  """[(file, table id, header cells, rows of cells)] in the order of the report."""
+  lines = _report().splitlines()
+  found = []
+  for i, line in enumerate(lines):
+    m = SOURCE.match(line)
+    if not m:
+      continue
+    j = i + 1
+    while j < len(lines) and not lines[j].startswith("|"):
+      assert not lines[j].strip() or lines[j].startswith("<!--"), (
+          f"line {j + 1}: text between the Source line and its table: {lines[j]!r}")
+      j += 1
+    rows = []
+    while j < len(lines) and lines[j].startswith("|"):
+      rows.append([c.strip() for c in lines[j].strip().strip("|").split(" | ")])
+      j += 1
+    assert len(rows) >= 3, f"line {i + 1}: the table of {m.group(0)!r} has no data rows"
+    assert set("".join(rows[1])) <= set("-:|"), f"line {i + 1}: no header separator"
+    found.append((m.group(1), m.group(2), rows[0], rows[2:]))
+  return found
+
+
+SECTIONS = ("gradient alignment", "Plastic RNN", "Sequential MNIST", "Copy-repeat", "Cost",
+            "Long horizons")
+# the fewest seeds a statistic of each results file may have
+MIN_SEEDS = {"long.json": 3}
+
+
+def test_report_has_the_six_sections():
+  text = _report()
+  heads = [l for l in text.splitlines() if l.startswith("## ")]
+  for i, word in enumerate(SECTIONS, 1):
+    assert any(h.startswith(f"## {i}.") and word.lower() in h.lower() for h in heads), (
+        word, heads)
+
+
+def test_every_linked_file_exists():
+  links = [l.split("#")[0] for l in LINK.findall(_report()) if "://" not in l]
+  assert links
+  for link in links:
+    if not link:
+      continue
+    assert os.path.exists(os.path.normpath(os.path.join(DOCS, link))), link
+
+
+def test_at_least_five_figures_and_each_section_has_one():
+  text = _report()
+  figures = re.findall(r"!\[[^\]]*\]\((figures/[^)]+\.png)\)", text)
+  assert len(set(figures)) >= 5, figures
+  sections = re.split(r"^## ", text, flags=re.M)[1:]
+  numbered = [s for s in sections if re.match(r"\d\.", s)]
+  assert len(numbered) == len(SECTIONS)
+  for s in numbered:
+    if re.search(r"!\[[^\]]*\]\(figures/", s):
+      continue
+    # a section without a figure is one none of whose commands has run yet, and says so
+    commands = [l for l in s.splitlines() if l.startswith("| `runs/")]
+    assert commands and all("not run in this budget" in l for l in commands), (
+        s.splitlines()[0])
+
+
+def test_tables_match_their_json():
+  tables = _tables()
+  assert len(tables) >= 5
+  for file, tid, header, rows in tables:
+    doc = _load(file)
+    assert tid in doc["tables"], f"{file} has no table {tid!r}"
+    t = doc["tables"][tid]
+    assert header == t["header"], (file, tid, header)
+    assert len(rows) == len(t["rows"]), (file, tid, len(rows), len(t["rows"]))
+    for got, want in zip(rows, t["rows"]):
+      assert got == [_render(doc, c) for c in want], (file, tid, got)
+
+
+def _refs(cells):
+  for row in cells:
+    for c in row:
+      if isinstance(c, dict):
+        yield c
+
+
+@pytest.mark.parametrize("file", sorted({t[0] for t in _tables()}) if os.path.exists(REPORT)
+                         else [])
+def test_statistics_agree_with_their_seeds(file):
+  doc = _load(file)
+  for t in doc["tables"].values():
+    for c in _refs(t["rows"]):
+      if c["fmt"] not in ("pm", "pct_pm", "mean"):
+        continue
+      v = _resolve(doc, c["ref"])
+      xs = v["values"]
+      assert v["n"] == len(xs) >= MIN_SEEDS.get(file, 5), (file, c["ref"], v["n"])
+      mean = sum(xs) / len(xs)
+      sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+      assert math.isclose(v["mean"], mean, rel_tol=1e-9, abs_tol=1e-12), c["ref"]
+      assert math.isclose(v["sd"], sd, rel_tol=1e-6, abs_tol=1e-12), c["ref"]
+
+
+def test_cited_json_files_are_small_and_name_their_commands():
+  for name in sorted({t[0] for t in _tables()}):
+    path = os.path.join(DOCS, "results", name)
+    assert os.path.getsize(path) < 400_000, name
+    doc = _load(name)
+    for run, rec in doc.get("runs", {}).items():
+      assert rec["command"].startswith("bplambda "), (name, run)
+      assert rec["wall_s"] > 0, (name, run)
+      assert rec["out"].startswith("runs/"), (name, run)
+      assert f"--out {rec['out']}" in rec["command"], (name, run)  # the command wrote this run
+    if "benchmark" in doc:  # the cost section cites the benchmark file and its command
+      assert os.path.exists(os.path.join(ROOT, doc["benchmark"]["file"])), name
+      assert doc["benchmark"]["command"].startswith("python -m benchmarks.run"), name
+
+
+def test_copied_values_equal_their_source():
+  """The cost section's accuracy and level columns are copies; they must equal the section they
+  come from."""
+  doc = _load("cost.json")
+  for key, c in doc["copied"].items():
+    src = _load(c["file"])
+    assert _resolve(src, c["ref"]) == c["value"], key
+    assert _resolve(src, c["ms_from"]) == c["ms_per_update"], key
