@@ -79,6 +79,11 @@ def _plastic_dni(T):
           f"--set checkpoint_every=10000 --out runs/plastic_dni_T{T} --no-progress")
 
 
+def _plastic_bptt(T):
+  return (f"bplambda run plastic-toy --rule bptt --seeds 5 --set seq_len={T} --set chunk=500 "
+          f"--set checkpoint_every=10000 --out runs/plastic_bptt_T{T} --no-progress")
+
+
 def _mnist(rules, out, extra=""):
   return f"bplambda run seqmnist-row --rule {rules}{extra} {_M} --out runs/{out}"
 
@@ -92,14 +97,16 @@ def _long(repeats, steps, chunk, every):
 TOY_T = (10, 30, 60, 120, 250)
 FAITHFUL_T = (10, 30, 60)
 PLASTIC_T = (10, 30, 60, 120)
+PLASTIC_BPTT_T = (10, 30, 60)  # the reference: does full BPTT learn the plastic toy at T?
 
 # section -> {run name: planned command}, in the order of the report's commands tables
 PLAN = {
     "toy": {**{f"{k}_T{T}": f(T) for T in TOY_T for k, f in (("toy", _toy), ("dni", _dni))},
             **{f"{k}_T{T}_faithful": f(T, True) for T in FAITHFUL_T
                for k, f in (("toy", _toy), ("dni", _dni))}},
-    "plastic": {f"{k}_T{T}": f(T) for T in PLASTIC_T
-                for k, f in (("plastic", _plastic), ("plastic_dni", _plastic_dni))},
+    "plastic": {**{f"{k}_T{T}": f(T) for T in PLASTIC_T
+                   for k, f in (("plastic", _plastic), ("plastic_dni", _plastic_dni))},
+                **{f"plastic_bptt_T{T}": _plastic_bptt(T) for T in PLASTIC_BPTT_T}},
     "seqmnist": {
         "mnist_bplambda1_eprop": f"bplambda run seqmnist-row --rule bp_lambda,eprop {_M} "
                                  f"--out runs/mnist_bplambda1_eprop",
@@ -110,15 +117,16 @@ PLAN = {
         "mnist_tbptt123": _mnist("tbptt:1,tbptt:2,tbptt:3", "mnist_tbptt123"),
         "mnist_tbptt45": _mnist("tbptt:4,tbptt:5", "mnist_tbptt45")},
     "copy_repeat": {
-        "copy_q_a": f"bplambda run copy-repeat --rule bptt,bp_lambda,eprop {_Q} --out runs/copy_q_a",
+        "copy_q_a": f"bplambda run copy-repeat --rule bptt,bp_lambda {_Q} --out runs/copy_q_a",
         "copy_q_ref": ("bplambda run copy-repeat --rule bp_lambda --set lr_cell=1e-3 "
                        "--set lr_readout=1e-3 --set lr_synth=1e-5 --set gamma=0.9 "
                        f"--set lambda_=1 {_Q} --out runs/copy_q_ref"),
-        "copy_q_faithful": (f"bplambda run copy-repeat --rule bp_lambda --faithful {_Q} "
-                            "--out runs/copy_q_faithful"),
         "copy_q_tbptt": (f"bplambda run copy-repeat --rule tbptt:1,tbptt:3,tbptt:5 {_Q} "
                          "--out runs/copy_q_tbptt"),
-        "copy_q_dni": f"bplambda run copy-repeat --rule dni:1,dni:3,dni:5 {_Q} --out runs/copy_q_dni"},
+        "copy_q_dni": f"bplambda run copy-repeat --rule dni:1,dni:3,dni:5 {_Q} --out runs/copy_q_dni",
+        "copy_q_faithful": (f"bplambda run copy-repeat --rule bp_lambda --faithful {_Q} "
+                            "--out runs/copy_q_faithful"),
+        "copy_q_eprop": f"bplambda run copy-repeat --rule eprop {_Q} --out runs/copy_q_eprop"},
     "long": {"long_T103": _long(24, 2000, 100, 500), "long_T303": _long(74, 1000, 50, 250),
              "long_T1003": _long(249, 300, 25, 100)},
 }
@@ -349,13 +357,15 @@ def toy_tables(doc, section):
     if plastic:
       loss = {"note": "final evaluation loss (MSE at t = T−1), mean ± sd over seeds 0–4",
               "header": ["T"] + [f"λ = {float(l):g}" for l in LAMBDAS]
-              + [f"DNI n = {n}" for n in (1, 3, 5)], "rows": []}
+              + [f"DNI n = {n}" for n in (1, 3, 5)] + ["full BPTT"], "rows": []}
       for T in Ts:
-        a, b = f"{bp_prefix}_T{T}", f"{dni_prefix}_T{T}"
+        a, b, c = f"{bp_prefix}_T{T}", f"{dni_prefix}_T{T}", f"plastic_bptt_T{T}"
         if a in doc["runs"] and b in doc["runs"]:
           loss["rows"].append([str(T)] + [pm(f"runs/{a}/rules/λ={l}/eval/loss", 4)
                                           for l in LAMBDAS]
-                              + [pm(f"runs/{b}/rules/dni:{n}/eval/loss", 4) for n in (1, 3, 5)])
+                              + [pm(f"runs/{b}/rules/dni:{n}/eval/loss", 4) for n in (1, 3, 5)]
+                              + [pm(f"runs/{c}/rules/bptt/eval/loss", 4) if c in doc["runs"]
+                                 else "not run"])
       tables["loss_ours"] = loss
   tables["commands"] = commands_table(doc, section)
   return tables
@@ -469,7 +479,7 @@ COST_MNIST = [("seqmnist_lstm30_bptt", "mnist_dni45_bptt", "bptt"),
               ("seqmnist_lstm30_bplambda_online", "mnist_bplambda1_eprop", "bp_lambda"),
               ("seqmnist_lstm30_snap1", None, None), ("seqmnist_lstm30_rtrl", None, None)]
 COST_COPY = [("copyrepeat_lstm100_bptt", "copy_q_a", "bptt"),
-             ("copyrepeat_lstm100_eprop", "copy_q_a", "eprop"),
+             ("copyrepeat_lstm100_eprop", "copy_q_eprop", "eprop"),
              ("copyrepeat_lstm100_bplambda_sequence", "copy_q_a", "bp_lambda"),
              ("copyrepeat_lstm100_bplambda_online", "copy_q_a", "bp_lambda")]
 COST_HORIZON = ([f"scale_h32_t{T}_{r}" for T in (100, 300, 1000)

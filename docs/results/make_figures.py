@@ -63,9 +63,11 @@ def alignment_panels(doc, rows, prefix_bp, prefix_dni, title, loss=False):
         m, s = zip(*[stat(b["rules"], f"dni:{n}", "eval", "alignment") for n in range(1, 6)])
         axes[i, 1].errorbar(range(1, 6), m, s, marker="s", capsize=3, label=f"T = {T}")
       if loss and a and b:
+        c = doc["runs"].get(f"plastic_bptt_T{T}")
         m, s = zip(*([stat(a["rules"], f"λ={l}", "eval", "loss") for l in LAMBDAS]
-                     + [stat(b["rules"], f"dni:{n}", "eval", "loss") for n in range(1, 6)]))
-        axes[i, 2].errorbar(range(10), m, s, marker="o", capsize=3, label=f"T = {T}")
+                     + [stat(b["rules"], f"dni:{n}", "eval", "loss") for n in range(1, 6)]
+                     + [stat(c["rules"] if c else {}, "bptt", "eval", "loss")]))
+        axes[i, 2].errorbar(range(11), m, s, marker="o", capsize=3, label=f"T = {T}")
     axes[i, 0].set_xlabel("λ")
     axes[i, 1].set_xlabel("DNI truncation n")
     axes[i, 0].set_ylabel("final alignment\ncos(learning signal, dL/dh_t), t < T−1")
@@ -76,11 +78,12 @@ def alignment_panels(doc, rows, prefix_bp, prefix_dni, title, loss=False):
       ax.set_ylim(-0.25, 1.05)
       ax.legend(fontsize=8)
     if loss:
-      axes[i, 2].set_xticks(range(10), [f"λ={float(l):g}" for l in LAMBDAS]
-                            + [f"n={n}" for n in range(1, 6)], rotation=60, fontsize=8)
+      axes[i, 2].set_xticks(range(11), [f"λ={float(l):g}" for l in LAMBDAS]
+                            + [f"n={n}" for n in range(1, 6)] + ["BPTT"], rotation=60,
+                            fontsize=8)
       axes[i, 2].set_ylabel("final evaluation loss (MSE)")
       axes[i, 2].set_yscale("log")
-      axes[i, 2].set_title("loss: BP(λ) (left), DNI (right)", fontsize=9)
+      axes[i, 2].set_title("final loss: BP(λ), DNI, full BPTT", fontsize=9)
       axes[i, 2].legend(fontsize=8)
   fig.suptitle(title + " (seeds 0–4, mean ± sd)", fontsize=11)
   return fig
@@ -126,15 +129,18 @@ def toy():
     save(alignment_panels(doc, [("10,000 updates", "")], "plastic", "plastic_dni",
                           "Plastic linear RNN", loss=True), "fig_plastic_alignment.png")
     # alignment and loss during training: λ = 0, λ = 1, DNI n = 5, per horizon
-    Ts = sorted({_T(n) for n in doc["runs"]})
+    Ts = sorted({_T(n) for n in doc["runs"] if not n.startswith("plastic_bptt")})
     fig, axes = plt.subplots(2, len(Ts), figsize=(4.2 * len(Ts), 6.4), squeeze=False,
                              sharex=True)
     for j, T in enumerate(Ts):
       for name, rule, text in ((f"plastic_T{T}", "λ=0.0", "BP(λ = 0)"),
                                (f"plastic_T{T}", "λ=1.0", "BP(λ = 1)"),
-                               (f"plastic_dni_T{T}", "dni:5", "DNI n = 5")):
+                               (f"plastic_dni_T{T}", "dni:5", "DNI n = 5"),
+                               (f"plastic_bptt_T{T}", "bptt", "full BPTT")):
         if name in doc["runs"]:
           for i, metric in enumerate(("alignment", "loss")):
+            if rule == "bptt" and metric == "alignment":
+              continue  # 1 by definition
             curve_panel(axes[i, j], doc["runs"][name], rule, metric, label=text, marker=".")
       axes[0, j].set_title(f"T = {T}", fontsize=9)
       axes[0, j].axhline(0, color="grey", lw=0.5)
