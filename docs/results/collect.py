@@ -360,12 +360,14 @@ def toy_tables(doc, section):
               + [f"DNI n = {n}" for n in (1, 3, 5)] + ["full BPTT"], "rows": []}
       for T in Ts:
         a, b, c = f"{bp_prefix}_T{T}", f"{dni_prefix}_T{T}", f"plastic_bptt_T{T}"
-        if a in doc["runs"] and b in doc["runs"]:
-          loss["rows"].append([str(T)] + [pm(f"runs/{a}/rules/λ={l}/eval/loss", 4)
-                                          for l in LAMBDAS]
-                              + [pm(f"runs/{b}/rules/dni:{n}/eval/loss", 4) for n in (1, 3, 5)]
-                              + [pm(f"runs/{c}/rules/bptt/eval/loss", 4) if c in doc["runs"]
-                                 else "not run"])
+        if a in doc["runs"] or b in doc["runs"]:
+          have = lambda run: run in doc["runs"]  # noqa: E731
+          loss["rows"].append(
+              [str(T)] + [pm(f"runs/{a}/rules/λ={l}/eval/loss", 4) if have(a) else "not run"
+                          for l in LAMBDAS]
+              + [pm(f"runs/{b}/rules/dni:{n}/eval/loss", 4) if have(b) else "not run"
+                 for n in (1, 3, 5)]
+              + [pm(f"runs/{c}/rules/bptt/eval/loss", 4) if have(c) else "not run"])
       tables["loss_ours"] = loss
   tables["commands"] = commands_table(doc, section)
   return tables

@@ -273,19 +273,28 @@ def long_horizons():
     if not pts:
       continue
     T, ms, mib = zip(*sorted(pts))
-    name = r + (" (columnar LSTM)" if r.startswith("columnar") else "")
+    name = r + (", columnar LSTM 32" if r.startswith("columnar") else ", LSTM 32") + ", batch 16"
     axes[0].plot(T, ms, marker="o", label=name)
     axes[1].plot(T, mib, marker="o", label=name)
+  for r, colour in (("bptt", "C0"), ("eprop", "C1"), ("bplambda_online", "C3")):
+    k = rows.get(f"elementwise_lstm_n64_t1000_{r}")
+    if k and k["status"] == "ok":
+      axes[0].scatter([1000], [k["median_ms"]], marker="x", s=60, color=colour,
+                      label=f"{r}, element-wise LSTM 64, batch 8")
+      axes[1].scatter([1000], [k["peak_mib"]], marker="x", s=60, color=colour,
+                      label=f"{r}, element-wise LSTM 64, batch 8")
   for ax, what in ((axes[0], "ms per update"), (axes[1], "peak MiB")):
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("T")
     ax.set_ylabel(what)
-    ax.set_title(f"benchmark, LSTM 32, batch 16: {what}", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_title(f"benchmark: {what}", fontsize=9)
+    ax.legend(fontsize=6)
   for ax, (name, run) in zip(axes[2:], sorted(runs.items(), key=lambda kv: _T(kv[0]))):
     for label in run["curves"]:
-      curve_panel(ax, run, label, "bits", label=label, marker=".")
+      curve_panel(ax, run, label, "bits", label=label, marker=".",
+                  ls="--" if label == "columnar_rtrl" else "-")
+    ax.axhline(8 / 9, color="grey", lw=0.8, ls=":", label="8/9 bit (no memory)")
     ax.set_xlabel("update")
     ax.set_ylabel("evaluation bits per target step")
     ax.set_title(f"copy, element-wise LSTM 64, T = {_T(name)} (seeds 0–2)", fontsize=9)
