@@ -78,9 +78,9 @@ def costates(rev: Reverse, params, ls, states, xs, s0):
   # A_t at (s_{t−1}, x_t) for every (t, b) in parallel; the link from t+1 back to t is entry t+1.
   ctx = jax.tree.map(lambda c: c[1:], tb(rev.prepare)(params, previous_states(states, s0), xs))
   lifted = jnp.broadcast_to(ls[:, :, None, :], ls.shape[:2] + (rev.copies, ls.shape[-1]))
-  link = lambda c, a: rev.apply(params, c, a)
-  a = jax.vmap(reverse_recurrence, in_axes=(1, None, 1), out_axes=1)(lifted, link, ctx)
-  return a[:, :, 0]
+  # one scan over time whose link maps the batch: time-major operands, no transposes
+  link = jax.vmap(lambda c, a: rev.apply(params, c, a))
+  return reverse_recurrence(lifted, link, ctx)[:, :, 0]
 
 
 def sequence_credit(sens: Sensitivity, step, params, ls, states, xs, s0):

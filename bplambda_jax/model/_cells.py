@@ -78,8 +78,13 @@ class LSTMParts(NamedTuple):
 
   def gates(self, params, s_tm1, x_t):
     """(i, f, g, o), each [H]."""
-    z = self.preactivations(params, s_tm1, x_t)
-    return self.gate_fn(z[0]), self.gate_fn(z[1]), self.activation_fn(z[2]), self.gate_fn(z[3])
+    zi, zf, zg, zo = self._rows(params, s_tm1, x_t)
+    return self.gate_fn(zi), self.gate_fn(zf), self.activation_fn(zg), self.gate_fn(zo)
+
+  def _rows(self, params, s_tm1, x_t):
+    # The rows of z as four contiguous slices of the flat [4H] vector: under vmap, indexing
+    # z [B, 4, H] along its middle axis makes XLA:CPU's forward and backward passes ~10% slower.
+    return jnp.split(self.preactivations(params, s_tm1, x_t).reshape(-1), 4)
 
   def c_partials(self, params, s_tm1, x_t):
     """(π [3, H], f_t [H], o_t [H]) with π_q = ∂c_t/∂z^q for q = i, f, g.
@@ -87,12 +92,12 @@ class LSTMParts(NamedTuple):
     Then v·∂c_t/∂h_{t−1} = ``c_vjp(params, π⊙v)`` and v·∂c_t/∂c_{t−1} = v⊙f_t.
     """
     H = s_tm1.shape[-1] // 2
-    z = self.preactivations(params, s_tm1, x_t)
-    ones = jnp.ones_like(z[0])
-    i, di = jax.jvp(self.gate_fn, (z[0],), (ones,))
-    f, df = jax.jvp(self.gate_fn, (z[1],), (ones,))
-    g, dg = jax.jvp(self.activation_fn, (z[2],), (ones,))
-    o = self.gate_fn(z[3])
+    zi, zf, zg, zo = self._rows(params, s_tm1, x_t)
+    ones = jnp.ones_like(zi)
+    i, di = jax.jvp(self.gate_fn, (zi,), (ones,))
+    f, df = jax.jvp(self.gate_fn, (zf,), (ones,))
+    g, dg = jax.jvp(self.activation_fn, (zg,), (ones,))
+    o = self.gate_fn(zo)
     pi = jnp.stack([g * di, s_tm1[H:] * df, i * dg])  # [3, H]
     return pi, f, o
 

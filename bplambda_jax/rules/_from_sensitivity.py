@@ -73,19 +73,25 @@ def param_dtype(params):
 def scan_steps(rule_step, params, state, batch: Batch, hparams, weights, acc0):
   """Σ_t of ``rule_step`` over a batch from ``state``, last=True at the final step.
 
-  Returns (accumulated grads, final state, stacked metrics).
-  """
-  T = batch.x.shape[0]
-  lasts = jnp.arange(T) == T - 1
+  The first T − 1 steps run in a ``lax.scan`` with ``last=False`` and the final step after it
+  with ``last=True``, both as Python bools: the scan body then holds no conditional on ``last``
+  (a ``lax.cond`` inside the scan would carry the whole step state through both branches at
+  every step). The numbers are those of one scan with a traced ``last``.
 
+  Returns (accumulated grads, final state, stacked metrics [T, ...]).
+  """
   def body(carry, inp):
     st, acc = carry
-    x, y, m, last = inp
-    g, st, met = rule_step(params, st, x, y, m, hparams, last=last)
+    x, y, m = inp
+    g, st, met = rule_step(params, st, x, y, m, hparams, last=False)
     return (st, base.add_trees(acc, g)), met
 
-  (state, acc), metrics = jax.lax.scan(body, (state, acc0), (batch.x, batch.y, weights, lasts))
-  return acc, state, metrics
+  head = (batch.x[:-1], batch.y[:-1], weights[:-1])
+  (state, acc), metrics = jax.lax.scan(body, (state, acc0), head)
+  g, state, final = rule_step(params, state, batch.x[-1], batch.y[-1], weights[-1], hparams,
+                              last=True)
+  metrics = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), metrics, final)
+  return base.add_trees(acc, g), state, metrics
 
 
 def from_sensitivity(model: Model, sensitivity, *, mode: str = "online",

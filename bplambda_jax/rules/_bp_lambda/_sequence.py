@@ -84,11 +84,11 @@ def make_sequence(cfg: Config):
       qg = tb(lambda c, v: eprop_q(cell)(cp, c, v))(ctx, p)  # ĝ_τ·∂c_τ/∂h_{τ−1}, [N, B, H]
       r = u + gamma * (qg * ctx[2] + p * ctx[1])
     delta = jnp.concatenate([jnp.zeros_like(r[:1]), r[1:] - p[:-1]])  # δ_0 := 0
-    # w_k = δ_{k+1} + γλ·w_{k+1}·M_{k+1}, w_{N−1} = 0, per example.
+    # w_k = δ_{k+1} + γλ·w_{k+1}·M_{k+1}, w_{N−1} = 0: one scan over time whose link maps the
+    # batch (time-major operands, no transposes).
     x_k = jnp.concatenate([delta[1:], jnp.zeros_like(delta[:1])])
     ctx_next = jax.tree.map(lambda a: a[1:], ctx_m)
-    w_all = jax.vmap(credit.reverse_recurrence, in_axes=(1, None, 1, None), out_axes=1)(
-        x_k, link_m, ctx_next, gamma * lam)
+    w_all = credit.reverse_recurrence(x_k, jax.vmap(link_m), ctx_next, gamma * lam)
     synth_grad = jax.tree.map(lambda g: -g / B, synth_vjp(w_all)[0])
 
     ls = v + sg * p if not eprop else pad_state(ell_h + sg * qg[1:], n)  # ĝ_{t+1}·∂c_{t+1}/∂h_t
