@@ -263,9 +263,12 @@ def cost():
 def long_horizons():
   cost_doc, doc = load("cost"), load("long")
   runs = doc["runs"] if doc else {}
-  ncol = 2 + len(runs)
-  fig, axes = plt.subplots(1, ncol, figsize=(4.6 * ncol, 3.8), squeeze=False)
-  axes = axes[0]
+  ncol = max(3, len(runs))
+  fig, grid = plt.subplots(2 if runs else 1, ncol, figsize=(4.8 * ncol, 7.6 if runs else 3.8),
+                           squeeze=False)
+  axes = list(grid[0][:2]) + (list(grid[1][:len(runs)]) if runs else [])
+  for ax in list(grid[0][2:]) + (list(grid[1][len(runs):]) if runs else []):
+    ax.axis("off")
   rows = cost_doc["benchmark"]["rows"] if cost_doc else {}
   for r in ("bptt", "eprop", "bplambda_sequence", "bplambda_online", "columnar_rtrl", "rtrl"):
     pts = [(T, rows[n]["median_ms"], rows[n]["peak_mib"]) for T in (28, 100, 300, 1000)
@@ -289,7 +292,8 @@ def long_horizons():
     ax.set_xlabel("T")
     ax.set_ylabel(what)
     ax.set_title(f"benchmark: {what}", fontsize=9)
-    ax.legend(fontsize=6)
+  handles, labels = axes[0].get_legend_handles_labels()
+  grid[0][2].legend(handles, labels, fontsize=8, loc="center left")
   for ax, (name, run) in zip(axes[2:], sorted(runs.items(), key=lambda kv: _T(kv[0]))):
     for label in run["curves"]:
       curve_panel(ax, run, label, "bits", label=label, marker=".",
