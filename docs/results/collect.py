@@ -118,9 +118,6 @@ PLAN = {
         "mnist_tbptt45": _mnist("tbptt:4,tbptt:5", "mnist_tbptt45")},
     "copy_repeat": {
         "copy_q_a": f"bplambda run copy-repeat --rule bptt,bp_lambda {_Q} --out runs/copy_q_a",
-        "copy_q_ref": ("bplambda run copy-repeat --rule bp_lambda --set lr_cell=1e-3 "
-                       "--set lr_readout=1e-3 --set lr_synth=1e-5 --set gamma=0.9 "
-                       f"--set lambda_=1 {_Q} --out runs/copy_q_ref"),
         "copy_q_tbptt": (f"bplambda run copy-repeat --rule tbptt:1,tbptt:3,tbptt:5 {_Q} "
                          "--out runs/copy_q_tbptt"),
         "copy_q_dni": f"bplambda run copy-repeat --rule dni:1,dni:3,dni:5 {_Q} --out runs/copy_q_dni",
