@@ -391,7 +391,7 @@ def columnar_lstm(hidden_size: int, connections: Optional[np.ndarray] = None) ->
     z = params["w_ih"] @ x + params["w_self"] * jnp.tile(h_self, 4) + params["b"]  # [4H]
     if gate_mask is not None:
       z = z + (params["w_hh"] * gate_mask) @ h_cross  # [4H, H]·[H]
-    return z.reshape(4, H)
+    return z
 
   def c_vjp(params, v):  # Σ_q v_q·∂z^q/∂h for q = i, f, g
     out = jnp.sum(v * params["w_self"][:3 * H].reshape(3, H), axis=0)
@@ -399,11 +399,11 @@ def columnar_lstm(hidden_size: int, connections: Optional[np.ndarray] = None) ->
       out = out + v.reshape(3 * H) @ (params["w_hh"] * gate_mask)[:3 * H]
     return out
 
-  parts = LSTMParts(lambda p, s, x: preactivations(p, s[:H], s[:H], x), c_vjp)
+  parts = LSTMParts(lambda p, s, x: preactivations(p, s[:H], s[:H], x).reshape(4, H), c_vjp)
 
   def split_step(params, s_imp, s_exp, x):
-    z = preactivations(params, s_imp[:H], s_exp[:H], x)
-    i, f, g, o = jax.nn.sigmoid(z[0]), jax.nn.sigmoid(z[1]), jnp.tanh(z[2]), jax.nn.sigmoid(z[3])
+    zi, zf, zg, zo = jnp.split(preactivations(params, s_imp[:H], s_exp[:H], x), 4)  # [4H]
+    i, f, g, o = jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg), jax.nn.sigmoid(zo)
     c = f * s_imp[H:] + i * g
     return jnp.concatenate([o * jnp.tanh(c), c])
 
