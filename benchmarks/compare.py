@@ -268,8 +268,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     result = {
         "about": "Interleaved same-process comparison of two versions of the benchmark suite "
                  "(python -m benchmarks.compare); ratio = new median / old median.",
-        "old": label, "new": _git_head(), "command": " ".join(["python -m benchmarks.compare"]
-                                                             + (argv or sys.argv[1:])),
+        # the old tree's path is this machine's: the command names the checkout by its commit
+        "old": label, "new": _git_head(), "command": " ".join(
+            ["python -m benchmarks.compare"] + [f"<checkout of {label}>" if a == args.old_tree
+                                                 else a for a in (argv or sys.argv[1:])]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": harness.host(), "device": harness.device(), "jax_version": jax.__version__,
         "tiny": args.tiny, "repeats": args.repeats,
