@@ -1,0 +1,254 @@
+"""An independent oracle for BP(λ)'s e-prop flavour in the fixed convention (the LSTM default).
+
+At λ = γ = 1 (no clipping), the summed synthesiser update of the e-prop flavour equals the gradient
+of the regression ½·mean_b Σ_{k=0}^{T−1} ‖ĝ(s_{k−1}) − stop_grad(C_k)‖², where C_k is the gradient
+of the future losses L_{≥k} with respect to the cell state c_k along the cell-state path: every
+later output gate is held at its value (docs/concepts.md, "The e-prop flavour at λ = γ = 1").
+
+Everything on the oracle's side is built here from the parameters alone: a hand-written LSTM step
+(gate order i, f, g, o), a Python loop over time, and ``jax.vjp`` of explicitly unrolled networks:
+
+* C_k: the vjp with respect to c_k of the losses of a network unrolled from step k whose output
+  gates are constants (their values on the actual trajectory);
+* the learning signal ls_t = ℓ_t + sg·ĝ(s_t)·∂c_{t+1}/∂h_t (ls_{T−1} = ℓ_{T−1});
+* the cell gradient mean_b Σ_t ls_t·Z_t, as the vjp of the unrolled hidden states with respect to
+  the cell parameters with cotangents ls_t, in three networks: the real one (Z the RTRL
+  sensitivity), one whose h_{t−1} enters every gate as a constant (e-prop: only the c_{t−1}
+  carry is differentiated), and one with the whole previous state constant (immediate).
+
+The library is used only for the model's parameters and the loss functions.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bplambda_jax import bp_lambda, linear_synthesiser
+from bplambda_jax.model import make_model, step_weights
+from bplambda_jax.rules import _bp_lambda as bpl_module
+
+from helpers import jit as _jit, random_batch, randomize, rel_err
+
+pytestmark = pytest.mark.x64
+
+TOL = 1e-10
+T, B, D_IN, H = 5, 3, 2, 3
+SG = 0.7
+
+
+# ------------------------------------------------------------------------- the hand-made LSTM
+
+
+def _gates(cp, h, x):
+  """(i, f, g, o) of the LSTM at (h_{t−1}, x_t), each [H]; rows of W in the order i, f, g, o."""
+  z = cp["w_ih"] @ x + cp["w_hh"] @ h + cp["b"]
+  zi, zf, zg, zo = jnp.split(z, 4)
+  return jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg), jax.nn.sigmoid(zo)
+
+
+def _trajectory(cp, x):
+  """h_t, c_t, o_t for t = 0..T−1 of one example (x [T, D_in]), each [T, H]."""
+  h = c = jnp.zeros(H, x.dtype)
+  hs, cs, os_ = [], [], []
+  for t in range(x.shape[0]):
+    i, f, g, o = _gates(cp, h, x[t])
+    c = f * c + i * g
+    h = o * jnp.tanh(c)
+    hs.append(h), cs.append(c), os_.append(o)
+  return jnp.stack(hs), jnp.stack(cs), jnp.stack(os_)
+
+
+def _c_path_targets(model, params, x, y, w):
+  """C_k = ∂L_{≥k}/∂c_k along the cell-state path (later output gates held fixed), [T, H]."""
+  cp = params["cell"]
+  hs, cs, os_ = _trajectory(cp, x)
+  loss = lambda h, t: w[t] * model.loss.value(model.readout(params, h), y[t])
+  out = []
+  for k in range(x.shape[0]):
+    def tail(c_k, k=k):
+      h = os_[k] * jnp.tanh(c_k)
+      total = loss(h, k)
+      c = c_k
+      for m in range(k + 1, x.shape[0]):
+        i, f, g, _ = _gates(cp, h, x[m])
+        c = f * c + i * g
+        h = os_[m] * jnp.tanh(c)  # o_m as a constant: no path through a later output gate
+        total = total + loss(h, m)
+      return total
+
+    out.append(jax.vjp(tail, cs[k])[1](jnp.ones((), x.dtype))[0])
+  return jnp.stack(out)
+
+
+def _learning_signals(model, params, x, y, w, sg):
+  """ls_t (h part) = ℓ_t + sg·ĝ(s_t)·∂c_{t+1}/∂h_t, and ls_{T−1} = ℓ_{T−1}; [T, H]."""
+  cp = params["cell"]
+  synth = linear_synthesiser()
+  hs, cs, _ = _trajectory(cp, x)
+  out = []
+  for t in range(x.shape[0]):
+    ell = jax.grad(lambda h: w[t] * model.loss.value(model.readout(params, h), y[t]))(hs[t])
+    if t < x.shape[0] - 1:
+      ghat = synth.apply(params["synth"], jnp.concatenate([hs[t], cs[t]]))
+      c_next = lambda h: (lambda i, f, g, o: f * cs[t] + i * g)(*_gates(cp, h, x[t + 1]))
+      ell = ell + sg * jax.vjp(c_next, hs[t])[1](ghat)[0]
+    out.append(ell)
+  return jnp.stack(out)
+
+
+def _unrolled_hidden(cp, x, traj, which):
+  """h_0..h_{T−1} as functions of the cell parameters, [T, H].
+
+  which: 'rtrl' (the real network), 'eprop' (h_{t−1} in the gates a constant; c carried) or
+  'immediate' (h_{t−1} and c_{t−1} both constants); ``traj`` holds the constants.
+  """
+  hs, cs, _ = traj
+  h = c = jnp.zeros(H, x.dtype)
+  out = []
+  for t in range(x.shape[0]):
+    h_in = h if which == "rtrl" else (hs[t - 1] if t else jnp.zeros(H, x.dtype))
+    c_in = c if which != "immediate" else (cs[t - 1] if t else jnp.zeros(H, x.dtype))
+    i, f, g, o = _gates(cp, h_in, x[t])
+    c = f * c_in + i * g
+    h = o * jnp.tanh(c)
+    out.append(h)
+  return jnp.stack(out)
+
+
+def _oracle(model, params, batch, sensitivity, sg=SG):
+  """(synthesiser gradient, learning signals [T, B, 2H], cell gradient, readout gradient)."""
+  synth = linear_synthesiser()
+  cp, frozen = params["cell"], params["synth"]["frozen"]
+  w = step_weights(batch.mask)
+  xs, ys, ws = (jnp.moveaxis(a, 1, 0) for a in (batch.x, batch.y, w))  # example-major
+
+  C = jax.vmap(lambda x, y, wt: _c_path_targets(model, params, x, y, wt))(xs, ys, ws)  # [B,T,H]
+  traj = jax.vmap(lambda x: _trajectory(cp, x))(xs)
+  hs, cs = traj[0], traj[1]
+  s = jnp.concatenate([hs, cs], -1)  # [B, T, 2H]
+  s_prev = jnp.concatenate([jnp.zeros_like(s[:, :1]), s[:, :-1]], 1)  # s_{k−1}, s_{−1} = 0
+
+  def regression(theta):
+    g = jax.vmap(jax.vmap(lambda z: synth.apply({"train": theta, "frozen": frozen}, z)))(s_prev)
+    return 0.5 * jnp.mean(jnp.sum((g - jax.lax.stop_gradient(C)) ** 2, axis=(1, 2)))
+
+  synth_grad = jax.grad(regression)(params["synth"]["train"])
+  ls = jax.vmap(lambda x, y, wt: _learning_signals(model, params, x, y, wt, sg))(xs, ys, ws)
+
+  def credit(x, l, traj):
+    return jax.vjp(lambda q: _unrolled_hidden(q, x, traj, sensitivity), cp)[1](l)[0]
+
+  cell_grad = jax.tree.map(lambda a: jnp.mean(a, 0), jax.vmap(credit)(xs, ls, traj))
+
+  def total_loss(ro):
+    p = dict(params, readout=ro)
+    per = jax.vmap(jax.vmap(lambda h, yt: model.loss.value(model.readout(p, h), yt)))(hs, ys)
+    return jnp.sum(ws * per) / xs.shape[0]
+
+  readout_grad = jax.grad(total_loss)(params["readout"])
+  ls_full = jnp.concatenate([jnp.moveaxis(ls, 0, 1), jnp.zeros_like(jnp.moveaxis(ls, 0, 1))], -1)
+  return synth_grad, ls_full, cell_grad, readout_grad
+
+
+def _setup(seed, loss="mse", d_out=2):
+  model = make_model("lstm", loss, D_IN, d_out, hidden_size=H)
+  k_init, k_synth, k_data = jax.random.split(jax.random.key(seed), 3)
+  params = bp_lambda(model, flavour="eprop").init(k_init)
+  params["synth"]["train"] = randomize(params["synth"]["train"], k_synth, 0.4)
+  batch = random_batch(k_data, T, B, D_IN, d_out, loss=loss)
+  return model, params, batch
+
+
+def _rule(model, sensitivity, mode, **kw):
+  kw = dict(dict(flavour="eprop", sensitivity=sensitivity, mode=mode, lambda_=1.0, gamma=1.0,
+                 sg_scale=SG, clip_increments=False), **kw)
+  return bp_lambda(model, **kw)
+
+
+# ------------------------------------------------------------------------------------- tests
+
+
+def test_hand_lstm_is_the_library_lstm():
+  """The oracle's hand-written step is the model's LSTM (parameter layout and gate order)."""
+  model, params, batch = _setup(60)
+  hs, cs, _ = _trajectory(params["cell"], batch.x[:, 0])
+  s = jnp.zeros(2 * H)
+  for t in range(T):
+    s = model.cell.step(params["cell"], s, batch.x[t, 0])
+    np.testing.assert_allclose(s, jnp.concatenate([hs[t], cs[t]]), rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.parametrize("sensitivity,mode,loss,seed", [
+    ("eprop", "online", "mse", 61), ("eprop", "sequence", "ce", 62),
+    ("immediate", "online", "ce", 63), ("immediate", "sequence", "mse", 64),
+    ("rtrl", "online", "bce", 65), ("rtrl", "sequence", "mse", 66)])
+def test_eprop_flavour_is_regression_on_c_path_gradient(sensitivity, mode, loss, seed):
+  model, params, batch = _setup(seed, loss)
+  rule = _rule(model, sensitivity, mode)
+  synth_grad, ls, cell_grad, readout_grad = _jit(
+      lambda p, b: _oracle(model, p, b, sensitivity))(params, batch)
+  got, aux = _jit(rule.grads)(params, batch)
+  assert float(jnp.linalg.norm(synth_grad["w"])) > 1e-3
+  assert rel_err(got["synth"]["train"], synth_grad) < TOL
+  assert rel_err(aux["learning_signal"], ls) < TOL
+  assert rel_err(got["cell"], cell_grad) < TOL
+  assert rel_err(got["readout"], readout_grad) < TOL
+
+
+def test_oracle_sensitivities_differ():
+  """The three credit oracles give different cell gradients here (so each check has teeth)."""
+  model, params, batch = _setup(67)
+  grads = {s: _jit(lambda p, b, s=s: _oracle(model, p, b, s))(params, batch)[2]
+           for s in ("eprop", "immediate", "rtrl")}
+  assert rel_err(grads["eprop"], grads["rtrl"]) > 1e-3
+  assert rel_err(grads["immediate"], grads["eprop"]) > 1e-3
+
+
+def _perturbed_link(cell):
+  """The e-prop flavour's transition K_τ with its path through h_{τ−1} at 1.01 of its size."""
+  lstm = cell.lstm
+
+  def link(cp, ctx, v):
+    pi, f, d_tm1 = ctx
+    return 1.01 * lstm.c_vjp(cp, pi * v) * d_tm1 + v * f
+
+  return link
+
+
+@pytest.mark.parametrize("mode", ["online", "sequence"])
+def test_oracle_fails_when_c_path_target_is_perturbed(mode, monkeypatch):
+  """A 1 % change of the h-path of the c-path transition is caught far above the tolerance;
+  so is a regression onto the total gradient instead of the c-path one."""
+  model, params, batch = _setup(68)
+  expected = _jit(lambda p, b: _oracle(model, p, b, "eprop"))(params, batch)[0]
+  monkeypatch.setattr(bpl_module, "eprop_link", _perturbed_link)
+  rule = _rule(model, "eprop", mode, trace="dense")
+  got, _ = _jit(rule.grads)(params, batch)
+  assert rel_err(got["synth"]["train"], expected) > 1e3 * TOL
+  monkeypatch.undo()
+  got, _ = _jit(_rule(model, "eprop", mode, trace="dense").grads)(params, batch)
+  assert rel_err(got["synth"]["train"], expected) < TOL
+
+
+def test_c_path_target_is_not_the_total_cell_gradient():
+  """C_k differs from the total ∂L_{≥k}/∂c_k (which also flows through later output gates)."""
+  model, params, batch = _setup(69)
+  x, y, w = batch.x[:, 0], batch.y[:, 0], step_weights(batch.mask)[:, 0]
+  C = _c_path_targets(model, params, x, y, w)
+  cp = params["cell"]
+
+  def total(c0):  # L_{≥0} through the real network from c_0 (h_{−1} = 0)
+    i, f, g, o = _gates(cp, jnp.zeros(H), x[0])
+    h, c = o * jnp.tanh(c0), c0
+    acc = w[0] * model.loss.value(model.readout(params, h), y[0])
+    for m in range(1, T):
+      i, f, g, o = _gates(cp, h, x[m])
+      c = f * c + i * g
+      h = o * jnp.tanh(c)
+      acc = acc + w[m] * model.loss.value(model.readout(params, h), y[m])
+    return acc
+
+  _, cs, _ = _trajectory(cp, x)
+  full = jax.grad(total)(cs[0])
+  assert rel_err(C[0], full) > 1e-3
