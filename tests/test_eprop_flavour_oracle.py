@@ -252,3 +252,19 @@ def test_c_path_target_is_not_the_total_cell_gradient():
   _, cs, _ = _trajectory(cp, x)
   full = jax.grad(total)(cs[0])
   assert rel_err(C[0], full) > 1e-3
+
+
+@pytest.mark.parametrize("sensitivity", ["immediate", "rtrl"])
+def test_eprop_flavour_online_equals_sequence(sensitivity):
+  """At λ, γ < 1 (outside the oracle's reach) the online TD(λ) scan and the sequence mode's
+  reverse recursion agree for the e-prop flavour with the immediate and RTRL sensitivities."""
+  model, params, batch = _setup(70 + len(sensitivity))
+  kw = dict(lambda_=0.6, gamma=0.85)
+  f = _jit(lambda p, b: {m: _rule(model, sensitivity, m, **kw).grads(p, b)
+                         for m in ("online", "sequence")})
+  out = f(params, batch)
+  (g_on, aux_on), (g_seq, aux_seq) = out["online"], out["sequence"]
+  for group in ("cell", "readout", "synth"):
+    assert rel_err(g_on[group], g_seq[group]) < TOL, group
+  assert rel_err(aux_on["learning_signal"], aux_seq["learning_signal"]) < TOL
+  assert float(jnp.linalg.norm(g_seq["synth"]["train"]["w"])) > 1e-3

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from bplambda_jax import bp_lambda
-from bplambda_jax.model import Batch, make_model
+from bplambda_jax.model import Batch, make_model, step_weights
 
 from helpers import jit as _jit, randomize, rel_err, step_loop
 
@@ -421,3 +421,37 @@ def test_clipping_switch_off_matches_unclipped_reference():
            _hp(kw, bias_scale=2.0, clip=False))
   _, _, clipped = emulate_lstm_hc(params, batch, "mse", _hp(kw, bias_scale=2.0, clip=True))
   assert clipped.clipped > 0
+
+
+@pytest.mark.parametrize("loss,d_out", [("ce", 3), ("mse", 2)])
+def test_eprop_emulation_without_quirks_matches_fixed_convention(loss, d_out):
+  """The emulated e-prop flavour with every quirk switched off is the fixed convention.
+
+  Switched off: no clipping (Q7), bias gradient not doubled (Q12), κ = 1 (Q14), and the step
+  weights of the fixed objective as the emulation's mask. What stays is the documented 1/B of the
+  authors' targets (Q13): their ĝ predicts the per-example gradient of the batch-mean loss, the
+  fixed ĝ the per-example gradient of the per-example loss. So the emulation runs with θ/B, and
+  its synthesiser gradient, learning signals and TD error norms are 1/B of the fixed ones; the
+  network and readout gradients are equal. (ce's hand derivative is its exact gradient, and mse's
+  is for D_out = 2.)
+  """
+  kw = dict(gamma=0.9, lambda_=0.6, sg_scale=0.7)
+  model, params, batch = _make("lstm", loss, d_out, 5, 7, 0.5, flavour="eprop")
+  rule = bp_lambda(model, flavour="eprop", faithful=False, clip_increments=False, **kw)
+  got, aux = _jit(rule.grads)(params, batch)
+  scaled = dict(params, synth=dict(params["synth"], train=jax.tree.map(
+      lambda a: a / B, params["synth"]["train"])))
+  hp = _hp(kw, bias_scale=1.0, clip=False)
+  grads, ls, synth = emulate_lstm_eprop(scaled, batch._replace(mask=step_weights(batch.mask)),
+                                        loss, hp)
+  assert rel_err(got["cell"], {k: jnp.asarray(grads[k]) for k in params["cell"]}) < TOL
+  assert rel_err(got["readout"], {"w": jnp.asarray(grads["readout_w"]),
+                                  "b": jnp.asarray(grads["readout_b"])}) < TOL
+  assert rel_err(got["synth"]["train"], {"w": B * jnp.asarray(synth.grad_w),
+                                         "b": B * jnp.asarray(synth.grad_b)}) < TOL
+  ls_full = np.concatenate([ls, np.zeros_like(ls)], -1)
+  assert rel_err(aux["learning_signal"], B * jnp.asarray(ls_full)) < TOL
+  assert rel_err(aux["td_error_norm"], B * jnp.asarray(synth.td_norms)) < TOL
+  # Not a tautology: the faithful rule (its quirks on) differs from the fixed one here.
+  faithful, _ = _jit(bp_lambda(model, flavour="eprop", faithful=True, **kw).grads)(params, batch)
+  assert rel_err(faithful["cell"], got["cell"]) > 1e-3
