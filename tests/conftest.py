@@ -1,10 +1,35 @@
-"""Test configuration: float64 everywhere (float32 tests cast explicitly).
+"""Test configuration: the users' float32 by default, float64 and XLA's defaults by marker.
 
-The tests compile many small programs; XLA's heavy optimisation passes dominate their run time
-and change no result beyond rounding, so they are turned off here (never in the library).
+* ``@pytest.mark.x64`` (or ``pytestmark = pytest.mark.x64`` for a module): the test runs with
+  ``jax_enable_x64`` on (the float64 oracle tests); it is switched back off after the test. Every
+  other test runs in JAX's default float32, as users do. The switch is per test, so it holds under
+  pytest-xdist too (each worker process applies it to the tests it runs).
+* The tests compile many small programs; XLA's heavy optimisation passes dominate their run time
+  and change no result beyond rounding, so they are turned off for the session (never in the
+  library), except for tests marked ``@pytest.mark.xla_default``: before and after each of those,
+  JAX's compilation caches are cleared (the flag is read when a program is compiled, and is not
+  part of the cache key), so they compile and run with XLA's default optimisations, as users do
+  (tests/test_float32_lane.py: every rule against its oracle in float32).
 """
 
 import jax
+import pytest
 
-jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_disable_most_optimizations", True)
+
+
+@pytest.fixture(autouse=True)
+def _precision_and_xla(request):
+  x64 = request.node.get_closest_marker("x64") is not None
+  default_xla = request.node.get_closest_marker("xla_default") is not None
+  if default_xla:
+    jax.clear_caches()
+    jax.config.update("jax_disable_most_optimizations", False)
+  jax.config.update("jax_enable_x64", x64)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_enable_x64", False)
+    if default_xla:
+      jax.clear_caches()
+      jax.config.update("jax_disable_most_optimizations", True)

@@ -16,8 +16,12 @@ def grads_bundle(rules):
   return jit(lambda params, batch: {k: r.grads(params, batch) for k, r in rules.items()})
 
 
-def random_batch(key, T, B, d_in, d_out, loss="mse", mask_prob=0.6, dtype=jnp.float64):
-  """A random time-major batch; at least the last step of every example carries a loss."""
+def random_batch(key, T, B, d_in, d_out, loss="mse", mask_prob=0.6, dtype=None):
+  """A random time-major batch; at least the last step of every example carries a loss.
+
+  dtype: default float64 under the ``x64`` marker, else float32.
+  """
+  dtype = jax.dtypes.canonicalize_dtype(jnp.float64 if dtype is None else dtype)
   k1, k2, k3 = jax.random.split(key, 3)
   x = jax.random.normal(k1, (T, B, d_in), dtype)
   if loss == "ce":

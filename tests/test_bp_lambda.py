@@ -17,6 +17,8 @@ from bplambda_jax.model import make_model, step_weights
 
 from helpers import flat, jit as _jit, random_batch, randomize, rel_err, to_f32
 
+pytestmark = pytest.mark.x64  # float64 oracles
+
 
 TOL = 1e-9
 T, B, D_IN, H = 5, 3, 2, 3

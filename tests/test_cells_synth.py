@@ -15,6 +15,8 @@ from bplambda_jax.model import make_model, step_weights
 
 from helpers import jit as _jit, random_batch, rel_err
 
+pytestmark = pytest.mark.x64  # float64 oracles
+
 
 TOL = 1e-12
 T, B, D_IN, D_OUT, H = 4, 2, 3, 2, 4

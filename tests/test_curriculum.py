@@ -33,6 +33,7 @@ def test_levels_run_in_the_paper_order():
   assert all(leaf.dtype == jnp.int32 and leaf.shape == () for leaf in cur)
 
 
+@pytest.mark.x64
 def test_threshold_is_0_15_bits_strict():
   cur = tasks.curriculum_init()
   limit = 0.15 * LN2  # nats

@@ -5,8 +5,9 @@ of the regression ½·mean_b Σ_{k=0}^{T−1} ‖ĝ(s_{k−1}) − stop_grad(C_k
 of the future losses L_{≥k} with respect to the cell state c_k along the cell-state path: every
 later output gate is held at its value (docs/concepts.md, "The e-prop flavour at λ = γ = 1").
 
-Everything on the oracle's side is built here from the parameters alone: a hand-written LSTM step
-(gate order i, f, g, o), a Python loop over time, and ``jax.vjp`` of explicitly unrolled networks:
+Everything on the oracle's side (tests/rule_oracles.py) is built from the parameters alone: a
+hand-written LSTM step (gate order i, f, g, o), a Python loop over time, and ``jax.vjp`` of
+explicitly unrolled networks:
 
 * C_k: the vjp with respect to c_k of the losses of a network unrolled from step k whose output
   gates are constants (their values on the actual trajectory);
@@ -16,7 +17,7 @@ Everything on the oracle's side is built here from the parameters alone: a hand-
   sensitivity), one whose h_{t−1} enters every gate as a constant (e-prop: only the c_{t−1}
   carry is differentiated), and one with the whole previous state constant (immediate).
 
-The library is used only for the model's parameters and the loss functions.
+The library is used only for the model's parameters, its readout and the loss functions.
 """
 
 import jax
@@ -28,6 +29,7 @@ from bplambda_jax import bp_lambda, linear_synthesiser
 from bplambda_jax.model import make_model, step_weights
 from bplambda_jax.rules import _bp_lambda as bpl_module
 
+import rule_oracles as ro
 from helpers import jit as _jit, random_batch, randomize, rel_err
 
 pytestmark = pytest.mark.x64
@@ -37,118 +39,9 @@ T, B, D_IN, H = 5, 3, 2, 3
 SG = 0.7
 
 
-# ------------------------------------------------------------------------- the hand-made LSTM
-
-
-def _gates(cp, h, x):
-  """(i, f, g, o) of the LSTM at (h_{t−1}, x_t), each [H]; rows of W in the order i, f, g, o."""
-  z = cp["w_ih"] @ x + cp["w_hh"] @ h + cp["b"]
-  zi, zf, zg, zo = jnp.split(z, 4)
-  return jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg), jax.nn.sigmoid(zo)
-
-
-def _trajectory(cp, x):
-  """h_t, c_t, o_t for t = 0..T−1 of one example (x [T, D_in]), each [T, H]."""
-  h = c = jnp.zeros(H, x.dtype)
-  hs, cs, os_ = [], [], []
-  for t in range(x.shape[0]):
-    i, f, g, o = _gates(cp, h, x[t])
-    c = f * c + i * g
-    h = o * jnp.tanh(c)
-    hs.append(h), cs.append(c), os_.append(o)
-  return jnp.stack(hs), jnp.stack(cs), jnp.stack(os_)
-
-
-def _c_path_targets(model, params, x, y, w):
-  """C_k = ∂L_{≥k}/∂c_k along the cell-state path (later output gates held fixed), [T, H]."""
-  cp = params["cell"]
-  hs, cs, os_ = _trajectory(cp, x)
-  loss = lambda h, t: w[t] * model.loss.value(model.readout(params, h), y[t])
-  out = []
-  for k in range(x.shape[0]):
-    def tail(c_k, k=k):
-      h = os_[k] * jnp.tanh(c_k)
-      total = loss(h, k)
-      c = c_k
-      for m in range(k + 1, x.shape[0]):
-        i, f, g, _ = _gates(cp, h, x[m])
-        c = f * c + i * g
-        h = os_[m] * jnp.tanh(c)  # o_m as a constant: no path through a later output gate
-        total = total + loss(h, m)
-      return total
-
-    out.append(jax.vjp(tail, cs[k])[1](jnp.ones((), x.dtype))[0])
-  return jnp.stack(out)
-
-
-def _learning_signals(model, params, x, y, w, sg):
-  """ls_t (h part) = ℓ_t + sg·ĝ(s_t)·∂c_{t+1}/∂h_t, and ls_{T−1} = ℓ_{T−1}; [T, H]."""
-  cp = params["cell"]
-  synth = linear_synthesiser()
-  hs, cs, _ = _trajectory(cp, x)
-  out = []
-  for t in range(x.shape[0]):
-    ell = jax.grad(lambda h: w[t] * model.loss.value(model.readout(params, h), y[t]))(hs[t])
-    if t < x.shape[0] - 1:
-      ghat = synth.apply(params["synth"], jnp.concatenate([hs[t], cs[t]]))
-      c_next = lambda h: (lambda i, f, g, o: f * cs[t] + i * g)(*_gates(cp, h, x[t + 1]))
-      ell = ell + sg * jax.vjp(c_next, hs[t])[1](ghat)[0]
-    out.append(ell)
-  return jnp.stack(out)
-
-
-def _unrolled_hidden(cp, x, traj, which):
-  """h_0..h_{T−1} as functions of the cell parameters, [T, H].
-
-  which: 'rtrl' (the real network), 'eprop' (h_{t−1} in the gates a constant; c carried) or
-  'immediate' (h_{t−1} and c_{t−1} both constants); ``traj`` holds the constants.
-  """
-  hs, cs, _ = traj
-  h = c = jnp.zeros(H, x.dtype)
-  out = []
-  for t in range(x.shape[0]):
-    h_in = h if which == "rtrl" else (hs[t - 1] if t else jnp.zeros(H, x.dtype))
-    c_in = c if which != "immediate" else (cs[t - 1] if t else jnp.zeros(H, x.dtype))
-    i, f, g, o = _gates(cp, h_in, x[t])
-    c = f * c_in + i * g
-    h = o * jnp.tanh(c)
-    out.append(h)
-  return jnp.stack(out)
-
-
 def _oracle(model, params, batch, sensitivity, sg=SG):
   """(synthesiser gradient, learning signals [T, B, 2H], cell gradient, readout gradient)."""
-  synth = linear_synthesiser()
-  cp, frozen = params["cell"], params["synth"]["frozen"]
-  w = step_weights(batch.mask)
-  xs, ys, ws = (jnp.moveaxis(a, 1, 0) for a in (batch.x, batch.y, w))  # example-major
-
-  C = jax.vmap(lambda x, y, wt: _c_path_targets(model, params, x, y, wt))(xs, ys, ws)  # [B,T,H]
-  traj = jax.vmap(lambda x: _trajectory(cp, x))(xs)
-  hs, cs = traj[0], traj[1]
-  s = jnp.concatenate([hs, cs], -1)  # [B, T, 2H]
-  s_prev = jnp.concatenate([jnp.zeros_like(s[:, :1]), s[:, :-1]], 1)  # s_{k−1}, s_{−1} = 0
-
-  def regression(theta):
-    g = jax.vmap(jax.vmap(lambda z: synth.apply({"train": theta, "frozen": frozen}, z)))(s_prev)
-    return 0.5 * jnp.mean(jnp.sum((g - jax.lax.stop_gradient(C)) ** 2, axis=(1, 2)))
-
-  synth_grad = jax.grad(regression)(params["synth"]["train"])
-  ls = jax.vmap(lambda x, y, wt: _learning_signals(model, params, x, y, wt, sg))(xs, ys, ws)
-
-  def credit(x, l, traj):
-    return jax.vjp(lambda q: _unrolled_hidden(q, x, traj, sensitivity), cp)[1](l)[0]
-
-  cell_grad = jax.tree.map(lambda a: jnp.mean(a, 0), jax.vmap(credit)(xs, ls, traj))
-
-  def total_loss(ro):
-    p = dict(params, readout=ro)
-    per = jax.vmap(jax.vmap(lambda h, yt: model.loss.value(model.readout(p, h), yt)))(hs, ys)
-    return jnp.sum(ws * per) / xs.shape[0]
-
-  readout_grad = jax.grad(total_loss)(params["readout"])
-  ls_full = jnp.concatenate([jnp.moveaxis(ls, 0, 1), jnp.zeros_like(jnp.moveaxis(ls, 0, 1))], -1)
-  return synth_grad, ls_full, cell_grad, readout_grad
+  return ro.bp_lambda_eprop_parts(model, params, batch, linear_synthesiser(), sensitivity, sg)
 
 
 def _setup(seed, loss="mse", d_out=2):
@@ -172,7 +65,7 @@ def _rule(model, sensitivity, mode, **kw):
 def test_hand_lstm_is_the_library_lstm():
   """The oracle's hand-written step is the model's LSTM (parameter layout and gate order)."""
   model, params, batch = _setup(60)
-  hs, cs, _ = _trajectory(params["cell"], batch.x[:, 0])
+  hs, cs, _ = ro.lstm_trajectory(params["cell"], batch.x[:, 0])
   s = jnp.zeros(2 * H)
   for t in range(T):
     s = model.cell.step(params["cell"], s, batch.x[t, 0])
@@ -235,21 +128,21 @@ def test_c_path_target_is_not_the_total_cell_gradient():
   """C_k differs from the total ∂L_{≥k}/∂c_k (which also flows through later output gates)."""
   model, params, batch = _setup(69)
   x, y, w = batch.x[:, 0], batch.y[:, 0], step_weights(batch.mask)[:, 0]
-  C = _c_path_targets(model, params, x, y, w)
+  C = ro.c_path_targets(model, params, x, y, w)
   cp = params["cell"]
 
   def total(c0):  # L_{≥0} through the real network from c_0 (h_{−1} = 0)
-    i, f, g, o = _gates(cp, jnp.zeros(H), x[0])
+    i, f, g, o = ro.lstm_gates(cp, jnp.zeros(H), x[0])
     h, c = o * jnp.tanh(c0), c0
     acc = w[0] * model.loss.value(model.readout(params, h), y[0])
     for m in range(1, T):
-      i, f, g, o = _gates(cp, h, x[m])
+      i, f, g, o = ro.lstm_gates(cp, h, x[m])
       c = f * c + i * g
       h = o * jnp.tanh(c)
       acc = acc + w[m] * model.loss.value(model.readout(params, h), y[m])
     return acc
 
-  _, cs, _ = _trajectory(cp, x)
+  _, cs, _ = ro.lstm_trajectory(cp, x)
   full = jax.grad(total)(cs[0])
   assert rel_err(C[0], full) > 1e-3
 

@@ -22,6 +22,8 @@ from bplambda_jax import model as cells
 from bplambda_jax import model as model_lib
 from helpers import flat, grads_bundle, jit as _jit, random_batch, randomize, rel_err
 
+pytestmark = pytest.mark.x64  # float64 oracles
+
 T, B, D_IN, D_OUT, H = 5, 2, 2, 2, 3
 TOL = 1e-9
 CELLS = {"tanh": lambda: cells.tanh_rnn(H), "lstm": lambda: cells.lstm(H)}

@@ -14,6 +14,8 @@ import bplambda_jax as bl
 
 from helpers import jit, random_batch, rel_err
 
+pytestmark = pytest.mark.x64  # float64 oracles
+
 T, B, D, D_OUT, H = 6, 3, 3, 2, 4
 TOL = 1e-10
 

@@ -17,6 +17,8 @@ from bplambda_jax import credit
 from bplambda_jax import kernels
 from bplambda_jax import linear_synthesiser
 
+pytestmark = pytest.mark.x64  # float64 oracles
+
 F32_TOL = 1e-5
 F64_TOL = 1e-12
 # The oracles, jitted: one compilation per shape instead of one per op (keeps the file fast).

@@ -77,6 +77,7 @@ def test_cosine_conventions():
 # --------------------------------------------------------------------------------- alignment
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("cell", ["linear", "lstm"])
 def test_bptt_is_aligned_with_itself(cell):
   model, params, batch = _setup(cell, jax.random.key(1))
@@ -92,6 +93,7 @@ def test_bptt_is_aligned_with_itself(cell):
   np.testing.assert_allclose(res["learning_signal_per_step"], 1.0, atol=TOL)
 
 
+@pytest.mark.x64
 def test_alignment_of_known_transformations():
   """Negated, zeroed and partially zeroed estimates give −1, 0 and the exact partial cosine."""
   model, params, batch = _setup("lstm", jax.random.key(2))
@@ -140,6 +142,7 @@ def test_alignment_undefined_when_truth_is_zero():
   assert float(res["learning_signal_count"]) == 0.0
 
 
+@pytest.mark.x64
 def test_alignment_is_jittable():
   """One compilation serves new data and a traced step mask."""
   model, params, batch = _setup("lstm", jax.random.key(4))
@@ -162,6 +165,7 @@ def test_alignment_is_jittable():
   assert float(res_all["learning_signal_count"]) == T * B
 
 
+@pytest.mark.x64
 def test_truncation_misaligns_on_a_long_dependency():
   """Linear RNN, input at t = 0 only, loss at t = T−1 only (the toy task's structure).
 

@@ -18,6 +18,8 @@ import pytest
 from bplambda_jax import training
 from helpers import rel_err
 
+pytestmark = pytest.mark.x64  # float64 oracles
+
 # Runs in a fresh interpreter with 4 host devices. Four compiles of a bp_lambda training run
 # (training.run, 2 Adam steps): unsharded at S=8; sharded at S=8 (the padded S=6 sweep and the
 # control's lowering reuse it); shard_seeds called directly at S=4; a 2×2 (seed × batch) mesh at

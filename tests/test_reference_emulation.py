@@ -24,6 +24,8 @@ from bplambda_jax.model import Batch, make_model, step_weights
 
 from helpers import jit as _jit, randomize, rel_err, step_loop
 
+pytestmark = pytest.mark.x64  # float64 oracles
+
 
 TOL = 1e-9
 B, D_IN = 3, 2

@@ -23,6 +23,8 @@ from bplambda_jax import model as model_lib
 from bplambda_jax.credit import _protocol, _structure
 from helpers import flat, grads_bundle, jit as _jit, random_batch, randomize, rel_err
 
+pytestmark = pytest.mark.x64  # float64 oracles
+
 T, B, D_IN, D_OUT, H = 5, 2, 2, 2, 3
 TOL = 1e-9
 # Unit k reads unit j when CHAIN[k, j] = 1: a chain 0 → 1 → 2.

@@ -279,6 +279,7 @@ def small():
   return tasks.SeqMnist(jnp.asarray(x), jnp.asarray(y, jnp.int32))
 
 
+@pytest.mark.x64
 def test_layouts_shapes_and_pixels(small):
   key = jax.random.key(0)
   rows, pix, perm = (tasks.mnist_batch(small, key, 2, 1, 5, layout, perm_seed=4)

@@ -24,6 +24,8 @@ import bplambda_jax as bl
 
 from helpers import jit, random_batch, rel_err
 
+pytestmark = pytest.mark.x64  # float64 oracles
+
 TOL = 1e-12
 T, B, D_IN, D_OUT, H = 7, 3, 3, 2, 4
 

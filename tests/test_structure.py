@@ -12,6 +12,8 @@ import pytest
 
 import bplambda_jax as bl
 
+pytestmark = pytest.mark.x64  # float64 oracles
+
 D = 3
 
 CELLS = {

@@ -25,6 +25,8 @@ from bplambda_jax import credit, kernels
 
 from helpers import jit, random_batch, randomize, rel_err
 
+pytestmark = pytest.mark.x64  # float64 oracles
+
 TOL = 1e-10
 T, B, D, H = 6, 3, 3, 4
 ON_CPU = jax.default_backend() == "cpu"

@@ -25,6 +25,7 @@ def setup(cell, loss, T, B, d_in, d_out):
   return model, params, batch
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("loss,d_out", [("mse", 3), ("ce", 4), ("bce", 5)])
 def test_loss_per_step_is_the_objective(loss, d_out):
   model, params, batch = setup("tanh", loss, 6, 5, 2, d_out)
@@ -85,6 +86,7 @@ def test_nan_is_never_masked_away():
   assert all(np.isnan(metrics(params, batch)[k]) for k in ("loss", "accuracy"))
 
 
+@pytest.mark.x64
 def test_metrics_jit_and_errors():
   model, params, batch = setup("lstm", "bce", 4, 3, 3, 2)
   got, objective = jit(lambda p, b: (experiments.task_metrics(model, p, b),
@@ -102,6 +104,7 @@ def test_metrics_jit_and_errors():
     experiments.loss_per_step(jnp.zeros((4, 3, 2)), batch._replace(mask=jnp.ones((4, 2))), "bce")
 
 
+@pytest.mark.x64
 def test_evaluate_over_padded_mnist_batches_equals_one_big_batch():
   rng = np.random.default_rng(0)
   data = tasks.SeqMnist(jnp.asarray(rng.integers(0, 256, (23, 28, 28)), jnp.uint8),

@@ -17,6 +17,8 @@ from bplambda_jax.model import Batch, step_weights
 
 from helpers import randomize, random_batch, rel_err, to_f32
 
+pytestmark = pytest.mark.x64  # float64 oracles
+
 TOL = 1e-9
 D_IN, D_OUT, B = 3, 2, 3
 CELLS = ["linear", "tanh", "lstm", "gru"]

@@ -23,6 +23,8 @@ from bplambda_jax.model import make_model
 
 from helpers import jit as _jit, random_batch, randomize, rel_err, step_loop
 
+pytestmark = pytest.mark.x64  # float64 oracles
+
 TOL = 1e-12
 
 

@@ -39,6 +39,7 @@ def test_vmap_over_seeds_equals_loop():
                  jax.tree.map(lambda a: a[1], vm_state.params)) > 1e-3
 
 
+@pytest.mark.x64
 def test_jit_equals_eager_and_compiles_once():
   _, rule, opt = _setup("sequence")
   state = train.init_state(rule, opt, jax.random.key(0))
@@ -61,6 +62,7 @@ def test_jit_equals_eager_and_compiles_once():
   assert int(jit_state.step) == 3
 
 
+@pytest.mark.x64
 def test_groups_get_their_own_learning_rate():
   model, rule, _ = _setup()
   opt = train.optimiser(0.0, 1e-2, 0.0)
@@ -71,6 +73,7 @@ def test_groups_get_their_own_learning_rate():
   assert rel_err(new.params["readout"], state.params["readout"]) > 0.0
 
 
+@pytest.mark.x64
 def test_adam_matches_reference_settings():
   # Adam(0.9, 0.98, eps 1e-9 added to sqrt(v_hat)): first step is lr·g/(|g| + eps).
   opt = train.adam(0.1)
