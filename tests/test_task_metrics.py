@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from bplambda_jax import experiments
+from bplambda_jax.experiments import RunConfig
+from bplambda_jax.experiments._setup import make_setup
 from bplambda_jax import tasks
 from bplambda_jax.model import Batch, make_model
 from bplambda_jax.model._model import loss_and_states
@@ -120,28 +122,38 @@ def test_evaluate_over_padded_mnist_batches_equals_one_big_batch():
     np.testing.assert_allclose(got[k], whole[k], rtol=1e-10)
 
 
-def test_tasks_describe_their_batches():
+def test_runner_batches_fit_each_task():
+  """The batches the runner trains on (``make_setup``'s data function) fit the task's model and
+  loss, for every task that generates its data: shapes [T, B, D_in] and targets of the task's
+  size, targets in the loss's domain (class labels in range, binary BCE targets), a 0/1 mask
+  with a target in every example, a finite loss of the runner's model on them, and a fresh
+  batch at the next update for the randomly drawn tasks."""
   assert tasks.TASK_NAMES == tuple(sorted(tasks.TASK_NAMES))
+  B = 4
   for name in tasks.TASK_NAMES:
-    task = tasks.get_task(name)
-    assert task.name == name and task.loss in ("mse", "ce", "bce")
-    model = task.make_model(hidden_size=3) if task.cell != "lstm" else None
-    model = model or task.make_model("tanh", 3)
-    assert (model.input_size, model.output_size) == (task.input_size, task.output_size)
-    if task.generator is not None:
-      b = jit(task.generator, static_argnums=1)(jax.random.key(0), 4)
-      chex.assert_shape([b.x, b.y, b.mask], [(task.seq_len, 4, task.input_size),
-                                             (task.seq_len, 4, task.output_size),
-                                             (task.seq_len, 4)])
-  row, pixel = tasks.get_task("seqmnist-row"), tasks.get_task("seqmnist-permuted")
-  assert (row.seq_len, row.input_size, row.output_size) == (28, 28, 10)
-  assert (pixel.seq_len, pixel.input_size) == (784, 1)
-  assert (row.eval_split, row.test_split, row.loss) == ("validation", "test", "ce")
-  copy = tasks.get_task("copy-repeat", max_n=4)
-  assert (copy.seq_len, copy.input_size, copy.output_size, copy.loss) == (23, 10, 9, "bce")
-  assert copy.generator is None and "bits" in copy.metrics
-  toy = tasks.get_task("toy")
-  assert toy.trained == ("synth",) and tasks.get_task("plastic-toy").trained != toy.trained
+    if name.startswith("seqmnist"):  # needs the data set (tests/test_seq_mnist.py)
+      continue
+    setup = make_setup(RunConfig(task=name, batch_size=B, seeds=1).resolve())
+    task, model = setup.task, setup.model
+    assert (model.input_size, model.output_size, model.loss.name) == (
+        task.input_size, task.output_size, task.loss)
+    batch = jit(lambda k, s: setup.batch(None, k, setup.level0, s))
+    b0, b1 = batch(jax.random.key(0), 0), batch(jax.random.key(0), 1)
+    T = b0.x.shape[0]
+    assert T == (task.seq_len if name in ("copy", "copy-repeat") else setup.config.seq_len)
+    y_shape = (T, B) if task.loss == "ce" else (T, B, task.output_size)
+    chex.assert_shape([b0.x, b0.y, b0.mask], [(T, B, task.input_size), y_shape, (T, B)])
+    x, y, mask = (np.asarray(a) for a in b0)
+    assert np.all(np.isfinite(x)) and set(np.unique(mask)) <= {0.0, 1.0}, name
+    assert np.all(mask.sum(0) >= 1), name
+    if task.loss == "ce":
+      assert y.min() >= 0 and y.max() < task.output_size, name
+    elif task.loss == "bce":
+      assert set(np.unique(y[mask > 0])) <= {0.0, 1.0}, name
+    loss, _ = jit(lambda p, b: loss_and_states(model, p, b))(model.init(jax.random.key(1)), b0)
+    assert np.isfinite(float(loss)) and float(loss) > 0.0, name
+    if name != "toy":  # the toy task is one fixed batch; the others draw fresh data per update
+      assert float(np.abs(np.asarray(b1.x) - x).max()) > 0.0, name
   with pytest.raises(ValueError, match="task must be one of"):
     tasks.get_task("mnist")
   with pytest.raises(ValueError, match="max_n applies only to task 'copy-repeat'"):

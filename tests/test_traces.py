@@ -78,9 +78,7 @@ def test_chunked_equals_dense_step_by_step(chunk):
   assert rel_err(_dense_incs(M, a, delta, 0 * c)[0], want) > 0.1
 
 
-def test_bytes_per_example():
-  assert traces.chunked_bytes_per_example(3, 5, 4, 8, base=True, ctx_size=7) == (45 + 4 * (7 + 5)) * 8
-  assert traces.chunked_bytes_per_example(3, 5, 4, 4, base=False, ctx_size=9) == 4 * (9 + 5) * 4
+def test_chunk_must_be_positive():
   with pytest.raises(ValueError, match="chunk must be an int >= 1"):
     traces.chunked_init(jnp.zeros((2, 3)), 3, 4, bias=True, chunk=0, steps=5, dtype=jnp.float32)
 
