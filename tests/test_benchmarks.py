@@ -23,6 +23,7 @@ def tiny_rows():
   return harness.run_cases(tiny=True, repeats=1, log=lambda s: None)
 
 
+@pytest.mark.slow
 def test_every_case_runs_tiny_with_complete_rows(tiny_rows):
   names = [c.name for c in cases_lib.all_cases()]
   assert [r["name"] for r in tiny_rows] == names
@@ -55,6 +56,7 @@ def test_every_case_runs_tiny_with_complete_rows(tiny_rows):
       assert r["ratio_to_flop_floor"] == pytest.approx(r["median_s"] / r["flop_floor_s"])
 
 
+@pytest.mark.slow
 def test_rows_refer_to_the_right_cases(tiny_rows):
   by = {r["name"]: r for r in tiny_rows}
   assert by["seqmnist_lstm30_bplambda_online"]["mode"] == "online"
@@ -106,6 +108,7 @@ def test_cases_name_registry_rules_with_their_options():
   assert row["status"] == "error" and "alpha_learning" in row["note"]
 
 
+@pytest.mark.slow
 def test_table_and_targets_render(tiny_rows):
   text = report.table(tiny_rows)
   for r in tiny_rows:
@@ -116,6 +119,7 @@ def test_table_and_targets_render(tiny_rows):
   assert "#### Targets" in report.report(tiny_rows)
 
 
+@pytest.mark.slow
 def test_targets_come_from_the_data_file(tiny_rows):
   spec = report.load_targets()
   assert {t["kind"] for t in spec["targets"]} == set(report.CHECKS)

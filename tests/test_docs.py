@@ -70,6 +70,7 @@ def _python_blocks(page):
   return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
 
 
+@pytest.mark.slow
 def test_extending_examples_run():
   blocks = _python_blocks("extending.md")
   assert len(blocks) >= 5

@@ -259,6 +259,7 @@ def _two_process_run():
 
 # One test for everything the 2-process run shows: a module fixture shared by several tests would
 # run once per pytest-xdist worker that receives one of them (CI runs `pytest -n 2`).
+@pytest.mark.slow
 @pytest.mark.x64
 def test_two_process_sweep_equals_one_process():
   run, want = _two_process_run()

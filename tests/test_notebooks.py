@@ -134,6 +134,7 @@ def test_install_cell_installs_only_when_the_package_is_missing():
   assert run(importable=False) == [("pip", f"install -q git+{url}")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_and_computes(path, tmp_path, monkeypatch):
   monkeypatch.setenv("BPLAMBDA_NOTEBOOK_SMALL", "1")

@@ -135,11 +135,13 @@ def _check_layout(layout, rows):
   assert layout["shard_rows"] == [rows]  # each device holds S / n_seed seeds
 
 
+@pytest.mark.slow
 def test_mesh_spans_all_devices(four_devices):
   assert four_devices["devices"] == 4
   assert four_devices["mesh"] == {"seed": 4, "batch": 1}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("s", [4, 8])
 def test_bp_lambda_sharded_equals_vmap(four_devices, s):
   r = four_devices[f"seeds_{s}"]
@@ -149,12 +151,14 @@ def test_bp_lambda_sharded_equals_vmap(four_devices, s):
   assert four_devices["seed0_vs_seed1"] > 1e-3  # seeds differ, so a permutation would show
 
 
+@pytest.mark.slow
 def test_padding_strips_extra_seeds(four_devices):
   r = four_devices["pad_6"]
   assert r["shape"] == 6
   assert r["rel_err"] < 1e-12
 
 
+@pytest.mark.slow
 def test_batch_axis_splits_the_batch(four_devices):
   r = four_devices["batch_2x2"]
   assert r["mesh"] == {"seed": 2, "batch": 2}
@@ -166,6 +170,7 @@ def test_batch_axis_splits_the_batch(four_devices):
   assert four_devices["seed_only_all_reduce"] == 0
 
 
+@pytest.mark.slow
 def test_bad_inputs_on_four_devices(four_devices):
   assert "number of seeds 6 is not a multiple of the 4 devices" in four_devices["err_not_divisible"]
   assert "device count 4 is not a multiple of batch_axis=3" in four_devices["err_batch_axis"]

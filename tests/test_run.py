@@ -60,6 +60,7 @@ TASKS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_every_task_runs_and_writes_its_results(task, tmp_path, capsys):
   extra, figures = TASKS[task]
@@ -158,6 +159,7 @@ def _cli(argv, **kw):
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
+@pytest.mark.slow
 def test_sigint_saves_and_resume_gives_identical_numbers(tmp_path):
   interrupted, whole = str(tmp_path / "a"), str(tmp_path / "b")
   proc = _cli(_SUB + ["--out", interrupted])
@@ -185,6 +187,7 @@ def test_sigint_saves_and_resume_gives_identical_numbers(tmp_path):
   assert sa["final"] == sb["final"] and sa["solved"] == sb["solved"]
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_and_leaves_a_checkpoint_that_loads(tmp_path, capsys):
   out = tmp_path / "out"
   argv = ["run", "plastic-toy", "--rule", "eprop", "--steps", "20", "--out", str(out),

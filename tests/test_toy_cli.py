@@ -21,6 +21,7 @@ def test_toy_batch_matches_spec():
   np.testing.assert_array_equal(b.mask[:, 0], [0] * 9 + [1])
 
 
+@pytest.mark.slow
 def test_alignment_rises_with_lambda():
   res = experiments.run_toy(lambdas=(0.0, 0.5, 1.0), seeds=(0, 1), steps=1500, record_every=500)
   final = np.asarray(res["alignment"])[:, :, -1].mean(0)
@@ -83,6 +84,7 @@ def test_cli_rejects_bad_arguments(argv, match, capsys):
   assert re.search(match, err), err
 
 
+@pytest.mark.slow
 def test_cli_align_table(tmp_path, capsys):
   out = tmp_path / "align"
   code = cli.main(["align", "--task", "copy", "--hidden", "3", "--rules",
