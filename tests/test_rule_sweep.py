@@ -8,14 +8,13 @@ numbers); the step state keeps ``init_state``'s structure and dtypes. The float3
 without x64.
 """
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from absl.testing import parameterized
-
-import functools
 
 import bplambda_jax as bl
 
