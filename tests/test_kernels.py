@@ -68,7 +68,15 @@ def _rel(a, b):
 
 
 def _has_pallas(fn, *args):
+  """The traced program holds a Pallas call (on some platform's branch)."""
   return "pallas_call" in str(jax.make_jaxpr(fn)(*args))
+
+
+def _lowers_kernel(fn, args, platform, name="bplambda_trace_step"):
+  """``fn`` exported for ``platform`` holds the named kernel (compiled, or interpreted on CPU)."""
+  exported = jax.export.export(jax.jit(fn), platforms=[platform], disabled_checks=[
+      jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(*args)
+  return name in exported.mlir_module()
 
 
 def test_reference_matches_loop_oracle():
@@ -171,19 +179,30 @@ def test_interpret_default_on_cpu():
 def test_auto_selection_by_backend():
   assert kernels.select_impl("cpu") == "xla"
   assert kernels.select_impl("gpu") == "pallas"
+  assert kernels.select_impl("cuda") == "pallas"
   assert kernels.select_impl("tpu", jnp.float32) == "pallas"
   assert kernels.select_impl("tpu", jnp.float64) == "xla"
+
+
+def test_choice_by_lowering_platform():
+  """One traced program: XLA when lowered for CPU, the kernel when lowered for GPU or TPU."""
+  args = tuple(jnp.asarray(a) for a in _dense_inputs(3, 3, 5, 13, jnp.float32))
+  auto = lambda *a: kernels.trace_step(*a, 0.9)
+  assert not _lowers_kernel(auto, args, "cpu")
+  assert _lowers_kernel(auto, args, "cuda") and _lowers_kernel(auto, args, "tpu")
+  forced = lambda *a: kernels.trace_step(*a, 0.9, impl="pallas")
+  assert all(_lowers_kernel(forced, args, p) for p in ("cpu", "cuda", "tpu"))
+  xla = lambda *a: kernels.trace_step(*a, 0.9, impl="xla")
+  assert not any(_lowers_kernel(xla, args, p) for p in ("cpu", "cuda", "tpu"))
+  # backend= names the platform whose choice is traced, whatever the lowering platform.
+  assert _has_pallas(lambda *a: kernels.trace_step(*a, 0.9, backend="gpu"), *args)
+  assert not _has_pallas(lambda *a: kernels.trace_step(*a, 0.9, backend="cpu"), *args)
 
 
 @cpu_only
 def test_automatic_choice_on_this_cpu():
   assert kernels.select_impl() == "xla"
   args = _dense_inputs(3, 3, 5, 13, jnp.float32) + (0.9,)
-  auto = lambda *a: kernels.trace_step(*a)
-  assert not _has_pallas(auto, *args)
-  assert _has_pallas(lambda *a: kernels.trace_step(*a, impl="pallas"), *args)
-  assert not _has_pallas(lambda *a: kernels.trace_step(*a, impl="xla"), *args)
-  assert _has_pallas(lambda *a: kernels.trace_step(*a, backend="gpu"), *args)
   want = _REF(*_f64(args[:4]), 0.9)
   for impl in (None, "xla", "pallas"):
     assert _rel(_f64(kernels.trace_step(*args, impl=impl)), want) < F32_TOL, impl
@@ -209,6 +228,8 @@ def test_bad_arguments():
     kernels.trace_step_pallas(E, M, G, delta, 0.5, interpret="yes")
   with pytest.raises(ValueError, match="backend must be"):
     kernels.select_impl(3)
+  with pytest.raises(ValueError, match="backend must be"):
+    kernels.trace_step(E, M, G, delta, 0.5, backend="metal")
 
 
 def test_jit_vmap_over_seeds():
