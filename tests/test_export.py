@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import pytest
 
 import bplambda_jax as bl
+from benchmarks import device_check
 from bplambda_jax import kernels
 from bplambda_jax.kernels import _trace_step
 
@@ -58,17 +59,10 @@ def _spec(*shape):
 
 # ------------------------------------------------------------------------------- kernels alone
 
-# (id, B, d, P): the dense trace step at the library's shapes. The dense trace of BP(λ)'s linear
-# synthesiser W [d, n] is the diagonal kernel with P = d·n, its bias the dense kernel with P = 1.
-DENSE = [
-    ("seqmnist_lstm30", 50, 30, 30 * 60),  # d = H, n = 2H
-    ("copyrepeat_lstm100", 100, 100, 100 * 200),
-    ("lru_n64", 8, 128, 128 * 128),
-    ("elementwise_lstm_n64", 8, 64, 64 * 128),
-    ("odd_d30_p512", 8, 30, 512),
-    ("odd_d7_p130", 3, 7, 130),
-    ("bias_p1", 50, 30, 1),
-]
+# The library's shapes (seqMNIST, copy-repeat, element-wise cells at n = 64, 256, 1024, odd
+# sizes), shared with the device check that runs the compiled kernels on an accelerator.
+DENSE = device_check.DENSE_SHAPES
+STRUCTURED = device_check.STRUCTURED_SHAPES
 
 
 @pytest.mark.parametrize("platform", PLATFORMS)
@@ -84,19 +78,10 @@ def test_trace_step_lowers(case, B, d, P, platform):
     _assert_kernel(text, platform, "bplambda_trace_step")
 
 
-# (id, B, pattern, U, P): the structured trace step. Element-wise LSTM (e-prop flavour): K
-# diagonal; LRU (state flavour): 2×2 unit blocks with one stored pair; P = 2n + 1.
-LRU = kernels.block_pattern([[False, True], [False, True]])
-FULL2 = kernels.block_pattern([[True, True], [True, True]])
-STRUCTURED = [(f"{cell}_n{n}", 8, pat, n, 2 * n + 1) for n in (64, 256, 1024)
-              for cell, pat in (("elementwise_lstm", kernels.DIAGONAL), ("lru", LRU))]
-STRUCTURED += [("odd_u30_p61", 8, kernels.DIAGONAL, 30, 61), ("full2_u64_p130", 8, FULL2, 64, 130),
-               ("full2_b100_u100_p211", 100, FULL2, 100, 211)]
-
-
 @pytest.mark.parametrize("platform", PLATFORMS)
-@pytest.mark.parametrize("case,B,pattern,U,P", STRUCTURED, ids=[c[0] for c in STRUCTURED])
-def test_structured_step_lowers(case, B, pattern, U, P, platform):
+@pytest.mark.parametrize("case,B,pattern_name,U,P", STRUCTURED, ids=[c[0] for c in STRUCTURED])
+def test_structured_step_lowers(case, B, pattern_name, U, P, platform):
+  pattern = device_check.pattern(pattern_name)
   k = pattern.k
   args = (_spec(B, len(pattern.stored), U, P), _spec(B, k, k, U), _spec(B, P), _spec(B, k, U))
   text = _module(lambda *a: kernels.structured_step(*a, 0.9, pattern), args, platform)
@@ -189,3 +174,13 @@ def test_update_lowers_with_kernel(case, shapes, spec, options, kernel, platform
     assert not _calls(text) & set(CUSTOM_CALL.values())
   else:
     _assert_kernel(text, platform, kernel)
+
+
+def test_device_check_needs_an_accelerator_on_cpu(capsys, tmp_path):
+  if jax.default_backend() != "cpu":
+    pytest.skip("on an accelerator the device check runs for minutes")
+  out = tmp_path / "device.json"
+  assert device_check.main(["--json", str(out)]) == device_check.EXIT_NO_ACCELERATOR
+  err = capsys.readouterr().err
+  assert "needs an accelerator (a GPU or a TPU)" in err and "'cpu'" in err
+  assert not out.exists()

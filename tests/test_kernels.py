@@ -8,6 +8,8 @@ against the dense step with G = 1[o = i]·z_j written out, and against the dense
 ``jax.jacrev`` Jacobian of ``linear_synthesiser`` (the G that ``td_step`` builds).
 """
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +20,10 @@ from bplambda_jax import kernels
 from bplambda_jax import linear_synthesiser
 
 F32_TOL = 1e-5
+# The kernel tests run the Pallas interpreter (the only Pallas on CPU). On a GPU or TPU,
+# BPLAMBDA_KERNELS_COMPILED=1 (set by ``python -m benchmarks.device_check``) runs the same tests
+# on the compiled kernels instead (interpret=None: compiled wherever the platform has a compiler).
+INTERPRET = None if os.environ.get("BPLAMBDA_KERNELS_COMPILED") == "1" else True
 F64_TOL = 1e-12
 # The oracles, jitted: one compilation per shape instead of one per op (keeps the file fast).
 _REF = jax.jit(kernels.trace_step_reference)
@@ -113,10 +119,11 @@ def test_pallas_matches_reference_float32(B, d, P, block_p, c_mode):
   c = 0.81
   if c_mode == "traced":
     fn = jax.jit(lambda E, M, G, delta, c: kernels.trace_step_pallas(
-        E, M, G, delta, c, interpret=True, block_p=block_p))
+        E, M, G, delta, c, interpret=INTERPRET, block_p=block_p))
     E_new, inc = fn(E, M, G, delta, jnp.float32(c))
   else:
-    E_new, inc = kernels.trace_step_pallas(E, M, G, delta, c, interpret=True, block_p=block_p)
+    E_new, inc = kernels.trace_step_pallas(E, M, G, delta, c, interpret=INTERPRET,
+                                           block_p=block_p)
   assert E_new.shape == (B, d, P) and inc.shape == (P,)
   assert E_new.dtype == jnp.float32 and inc.dtype == jnp.float32
   want = _REF(*_f64((E, M, G, delta)), c)
@@ -128,7 +135,7 @@ def test_pallas_matches_reference_float32(B, d, P, block_p, c_mode):
 
 def test_pallas_float64_exact():
   E, M, G, delta = _dense_inputs(1, 3, 7, 130, jnp.float64)
-  got = kernels.trace_step_pallas(E, M, G, delta, -0.37, interpret=True, block_p=32)
+  got = kernels.trace_step_pallas(E, M, G, delta, -0.37, interpret=INTERPRET, block_p=32)
   want = _REF(E, M, G, delta, -0.37)
   assert got[0].dtype == jnp.float64
   assert _rel(got, want) < F64_TOL
@@ -274,7 +281,8 @@ def test_diag_matches_dense(B, d, n, block_p):
   want = (dense[0].reshape(B, d, d, n), dense[1].reshape(d, n))
   ref = _REF_DIAG(*_f64((E, M, z, delta)), c)
   assert _rel(ref, want) < F64_TOL
-  got = jax.jit(lambda *a: kernels.trace_step_diag_pallas(*a, interpret=True, block_p=block_p))(
+  got = jax.jit(lambda *a: kernels.trace_step_diag_pallas(*a, interpret=INTERPRET,
+                                                          block_p=block_p))(
       E, M, z, delta, jnp.float32(c))
   assert got[0].shape == (B, d, d, n) and got[1].shape == (d, n)
   assert _rel(_f64(got), want) < F32_TOL
