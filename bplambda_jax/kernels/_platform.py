@@ -5,7 +5,8 @@ A jitted or exported program may be lowered for a platform other than the one it
 their implementation with ``jax.lax.platform_dependent``: every platform's branch is traced, and
 lowering keeps the one branch of the platform it lowers for. A branch may be the fused Pallas
 kernel with that platform's tiles and compiler parameters, the Pallas interpreter (CPU) or the XLA
-path.
+path. :func:`dispatch` is that choice for one kernel call, :func:`select_impl` the choice that
+layout decisions taken before tracing use.
 
 GPU kernels use Pallas's Triton backend. Mosaic GPU (JAX's default for ``pallas_call`` on CUDA)
 copies every block to shared memory with asynchronous copies whose global strides must be
@@ -18,13 +19,16 @@ Ampere and later GPUs and on ROCm.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any, Callable, Optional
 
 import jax
+import jax.numpy as jnp
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as pltriton
 
+IMPLS = ("pallas", "xla")
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 GPU_PLATFORMS = ("cuda", "rocm")
 _ALIASES = {"gpu": "cuda"}
@@ -93,3 +97,77 @@ def note_fallback(kernel: str, platform: str, shape: tuple, reason: str, *, forc
   _warned.add(key)
   warnings.warn(f"{kernel}: the Pallas kernel cannot serve shape {shape} on {platform} "
                 f"({reason}); the XLA implementation is used there instead.", stacklevel=4)
+
+
+def check_interpret(interpret):
+  """ValueError unless ``interpret`` is None, True or False."""
+  if interpret is not None and not isinstance(interpret, bool):
+    raise ValueError(f"interpret must be None, True or False, got {interpret!r}.")
+
+
+def select_impl(backend: Optional[str] = None, dtype: Any = None) -> str:
+  """The implementation the automatic choice gives on a platform.
+
+  'pallas' on GPU and TPU (except float64 on TPU, which has no 64-bit floats), 'xla' elsewhere
+  (the Pallas interpreter on CPU is a correctness tool, slower than XLA). The kernels themselves
+  choose by the platform a program is *lowered* for (``jax.lax.platform_dependent``), so one
+  jitted or exported program holds the right path for each platform; this function serves
+  decisions that must be taken before tracing, such as the padded layout of a stored trace
+  (:func:`~bplambda_jax.kernels.padded_columns`). A Pallas kernel that cannot serve a shape on
+  its platform falls back to XLA there (with a warning).
+
+  Args:
+    backend: a platform name ('cpu', 'gpu', 'cuda', 'rocm', 'tpu'); None means the default
+      backend's platform.
+    dtype: the dtype of the trace, or None.
+
+  Returns:
+    'pallas' or 'xla'.
+  """
+  platform = normalize_platform(backend) or runtime_platform()
+  if platform not in ("cuda", "rocm", "tpu"):
+    return "xla"
+  if platform == "tpu" and dtype is not None and jnp.dtype(dtype).itemsize > 4:
+    return "xla"
+  return "pallas"
+
+
+def check_impl(impl):
+  """ValueError unless ``impl`` is None or one of :data:`IMPLS`."""
+  if impl is not None and impl not in IMPLS:
+    raise ValueError(f"impl must be one of {list(IMPLS)} or None (automatic), got {impl!r}.")
+
+
+def route(kernel, platform, impl, interpret, shape, plan, *, forced):
+  """What ``platform`` runs: 'xla' or the _Tiles of a Pallas launch.
+
+  impl None: XLA on CPU, the compiled kernel elsewhere; 'pallas': the interpreter on CPU (or
+  everywhere with ``interpret=True``), the compiled kernel elsewhere; 'xla': XLA. A compiled kernel
+  whose ``plan(platform)`` cannot serve the shape falls back to XLA (a warning, see
+  :func:`note_fallback`).
+  """
+  if impl == "xla" or (impl is None and platform not in ("cuda", "rocm", "tpu")):
+    return "xla"
+  if interpret or (interpret is None and platform == "cpu"):
+    return plan("interpret")[0]
+  tiles, why = plan(platform)
+  if tiles is None:
+    note_fallback(kernel, platform, shape, why, forced=forced)
+    return "xla"
+  return tiles
+
+
+def dispatch(kernel, xla_fn, pallas_fn, args, shape, plan, *, impl, interpret, backend):
+  """``xla_fn(*args)`` or ``pallas_fn(*args, tiles=...)``, chosen per lowering platform."""
+  platform = normalize_platform(backend)
+  forced = platform is not None
+
+  def branch_for(p):
+    chosen = route(kernel, p, impl, interpret, shape, plan, forced=forced)
+    return xla_fn if chosen == "xla" else functools.partial(pallas_fn, tiles=chosen)
+
+  if impl == "xla":
+    return xla_fn(*args)
+  if interpret:
+    return branch_for("cpu")(*args)
+  return by_platform(branch_for, args, platform)

@@ -59,8 +59,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from bplambda_jax.kernels import _platform
-from bplambda_jax.kernels._trace_step import (IMPLS, _check_impl, _check_interpret, _dispatch,
-                                              _TPU_LANES, _TPU_VMEM)
+from bplambda_jax.kernels._platform import IMPLS, check_impl, check_interpret, dispatch
+from bplambda_jax.kernels._trace_step import _TPU_LANES, _TPU_VMEM
 
 DEFAULT_BLOCK_P = 128
 DEFAULT_BLOCK_U = 8
@@ -387,8 +387,8 @@ def _check_block(name, value):
 
 def _step(E, M, a, delta, c, pattern, *, impl, interpret, backend, block_u, block_p):
   E, M, a, delta, dtype = _check(E, M, a, delta, c, pattern)
-  _check_impl(impl)
-  _check_interpret(interpret)
+  check_impl(impl)
+  check_interpret(interpret)
   _check_block("block_u", block_u)
   _check_block("block_p", block_p)
   if not pattern.stored:  # nothing is traced: the increment is δ ⊗ a alone
@@ -398,7 +398,7 @@ def _step(E, M, a, delta, c, pattern, *, impl, interpret, backend, block_u, bloc
   plan = lambda p: _tiles(p, B, S, pattern.k, U, P, block_u, block_p, jnp.dtype(dtype).itemsize)
   xla = lambda Mc, E, a, dl: structured_step_xla(E, Mc, a, dl, 1.0, pattern)
   pallas = lambda Mc, E, a, dl, tiles: _run(Mc, E, a, dl, pattern=pattern, tiles=tiles)
-  return _dispatch("structured_step", xla, pallas, (Mc, E, a, delta), (B, S, pattern.k, U, P),
+  return dispatch("structured_step", xla, pallas, (Mc, E, a, delta), (B, S, pattern.k, U, P),
                    plan, impl=impl, interpret=interpret, backend=backend)
 
 

@@ -49,8 +49,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from bplambda_jax.kernels import _platform
+from bplambda_jax.kernels._platform import check_impl, check_interpret, dispatch
 
-IMPLS = ("pallas", "xla")
 DEFAULT_BLOCK_P = 256
 _MIN_D = 16  # smallest padded d: Triton's matrix product needs ≥ 16 rows
 _PRECISION = jax.lax.Precision.HIGHEST  # full float32 products on TPU/GPU (no bf16/tf32 passes)
@@ -110,11 +110,6 @@ def _check_block_p(block_p):
       block_p & (block_p - 1)):
     raise ValueError(f"block_p must be a positive power of two (a multiple of 128 on TPU), got "
                      f"{block_p!r}.")
-
-
-def _check_interpret(interpret):
-  if interpret is not None and not isinstance(interpret, bool):
-    raise ValueError(f"interpret must be None, True or False, got {interpret!r}.")
 
 
 # --------------------------------------------------------------------------------- references
@@ -363,93 +358,26 @@ def _run_fused_jvp(n, tiles, primals, tangents):
   return out, out_dot
 
 
-# --------------------------------------------------------------------------------- selection
-def select_impl(backend: Optional[str] = None, dtype: Any = None) -> str:
-  """The implementation the automatic choice gives on a platform.
-
-  'pallas' on GPU and TPU (except float64 on TPU, which has no 64-bit floats), 'xla' elsewhere
-  (the Pallas interpreter on CPU is a correctness tool, slower than XLA). The kernels themselves
-  choose by the platform a program is *lowered* for (``jax.lax.platform_dependent``), so one
-  jitted or exported program holds the right path for each platform; this function serves
-  decisions that must be taken before tracing, such as the padded layout of a stored trace
-  (:func:`~bplambda_jax.kernels.padded_columns`). A Pallas kernel that cannot serve a shape on
-  its platform falls back to XLA there (with a warning).
-
-  Args:
-    backend: a platform name ('cpu', 'gpu', 'cuda', 'rocm', 'tpu'); None means the default
-      backend's platform.
-    dtype: the dtype of the trace, or None.
-
-  Returns:
-    'pallas' or 'xla'.
-  """
-  platform = _platform.normalize_platform(backend) or _platform.runtime_platform()
-  if platform not in ("cuda", "rocm", "tpu"):
-    return "xla"
-  if platform == "tpu" and dtype is not None and jnp.dtype(dtype).itemsize > 4:
-    return "xla"
-  return "pallas"
-
-
-def _check_impl(impl):
-  if impl is not None and impl not in IMPLS:
-    raise ValueError(f"impl must be one of {list(IMPLS)} or None (automatic), got {impl!r}.")
-
-
-def _route(kernel, platform, impl, interpret, shape, plan, *, forced):
-  """What ``platform`` runs: 'xla' or the _Tiles of a Pallas launch.
-
-  impl None: XLA on CPU, the compiled kernel elsewhere; 'pallas': the interpreter on CPU (or
-  everywhere with ``interpret=True``), the compiled kernel elsewhere; 'xla': XLA. A compiled kernel
-  whose ``plan(platform)`` cannot serve the shape falls back to XLA (a warning, see
-  :func:`bplambda_jax.kernels._platform.note_fallback`).
-  """
-  if impl == "xla" or (impl is None and platform not in ("cuda", "rocm", "tpu")):
-    return "xla"
-  if interpret or (interpret is None and platform == "cpu"):
-    return plan("interpret")[0]
-  tiles, why = plan(platform)
-  if tiles is None:
-    _platform.note_fallback(kernel, platform, shape, why, forced=forced)
-    return "xla"
-  return tiles
-
-
-def _dispatch(kernel, xla_fn, pallas_fn, args, shape, plan, *, impl, interpret, backend):
-  """``xla_fn(*args)`` or ``pallas_fn(*args, tiles=...)``, chosen per lowering platform."""
-  platform = _platform.normalize_platform(backend)
-  forced = platform is not None
-
-  def branch_for(p):
-    route = _route(kernel, p, impl, interpret, shape, plan, forced=forced)
-    return xla_fn if route == "xla" else functools.partial(pallas_fn, tiles=route)
-
-  if impl == "xla":
-    return xla_fn(*args)
-  if interpret:
-    return branch_for("cpu")(*args)
-  return _platform.by_platform(branch_for, args, platform)
-
-
+# --------------------------------------------------------------------------------- entry points
 def _dense(E, M, G, delta, c, *, impl, interpret, backend, block_p):
   E, M, G, delta, dtype = _check_dense(E, M, G, delta, c)
-  _check_impl(impl)
-  _check_interpret(interpret)
+  check_impl(impl)
+  check_interpret(interpret)
   _check_block_p(block_p)
   Mc = (jnp.asarray(c, dtype) * M).astype(dtype)  # c folded into M: [B, d, d]
   B, d, P = E.shape
   plan = lambda p: _tiles(p, d, P, block_p, jnp.dtype(dtype).itemsize)
   xla = lambda Mc, E, G, dl: trace_step_xla(E, Mc, G, dl, 1.0)
   pallas = lambda Mc, E, G, dl, tiles: _run(Mc, E, G, dl, n=None, tiles=tiles)
-  return _dispatch("trace_step", xla, pallas, (Mc, E.astype(dtype), G.astype(dtype),
+  return dispatch("trace_step", xla, pallas, (Mc, E.astype(dtype), G.astype(dtype),
                                                 delta.astype(dtype)), (B, d, P), plan,
                    impl=impl, interpret=interpret, backend=backend)
 
 
 def _diag(E, M, z, delta, c, *, impl, interpret, backend, block_p):
   E, M, z, delta, dtype = _check_diag(E, M, z, delta, c)
-  _check_impl(impl)
-  _check_interpret(interpret)
+  check_impl(impl)
+  check_interpret(interpret)
   _check_block_p(block_p)
   B, d, _, n = E.shape
   Mc = (jnp.asarray(c, dtype) * M).astype(dtype)
@@ -461,7 +389,7 @@ def _diag(E, M, z, delta, c, *, impl, interpret, backend, block_p):
     E_new, inc = _run(Mc, E.reshape(B, d, d * n), zrep, dl, n=n, tiles=tiles)
     return E_new.reshape(B, d, d, n), inc.reshape(d, n)
 
-  return _dispatch("trace_step_diag", xla, pallas,
+  return dispatch("trace_step_diag", xla, pallas,
                    (Mc, E.astype(dtype), z.astype(dtype), delta.astype(dtype)), (B, d, d * n),
                    plan, impl=impl, interpret=interpret, backend=backend)
 
