@@ -180,8 +180,8 @@ def sweep(rule: Rule, opt: optax.GradientTransformation, data_fn: Callable, keys
           seed_axis: str = "auto"):
   """:func:`run` for every seed key: seeds a ``jax.vmap`` axis of one program, or a loop.
 
-  Before compiling, :func:`check_memory` checks that the online traces fit (of all S seeds
-  with a vmap, of one with a loop).
+  Before compiling, :func:`check_memory` checks that the online traces of all S seeds fit (also
+  for a loop, which holds one seed's at a time: the check stays on the safe side).
 
   Args:
     rule, opt, data_fn, num_steps, metric_fn: as in :func:`run`.
@@ -202,7 +202,7 @@ def sweep(rule: Rule, opt: optax.GradientTransformation, data_fn: Callable, keys
   k0 = keys[0]
   params = jax.eval_shape(lambda k: rule.init(jax.random.split(k)[0]), k0)
   batch = jax.eval_shape(lambda k: data_fn(k, jnp.zeros((), jnp.int32)), k0)
-  check_memory(rule, params, batch.x.shape[1], seeds=S if axis == "vmap" else 1)
+  check_memory(rule, params, batch.x.shape[1], seeds=S)
   per_seed = hparams is not None and all(jnp.ndim(v) == 1 for v in hparams.values())
   fn = lambda k, hp: run(rule, opt, data_fn, k, num_steps, hparams=hp, metric_fn=metric_fn,
                          checked=checked)
