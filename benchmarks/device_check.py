@@ -54,11 +54,13 @@ _PATTERNS = {"diagonal": [[True]], "lru": [[False, True], [False, True]],
 # (id, B, pattern name, U, P) of the structured trace step (P = 2n + 1 for the element-wise cells).
 STRUCTURED_SHAPES = [(f"{cell}_n{n}", 8, pat, n, 2 * n + 1) for n in (64, 256, 1024)
                      for cell, pat in (("elementwise_lstm", "diagonal"), ("lru", "lru"))]
-STRUCTURED_SHAPES += [("odd_u30_p61", 8, "diagonal", 30, 61), ("full2_u64_p130", 8, "full2", 64, 130),
+STRUCTURED_SHAPES += [("odd_u30_p61", 8, "diagonal", 30, 61),
+                      ("full2_u64_p130", 8, "full2", 64, 130),
                       ("full2_b100_u100_p211", 100, "full2", 100, 211)]
 
 ROWS = ["kernel_trace_step_xla", "kernel_trace_step_pallas"]
-ROWS += [f"kernel_structured_step_{c}_n1024_{i}" for c in ("lru", "lstm") for i in ("xla", "pallas")]
+ROWS += [f"kernel_structured_step_{c}_n1024_{i}" for c in ("lru", "lstm")
+         for i in ("xla", "pallas")]
 ROWS += [f"seqmnist_lstm30_{r}" for r in ("bptt", "eprop", "bplambda_online", "bplambda_sequence")]
 ROWS += [f"copyrepeat_lstm100_{r}" for r in ("bptt", "eprop", "bplambda_online",
                                              "bplambda_online_dense")]

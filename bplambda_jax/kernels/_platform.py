@@ -31,6 +31,10 @@ from jax.experimental.pallas import triton as pltriton
 IMPLS = ("pallas", "xla")
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 GPU_PLATFORMS = ("cuda", "rocm")
+# TPU (Mosaic): a block's last axis is laid out in 128 lanes; the blocks of a program,
+# double-buffered, must fit the default scoped VMEM (16 MiB), with a margin.
+TPU_LANES = 128
+TPU_VMEM = 12 * 2 ** 20
 _ALIASES = {"gpu": "cuda"}
 
 _warned: set = set()

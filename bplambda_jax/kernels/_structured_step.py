@@ -60,7 +60,6 @@ from jax.experimental import pallas as pl
 
 from bplambda_jax.kernels import _platform
 from bplambda_jax.kernels._platform import IMPLS, check_impl, check_interpret, dispatch
-from bplambda_jax.kernels._trace_step import _TPU_LANES, _TPU_VMEM
 
 DEFAULT_BLOCK_P = 128
 DEFAULT_BLOCK_U = 8
@@ -309,11 +308,12 @@ def _tiles(platform, B, S, k, U, P, block_u, block_p, itemsize):
       return None, "TPUs have no 64-bit floats"
     Bp, Sp, kp = B, S, k
     bu = U if U <= max(block_u, 8) else max(block_u, 8)
-    bp = P if P <= max(block_p, _TPU_LANES) else max(block_p, _TPU_LANES)
-    vmem = 2 * itemsize * (B * k * (k + 1) * bu * _TPU_LANES + 8 * B * bp
+    lanes = _platform.TPU_LANES
+    bp = P if P <= max(block_p, lanes) else max(block_p, lanes)
+    vmem = 2 * itemsize * (B * k * (k + 1) * bu * lanes + 8 * B * bp
                            + 2 * B * S * bu * bp + k * bu * bp)
-    if vmem > _TPU_VMEM:
-      return None, f"its blocks need {vmem} bytes of VMEM > {_TPU_VMEM}"
+    if vmem > _platform.TPU_VMEM:
+      return None, f"its blocks need {vmem} bytes of VMEM > {_platform.TPU_VMEM}"
   else:
     Bp, Sp, kp = p2(B), p2(max(S, 1)), p2(k)
     bu, bp = min(block_u, p2(U)), min(block_p, p2(P))

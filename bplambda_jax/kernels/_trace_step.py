@@ -30,13 +30,14 @@ Tiling of the kernel (every grid program is independent, so the grid is fully pa
 TPU alike): the grid is (B, ⌈P/block_p⌉); program (b, j) holds M_b [d', d'] and the column tile
 E_b[:, j·block_p : (j+1)·block_p] [d', block_p], where d' is d rounded up to a power of two ≥ 16
 (Triton needs power-of-two blocks and at least 16 rows for a matrix product; zero rows change
-nothing). Tiles are chosen per platform (:func:`_tiles`): on GPU (Triton) d' ≤ 128 and
-d'·block_p ≤ 8192, so M and a tile fit one program's shared memory and registers (a larger d runs
-the XLA path there, with a warning); on TPU (Mosaic) column tiles are whole 128-lane multiples and
-the double-buffered blocks stay within the scoped VMEM. Each program writes its partial increment Σ_i δ_bi·E_new_bi [block_p] to a [B, 1, P']
-buffer; the sum over the batch and the 1/B are one cheap XLA reduction afterwards, which avoids a
-cross-program accumulation that GPU grids cannot do safely. The factor c is folded into M before
-the call (an O(B·d²) product), so c may be a traced array and the kernel has no scalar operands.
+nothing). Tiles are chosen per platform (:func:`_tiles`): on GPU (Triton) d' ≤ 128 and d'·block_p ≤
+8192, so M and a tile fit one program's shared memory and registers (a larger d runs the XLA path
+there, with a warning); on TPU (Mosaic) column tiles are whole 128-lane multiples and the
+double-buffered blocks stay within the scoped VMEM. Each program writes its partial increment Σ_i
+δ_bi·E_new_bi [block_p] to a [B, 1, P'] buffer; the sum over the batch and the 1/B are one cheap
+XLA reduction afterwards, which avoids a cross-program accumulation that GPU grids cannot do
+safely. The factor c is folded into M before the call (an O(B·d²) product), so c may be a traced
+array and the kernel has no scalar operands.
 """
 
 from __future__ import annotations
@@ -254,9 +255,6 @@ class _Tiles(NamedTuple):
 # ≤ 96 KiB of shared memory and ≤ 64 registers a thread (8 warps), within every GPU since Ampere.
 _GPU_MAX_D = 128
 _GPU_TILE = 8192
-# TPU (Mosaic): the blocks of a program, double-buffered, within the default scoped VMEM (16 MiB).
-_TPU_VMEM = 12 * 2 ** 20
-_TPU_LANES = 128
 
 
 def _tiles(platform: str, d: int, P: int, block_p: int, itemsize: int):
@@ -279,10 +277,11 @@ def _tiles(platform: str, d: int, P: int, block_p: int, itemsize: int):
   elif platform == "tpu":
     if itemsize > 4:
       return None, "TPUs have no 64-bit floats"
-    bp = min(max(block_p, _TPU_LANES), p2)
-    vmem = 2 * itemsize * (d_pad * d_pad + 3 * d_pad * bp + d_pad * _TPU_LANES + 8 * bp)
-    if vmem > _TPU_VMEM:
-      return None, f"its blocks need {vmem} bytes of VMEM > {_TPU_VMEM}"
+    lanes = _platform.TPU_LANES
+    bp = min(max(block_p, lanes), p2)
+    vmem = 2 * itemsize * (d_pad * d_pad + 3 * d_pad * bp + d_pad * lanes + 8 * bp)
+    if vmem > _platform.TPU_VMEM:
+      return None, f"its blocks need {vmem} bytes of VMEM > {_platform.TPU_VMEM}"
   else:
     bp = min(block_p, p2)
   return _Tiles(platform, d_pad, bp, pl.cdiv(P, bp) * bp, num_warps), ""
