@@ -325,3 +325,31 @@ def test_trace_step_tree_per_leaf():
     credit.trace_step_tree(trace, M, {"a": G["a"]}, delta, 0.4)
   with pytest.raises(ValueError, match="trace must be a dict with key 'w'"):
     credit.linear_trace_step({"v": trace["a"]}, M, delta, delta, 0.4)
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_each_platforms_tiles_compute_the_reference(platform):
+  """The tiles a GPU or TPU gets (column tiles capped for Triton's registers, whole 128-lane tiles
+  and an unpadded batch on TPU, several tiles per axis), run through the interpreter."""
+  from bplambda_jax.kernels import _structured_step, _trace_step
+  B, d, P = 2, 100, 300  # GPU: d' = 128 caps the column tile at 64 (5 tiles); TPU: 128 (3 tiles)
+  E, M, G, delta = _dense_inputs(70, B, d, P, jnp.float32)
+  tiles = _trace_step._tiles(platform, d, P, kernels.DEFAULT_BLOCK_P, 4)[0]
+  assert tiles.P_pad // tiles.bp > 1
+  got = _trace_step._run(jnp.asarray(0.8 * M), E, G, delta, n=None,
+                         tiles=tiles._replace(platform="interpret"))
+  assert _rel(_f64(got), _REF(*_f64((E, M, G, delta)), 0.8)) < F32_TOL
+  pattern = kernels.block_pattern([[True, True], [True, True]])
+  B, U, P = 100, 9, 40  # GPU: B' = 128 leaves 1 unit and 32 columns a tile; TPU: 8 units
+  r = _rng(71)
+  E = r.standard_normal((B, len(pattern.stored), U, P)).astype(np.float32)
+  M = (r.standard_normal((B, 2, 2, U)) / 2).astype(np.float32)
+  a, dl = r.standard_normal((B, P)).astype(np.float32), r.standard_normal((B, 2, U)).astype(
+      np.float32)
+  tiles = _structured_step._tiles(platform, B, len(pattern.stored), 2, U, P, 8, 128, 4)[0]
+  assert (tiles.Up // tiles.bu) * (tiles.Pp // tiles.bp) > 1
+  got = _structured_step._run(jnp.asarray(0.8 * M), E, a, dl, pattern=pattern,
+                              tiles=tiles._replace(platform="interpret"))
+  want = jax.jit(kernels.structured_step_reference, static_argnums=5)(
+      *_f64((E, M, a, dl)), 0.8, pattern)
+  assert _rel(_f64(got), want) < F32_TOL
