@@ -58,6 +58,8 @@ def test_map_seeds_loop_equals_vmap():
     training.map_seeds(fn, "loop", in_axes=1)
   with pytest.raises(ValueError, match="disagree on the seed count"):
     training.map_seeds(fn, "loop", in_axes=(0, 0, None))(keys, w[:3], 0.5)
+  with pytest.raises(ValueError, match="seed axis is empty"):
+    training.map_seeds(fn, "loop", in_axes=(0, 0, None))(keys[:0], w[:0], 0.5)
 
 
 def _toy():

@@ -191,6 +191,8 @@ def map_seeds(fn: Callable, seed_axis: str = "auto", in_axes: Any = 0) -> Callab
     if len(axes) != len(args):
       raise ValueError(f"in_axes has {len(axes)} entries for {len(args)} arguments.")
     s = _seed_count([a for a, ax in zip(args, axes) if ax == 0])
+    if s == 0:
+      raise ValueError("the seed axis is empty: pass at least one seed.")
     outs = [one(*[jax.tree.map(lambda x: x[i], a) if ax == 0 else a for a, ax in zip(args, axes)])
             for i in range(s)]
     return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
