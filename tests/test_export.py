@@ -176,6 +176,16 @@ def test_update_lowers_with_kernel(case, shapes, spec, options, kernel, platform
     _assert_kernel(text, platform, kernel)
 
 
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+@pytest.mark.parametrize("case", ["seqmnist_bplambda_dense", "lru_n64_bplambda_structured"])
+def test_seed_vmapped_update_lowers_with_kernel(case, platform):
+  """On GPU/TPU seeds are a vmap (seed_axis='auto'): the batched kernel still lowers."""
+  _, shapes, spec, options, kernel = next(u for u in UPDATES if u[0] == case)
+  update, args = _update_args(shapes, spec, options)
+  seeds = lambda tree: jax.tree.map(lambda s: jax.ShapeDtypeStruct((4,) + s.shape, s.dtype), tree)
+  _assert_kernel(_module(jax.vmap(update), seeds(args), platform), platform, kernel)
+
 def test_device_check_needs_an_accelerator_on_cpu(capsys, tmp_path):
   if jax.default_backend() != "cpu":
     pytest.skip("on an accelerator the device check runs for minutes")
