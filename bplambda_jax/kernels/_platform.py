@@ -76,13 +76,21 @@ def by_platform(branch_for: Callable[[str], Callable], args: tuple,
   """
   if platform is not None:
     return branch_for(platform)(*args)
-  branches = {p: branch_for(p) for p in PLATFORMS}
-  return jax.lax.platform_dependent(*args, default=branches["cpu"], **branches)
+  # The CPU's function is the default; equal functions (CUDA and ROCm) are traced once.
+  accelerators = {p: branch_for(p) for p in PLATFORMS if p != "cpu"}
+  return jax.lax.platform_dependent(*args, default=branch_for("cpu"), **accelerators)
+
+
+def tile_platform(platform: str) -> str:
+  """The compile target of a platform's kernels: 'gpu' for CUDA and ROCm (both Triton), else
+  the platform itself."""
+  return "gpu" if platform in GPU_PLATFORMS else platform
 
 
 def compiler_params(platform: str, num_warps: int = 4, grid_rank: int = 2) -> Any:
-  """Pallas compiler parameters of a compiled kernel on ``platform`` ('cuda'/'rocm': Triton)."""
-  if platform in GPU_PLATFORMS:
+  """Pallas compiler parameters of a compiled kernel on ``platform`` ('gpu': Triton, for CUDA
+  and ROCm alike; 'tpu': Mosaic)."""
+  if tile_platform(platform) == "gpu":
     return pltriton.CompilerParams(num_warps=num_warps, num_stages=1)
   if platform == "tpu":
     return pltpu.CompilerParams(dimension_semantics=("parallel",) * grid_rank)
@@ -166,9 +174,13 @@ def dispatch(kernel, xla_fn, pallas_fn, args, shape, plan, *, impl, interpret, b
   platform = normalize_platform(backend)
   forced = platform is not None
 
+  made = {}
+
   def branch_for(p):
     chosen = route(kernel, p, impl, interpret, shape, plan, forced=forced)
-    return xla_fn if chosen == "xla" else functools.partial(pallas_fn, tiles=chosen)
+    if chosen == "xla":
+      return xla_fn
+    return made.setdefault(chosen, functools.partial(pallas_fn, tiles=chosen))  # one per tiling
 
   if impl == "xla":
     return xla_fn(*args)

@@ -325,7 +325,8 @@ def _tiles(platform, B, S, k, U, P, block_u, block_p, itemsize):
       if Bp * bu * bp > _GPU_TILE:
         return None, (f"the batch B = {B} pads to {Bp}: a [B', 1, {bp}] tile exceeds "
                       f"{_GPU_TILE} floats of registers")
-  return _Tiles(platform, Bp, Sp, kp, bu, bp, pl.cdiv(U, bu) * bu, pl.cdiv(P, bp) * bp), ""
+  return _Tiles(_platform.tile_platform(platform), Bp, Sp, kp, bu, bp, pl.cdiv(U, bu) * bu,
+                pl.cdiv(P, bp) * bp), ""
 
 
 @functools.partial(jax.jit, static_argnames=("pattern", "tiles"))

@@ -239,8 +239,8 @@ def _diag_kernel(m_ref, e_ref, zr_ref, dl_ref, e_out_ref, part_ref, *, n, block_
 class _Tiles(NamedTuple):
   """How one launch is tiled (hashable: it selects the compiled program).
 
-  platform: 'interpret' (the Pallas interpreter), or the platform the kernel is compiled for
-  ('cuda', 'rocm', 'tpu'; 'cpu' has no compiler and fails to lower, as Pallas does there).
+  platform: 'interpret' (the Pallas interpreter), or what the kernel is compiled for ('gpu':
+  Triton on CUDA and ROCm, 'tpu'; 'cpu' has no compiler and fails to lower, as Pallas does there).
   """
 
   platform: str
@@ -284,7 +284,8 @@ def _tiles(platform: str, d: int, P: int, block_p: int, itemsize: int):
       return None, f"its blocks need {vmem} bytes of VMEM > {_platform.TPU_VMEM}"
   else:
     bp = min(block_p, p2)
-  return _Tiles(platform, d_pad, bp, pl.cdiv(P, bp) * bp, num_warps), ""
+  target = _platform.tile_platform(platform)
+  return _Tiles(target, d_pad, bp, pl.cdiv(P, bp) * bp, num_warps), ""
 
 
 def _pad_to(a, shape):
