@@ -20,7 +20,8 @@ Families (all float32):
   analytic cost exceeds :data:`SCALE_FLOP_LIMIT` are listed as skipped, with the estimate.
 * ``seeds{S}_{vmap,loop}``: S ∈ {1, …, 64} seeds of BP(λ) sequence mode at seqMNIST shapes
   (H = 30, batch 50 per seed): one ``jax.vmap``-ed update over the seeds against a Python loop of
-  single-seed jitted updates.
+  single-seed jitted updates; ``seeds32_auto`` times what ``seed_axis='auto'`` picks on this
+  machine (:func:`bplambda_jax.training.resolve_seed_axis`: a loop on CPU, a vmap on GPU/TPU).
 * ``floor_matmul``: a 2048×2048 float32 matmul, the machine's achievable GFLOP/s.
 * ``kernel_trace_step_*``: one online BP(λ) trace step of the linear synthesiser at copy-repeat
   size through :func:`bplambda_jax.credit.linear_trace_step` (the fused Pallas kernel on GPU/TPU;
@@ -41,6 +42,7 @@ from benchmarks import cases_elementwise
 
 KINDS = ("update", "matmul", "trace_step", "structured_step")
 SEED_IMPLS = ("vmap", "loop")
+AUTO_SEED_COUNTS = (32,)  # seeds{S}_auto rows: what seed_axis='auto' picks here
 
 # Scaling rows whose analytic cost (see :func:`estimated_flops`) exceeds this are skipped: on the
 # 2-core CPU this suite was tuned on, batched contractions run at ~10 GFLOP/s, so 1.5e11 FLOP is
@@ -68,7 +70,8 @@ class Case(NamedTuple):
     batch: B (per seed).
     seq_len: T.
     seeds: number of seeds timed together (1 unless ``seed_impl`` is set).
-    seed_impl: None, 'vmap' (one vmapped update) or 'loop' (a Python loop of jitted updates).
+    seed_impl: None, 'vmap' (one vmapped update), 'loop' (a Python loop of jitted updates) or
+      'auto' (whichever ``training.resolve_seed_axis('auto')`` picks on this machine).
     lrs: (lr_cell, lr_readout, lr_synth) for ``bl.optimiser``.
     bptt_ref: name of the BPTT row of the same model, for ``ratio_to_bptt``.
     skip: reason the case is not run at its full size (None: it is run).
@@ -109,7 +112,11 @@ class Case(NamedTuple):
     """Everything that determines the compiled program (cases with equal keys share it)."""
     return (self.kind, self.rule, self.options, self.cell, self.loss, self.input_size,
             self.output_size, self.hidden, self.batch, self.seq_len, self.lrs, self.impl,
-            ("vmap", self.seeds) if self.seed_impl == "vmap" else ("single",))
+            ("vmap", self.seeds) if self.seed_axis() == "vmap" else ("single",))
+
+  def seed_axis(self) -> Optional[str]:
+    """'vmap' or 'loop' for a seeds row ('auto' resolved on this machine), else None."""
+    return bl.training.resolve_seed_axis(self.seed_impl) if self.seed_impl else None
 
   def build_rule(self) -> bl.Rule:
     """The case's rule: ``bl.make_rule(rule, make_model(cell, loss, ...), **options)``."""
@@ -315,6 +322,10 @@ def _seed_cases():
     for impl in SEED_IMPLS:
       out.append(Case(f"seeds{s}_{impl}", "seeds", **r, hidden=30, batch=50, seeds=s,
                       seed_impl=impl, bptt_ref="seqmnist_lstm30_bptt", **SEQMNIST))
+  for s in AUTO_SEED_COUNTS:
+    out.append(Case(f"seeds{s}_auto", "seeds", **r, hidden=30, batch=50, seeds=s,
+                    seed_impl="auto", bptt_ref="seqmnist_lstm30_bptt",
+                    note="seed_axis='auto': a loop on CPU, a vmap on GPU/TPU", **SEQMNIST))
   for s in SMALL_BATCH_SEED_COUNTS:  # the toy task's batch size: per-call overheads dominate
     for impl in SEED_IMPLS:
       out.append(Case(f"seeds{s}_b{SMALL_SEED_BATCH}_{impl}", "seeds", **r, hidden=30,

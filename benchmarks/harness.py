@@ -198,7 +198,7 @@ class Runner:
       raise ValueError(f"make_rule({case.rule!r}) built a rule named {rule.name!r}.")
     opt = bl.optimiser(*case.lrs)
     update = bl.make_update(rule, opt)
-    vmapped = case.seed_impl == "vmap"
+    vmapped = case.seed_axis() == "vmap"
     shapes = jax.eval_shape(lambda k: bl.init_state(rule, opt, k), jax.random.key(0))
     bl.training.check_memory(rule, shapes.params, case.batch,
                              seeds=case.seeds if vmapped else 1)
@@ -213,7 +213,7 @@ class Runner:
   def _measure_update(self, case: cases_lib.Case, row: dict) -> None:
     prog, shared = self._update_program(case)
     compiled, args = prog["compiled"], prog["args"]
-    if case.seed_impl == "loop":
+    if case.seed_axis() == "loop":
       per_seed = [prog["make_args"](seed) for seed in range(case.seeds)]
 
       def call():
@@ -224,7 +224,7 @@ class Runner:
       def call():
         return compiled(*args)
       flops = prog["flops"]
-      row["timed"] = "train_update_vmap_seeds" if case.seed_impl == "vmap" else "train_update"
+      row["timed"] = "train_update_vmap_seeds" if case.seed_axis() == "vmap" else "train_update"
     first, times, note = self.timer(call, self.repeats, self.budget_s)
     if shared:
       note = "; ".join(n for n in (note, "compiled program shared with an earlier row") if n)

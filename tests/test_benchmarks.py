@@ -79,6 +79,8 @@ def test_rows_refer_to_the_right_cases(tiny_rows):
       assert r["cell"] == {"lru": "lru", "lstm": "elementwise_lstm"}[cell]
   assert by["seeds2_vmap"]["timed"] == "train_update_vmap_seeds"
   assert by["seeds2_loop"]["timed"] == "train_update_loop_seeds"
+  auto = "loop" if jax.default_backend() == "cpu" else "vmap"  # seed_axis='auto'
+  assert by["seeds32_auto"]["timed"] == f"train_update_{auto}_seeds"
   # The loop's FLOPs are S single-seed updates; the vmapped program does the same work.
   assert by["seeds2_loop"]["flops"] == pytest.approx(2 * by["seqmnist_lstm30_bplambda_sequence"]["flops"])
   assert by["seeds2_vmap"]["flops"] == pytest.approx(by["seeds2_loop"]["flops"], rel=1e-2)

@@ -8,6 +8,8 @@ against the dense step with G = 1[o = i]·z_j written out, and against the dense
 ``jax.jacrev`` Jacobian of ``linear_synthesiser`` (the G that ``td_step`` builds).
 """
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,6 +22,10 @@ from bplambda_jax import linear_synthesiser
 pytestmark = pytest.mark.x64  # float64 oracles
 
 F32_TOL = 1e-5
+# The kernel tests run the Pallas interpreter (the only Pallas on CPU). On a GPU or TPU,
+# BPLAMBDA_KERNELS_COMPILED=1 (set by ``python -m benchmarks.device_check``) runs the same tests
+# on the compiled kernels instead (interpret=None: compiled wherever the platform has a compiler).
+INTERPRET = None if os.environ.get("BPLAMBDA_KERNELS_COMPILED") == "1" else True
 F64_TOL = 1e-12
 # The oracles, jitted: one compilation per shape instead of one per op (keeps the file fast).
 _REF = jax.jit(kernels.trace_step_reference)
@@ -70,7 +76,15 @@ def _rel(a, b):
 
 
 def _has_pallas(fn, *args):
+  """The traced program holds a Pallas call (on some platform's branch)."""
   return "pallas_call" in str(jax.make_jaxpr(fn)(*args))
+
+
+def _lowers_kernel(fn, args, platform, name="bplambda_trace_step"):
+  """``fn`` exported for ``platform`` holds the named kernel (compiled, or interpreted on CPU)."""
+  exported = jax.export.export(jax.jit(fn), platforms=[platform], disabled_checks=[
+      jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(*args)
+  return name in exported.mlir_module()
 
 
 def test_reference_matches_loop_oracle():
@@ -107,10 +121,11 @@ def test_pallas_matches_reference_float32(B, d, P, block_p, c_mode):
   c = 0.81
   if c_mode == "traced":
     fn = jax.jit(lambda E, M, G, delta, c: kernels.trace_step_pallas(
-        E, M, G, delta, c, interpret=True, block_p=block_p))
+        E, M, G, delta, c, interpret=INTERPRET, block_p=block_p))
     E_new, inc = fn(E, M, G, delta, jnp.float32(c))
   else:
-    E_new, inc = kernels.trace_step_pallas(E, M, G, delta, c, interpret=True, block_p=block_p)
+    E_new, inc = kernels.trace_step_pallas(E, M, G, delta, c, interpret=INTERPRET,
+                                           block_p=block_p)
   assert E_new.shape == (B, d, P) and inc.shape == (P,)
   assert E_new.dtype == jnp.float32 and inc.dtype == jnp.float32
   want = _REF(*_f64((E, M, G, delta)), c)
@@ -122,7 +137,7 @@ def test_pallas_matches_reference_float32(B, d, P, block_p, c_mode):
 
 def test_pallas_float64_exact():
   E, M, G, delta = _dense_inputs(1, 3, 7, 130, jnp.float64)
-  got = kernels.trace_step_pallas(E, M, G, delta, -0.37, interpret=True, block_p=32)
+  got = kernels.trace_step_pallas(E, M, G, delta, -0.37, interpret=INTERPRET, block_p=32)
   want = _REF(E, M, G, delta, -0.37)
   assert got[0].dtype == jnp.float64
   assert _rel(got, want) < F64_TOL
@@ -173,19 +188,30 @@ def test_interpret_default_on_cpu():
 def test_auto_selection_by_backend():
   assert kernels.select_impl("cpu") == "xla"
   assert kernels.select_impl("gpu") == "pallas"
+  assert kernels.select_impl("cuda") == "pallas"
   assert kernels.select_impl("tpu", jnp.float32) == "pallas"
   assert kernels.select_impl("tpu", jnp.float64) == "xla"
+
+
+def test_choice_by_lowering_platform():
+  """One traced program: XLA when lowered for CPU, the kernel when lowered for GPU or TPU."""
+  args = tuple(jnp.asarray(a) for a in _dense_inputs(3, 3, 5, 13, jnp.float32))
+  auto = lambda *a: kernels.trace_step(*a, 0.9)
+  assert not _lowers_kernel(auto, args, "cpu")
+  assert _lowers_kernel(auto, args, "cuda") and _lowers_kernel(auto, args, "tpu")
+  forced = lambda *a: kernels.trace_step(*a, 0.9, impl="pallas")
+  assert all(_lowers_kernel(forced, args, p) for p in ("cpu", "cuda", "tpu"))
+  xla = lambda *a: kernels.trace_step(*a, 0.9, impl="xla")
+  assert not any(_lowers_kernel(xla, args, p) for p in ("cpu", "cuda", "tpu"))
+  # backend= names the platform whose choice is traced, whatever the lowering platform.
+  assert _has_pallas(lambda *a: kernels.trace_step(*a, 0.9, backend="gpu"), *args)
+  assert not _has_pallas(lambda *a: kernels.trace_step(*a, 0.9, backend="cpu"), *args)
 
 
 @cpu_only
 def test_automatic_choice_on_this_cpu():
   assert kernels.select_impl() == "xla"
   args = _dense_inputs(3, 3, 5, 13, jnp.float32) + (0.9,)
-  auto = lambda *a: kernels.trace_step(*a)
-  assert not _has_pallas(auto, *args)
-  assert _has_pallas(lambda *a: kernels.trace_step(*a, impl="pallas"), *args)
-  assert not _has_pallas(lambda *a: kernels.trace_step(*a, impl="xla"), *args)
-  assert _has_pallas(lambda *a: kernels.trace_step(*a, backend="gpu"), *args)
   want = _REF(*_f64(args[:4]), 0.9)
   for impl in (None, "xla", "pallas"):
     assert _rel(_f64(kernels.trace_step(*args, impl=impl)), want) < F32_TOL, impl
@@ -211,6 +237,8 @@ def test_bad_arguments():
     kernels.trace_step_pallas(E, M, G, delta, 0.5, interpret="yes")
   with pytest.raises(ValueError, match="backend must be"):
     kernels.select_impl(3)
+  with pytest.raises(ValueError, match="backend must be"):
+    kernels.trace_step(E, M, G, delta, 0.5, backend="metal")
 
 
 def test_jit_vmap_over_seeds():
@@ -255,7 +283,8 @@ def test_diag_matches_dense(B, d, n, block_p):
   want = (dense[0].reshape(B, d, d, n), dense[1].reshape(d, n))
   ref = _REF_DIAG(*_f64((E, M, z, delta)), c)
   assert _rel(ref, want) < F64_TOL
-  got = jax.jit(lambda *a: kernels.trace_step_diag_pallas(*a, interpret=True, block_p=block_p))(
+  got = jax.jit(lambda *a: kernels.trace_step_diag_pallas(*a, interpret=INTERPRET,
+                                                          block_p=block_p))(
       E, M, z, delta, jnp.float32(c))
   assert got[0].shape == (B, d, d, n) and got[1].shape == (d, n)
   assert _rel(_f64(got), want) < F32_TOL
@@ -298,3 +327,31 @@ def test_trace_step_tree_per_leaf():
     credit.trace_step_tree(trace, M, {"a": G["a"]}, delta, 0.4)
   with pytest.raises(ValueError, match="trace must be a dict with key 'w'"):
     credit.linear_trace_step({"v": trace["a"]}, M, delta, delta, 0.4)
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_each_platforms_tiles_compute_the_reference(platform):
+  """The tiles a GPU or TPU gets (column tiles capped for Triton's registers, whole 128-lane tiles
+  and an unpadded batch on TPU, several tiles per axis), run through the interpreter."""
+  from bplambda_jax.kernels import _structured_step, _trace_step
+  B, d, P = 2, 100, 300  # GPU: d' = 128 caps the column tile at 64 (5 tiles); TPU: 128 (3 tiles)
+  E, M, G, delta = _dense_inputs(70, B, d, P, jnp.float32)
+  tiles = _trace_step._tiles(platform, d, P, kernels.DEFAULT_BLOCK_P, 4)[0]
+  assert tiles.P_pad // tiles.bp > 1
+  got = _trace_step._run(jnp.asarray(0.8 * M), E, G, delta, n=None,
+                         tiles=tiles._replace(platform="interpret"))
+  assert _rel(_f64(got), _REF(*_f64((E, M, G, delta)), 0.8)) < F32_TOL
+  pattern = kernels.block_pattern([[True, True], [True, True]])
+  B, U, P = 100, 9, 40  # GPU: B' = 128 leaves 1 unit and 32 columns a tile; TPU: 8 units
+  r = _rng(71)
+  E = r.standard_normal((B, len(pattern.stored), U, P)).astype(np.float32)
+  M = (r.standard_normal((B, 2, 2, U)) / 2).astype(np.float32)
+  a, dl = r.standard_normal((B, P)).astype(np.float32), r.standard_normal((B, 2, U)).astype(
+      np.float32)
+  tiles = _structured_step._tiles(platform, B, len(pattern.stored), 2, U, P, 8, 128, 4)[0]
+  assert (tiles.Up // tiles.bu) * (tiles.Pp // tiles.bp) > 1
+  got = _structured_step._run(jnp.asarray(0.8 * M), E, a, dl, pattern=pattern,
+                              tiles=tiles._replace(platform="interpret"))
+  want = jax.jit(kernels.structured_step_reference, static_argnums=5)(
+      *_f64((E, M, a, dl)), 0.8, pattern)
+  assert _rel(_f64(got), want) < F32_TOL

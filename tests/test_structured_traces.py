@@ -141,10 +141,13 @@ def test_structured_step_selects_by_backend():
   jaxpr = lambda **kw: str(jax.make_jaxpr(
       lambda *a: kernels.structured_step(*a, 0.5, pattern, **kw))(*args))
   assert "pallas_call" in jaxpr(backend="gpu") and "pallas_call" in jaxpr(backend="tpu")
+  assert "pallas_call" not in jaxpr(backend="cpu")
   assert "pallas_call" in jaxpr(impl="pallas") and "pallas_call" not in jaxpr(impl="xla")
+  # backend=None: chosen when lowering (XLA for CPU; tests/test_export.py checks GPU and TPU).
+  lowered = jax.jit(lambda *a: kernels.structured_step(*a, 0.5, pattern)).lower(*args)
+  assert "bplambda_structured_step" not in lowered.as_text(debug_info=True)
   if not ON_CPU:
     pytest.skip("the automatic choice on this backend is Pallas; the CPU assertions do not apply")
-  assert "pallas_call" not in jaxpr()
   assert kernels.select_impl() == "xla"
   with pytest.raises(ValueError, match="impl must be one of"):
     kernels.structured_step(*args, 0.5, pattern, impl="triton")

@@ -35,6 +35,7 @@ from typing import Optional
 from bplambda_jax.model import CELLS
 from bplambda_jax.rules import parse_rule_spec
 from bplambda_jax.tasks import TASK_NAMES
+from bplambda_jax.training import SEED_AXIS_CHOICES
 
 MODES = ("auto", "online", "sequence")
 DTYPES = ("float32", "float64")
@@ -48,7 +49,9 @@ class RunConfig:
     task: the task (``tasks.TASK_NAMES``).
     rules: rule specs to compare, each trained with its own seeds ('bp_lambda', 'eprop',
       'tbptt:3', ...; ``bplambda_jax.RULE_NAMES``).
-    seeds: number of seeds per rule (vmapped in one program); seed i is ``seed + i``.
+    seeds: number of seeds per rule; seed i is ``seed + i``.
+    seed_axis: how the seeds run: 'vmap' (one program), 'loop' (one single-seed program called
+      per seed) or 'auto' (a loop on CPU, a vmap on GPU/TPU; the same numbers to rounding).
     seed: the first seed.
     steps: updates per seed (None: the preset; with ``epochs``, derived from it).
     epochs: passes over the training split (sequential MNIST only; overrides ``steps``).
@@ -81,6 +84,7 @@ class RunConfig:
   task: str = "toy"
   rules: tuple = ("bp_lambda",)
   seeds: int = 3
+  seed_axis: str = "auto"
   seed: int = 0
   steps: Optional[int] = None
   epochs: Optional[float] = None
@@ -247,6 +251,8 @@ def _check_values(c: RunConfig):
   for name in ("lambda_", "gamma"):
     _range(name, getattr(c, name), lambda v: 0 <= v <= 1, "a number in [0, 1]")
   _range("mode", c.mode, lambda v: v in MODES, "one of " + ", ".join(MODES))
+  _range("seed_axis", c.seed_axis, lambda v: v in SEED_AXIS_CHOICES,
+         "one of " + ", ".join(SEED_AXIS_CHOICES))
   _range("dtype", c.dtype, lambda v: v in DTYPES, "one of " + ", ".join(DTYPES))
   _range("cell", c.cell, lambda v: v in CELLS, "one of " + ", ".join(sorted(CELLS)))
   if c.epochs is not None and not c.task.startswith("seqmnist"):

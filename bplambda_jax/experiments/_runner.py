@@ -129,7 +129,8 @@ def _init_seed(setup: Setup, rule, opt, key_data) -> SeedState:
 
 
 def _programs(setup: Setup, rule, opt, cfg: RunConfig):
-  """(init, chunk, evaluate, test), each jitted over the seed axis."""
+  """(init, chunk, evaluate, test), each mapped over the seeds (``cfg.seed_axis``: a vmap or a
+  loop of one jitted program)."""
   update = training.make_update(rule, opt, checked=True)
   K, total = cfg.chunk, cfg.steps
 
@@ -170,10 +171,11 @@ def _programs(setup: Setup, rule, opt, cfg: RunConfig):
     params = ss.train.params if ss.best is None else ss.best.params
     return setup.test(params, data)
 
-  init = jax.jit(jax.vmap(lambda k: _init_seed(setup, rule, opt, k)))
-  chunk = jax.jit(jax.vmap(chunk_one, in_axes=(0, None, None)))
-  evaluate = jax.jit(jax.vmap(eval_one, in_axes=(0, None, None))) if setup.evaluate else None
-  test = jax.jit(jax.vmap(test_one, in_axes=(0, None))) if setup.test else None
+  seeds = lambda fn, in_axes=0: training.map_seeds(fn, cfg.seed_axis, in_axes)  # vmap or loop
+  init = seeds(lambda k: _init_seed(setup, rule, opt, k))
+  chunk = seeds(chunk_one, in_axes=(0, None, None))
+  evaluate = seeds(eval_one, in_axes=(0, None, None)) if setup.evaluate else None
+  test = seeds(test_one, in_axes=(0, None)) if setup.test else None
   return init, chunk, evaluate, test
 
 

@@ -1,10 +1,12 @@
-"""Pallas kernels with their pure-jnp references, selected by backend.
+"""Pallas kernels with their pure-jnp references, selected by the platform a program is lowered for.
 
 * the dense trace step (``trace_step*``): E ← c·M·E + G for any synthesiser;
 * the structured trace step (``structured_step*``): the same for a linear synthesiser when M is
   diagonal or unit-block-diagonal, on the blocks only (:class:`BlockPattern`).
 """
 
+from bplambda_jax.kernels._platform import IMPLS
+from bplambda_jax.kernels._platform import select_impl
 from bplambda_jax.kernels._structured_step import DIAGONAL
 from bplambda_jax.kernels._structured_step import BlockPattern
 from bplambda_jax.kernels._structured_step import block_pattern
@@ -14,8 +16,6 @@ from bplambda_jax.kernels._structured_step import structured_step_pallas
 from bplambda_jax.kernels._structured_step import structured_step_reference
 from bplambda_jax.kernels._structured_step import structured_step_xla
 from bplambda_jax.kernels._trace_step import DEFAULT_BLOCK_P
-from bplambda_jax.kernels._trace_step import IMPLS
-from bplambda_jax.kernels._trace_step import select_impl
 from bplambda_jax.kernels._trace_step import trace_step
 from bplambda_jax.kernels._trace_step import trace_step_diag
 from bplambda_jax.kernels._trace_step import trace_step_diag_pallas

@@ -33,16 +33,20 @@ Three implementations of the same maths, as for :mod:`bplambda_jax.kernels._trac
 * :func:`structured_step_xla`: only the pattern's pairs, as static element-wise products, the
   batch sum unrolled into additions for small B (XLA on CPU reduces a leading axis slowly).
 * :func:`structured_step_pallas`: the fused Pallas kernel; ``interpret=True`` runs it on CPU.
-* :func:`structured_step`: picks one by backend (Pallas on GPU/TPU, XLA on CPU) or as forced.
+* :func:`structured_step`: picks one per platform the program is lowered for (Pallas on GPU/TPU,
+  XLA on CPU) or as forced.
 
 Tiling of the kernel (every program is independent: a parallel grid on GPU and TPU alike): the
 grid is (⌈U/block_u⌉, ⌈P/block_p⌉); program (i, j) holds the whole batch and every stored pair
 of a [block_u, block_p] tile, E [B, S, block_u, block_p], reads it once, writes the new tile and
 the tile's increment (the batch sum is done in the program, so no cross-program accumulation is
-needed). The factor c is folded into M before the call (O(B·k²·U)). Block sizes are powers of two
-(Triton's requirement); B, S and k are padded to powers of two and U, P to whole tiles only when
-they are not already, and the caller can store P padded (:func:`padded_columns`) so that the
-large trace is never copied to be padded.
+needed). The factor c is folded into M before the call (O(B·k²·U)). Tiles are chosen per platform
+(:func:`_tiles`). GPU (Triton): block sizes are powers of two, so B, S and k are padded to powers
+of two, and the unit and column tiles shrink until a [B', bu, bp] value fits a program's
+registers (a batch over 128 runs the XLA path there, with a warning). TPU (Mosaic): B, S and k
+stay as they are, unit tiles are multiples of 8 sublanes and column tiles of 128 lanes. U and P
+are padded to whole tiles only when they are not already, and the caller can store P padded
+(:func:`padded_columns`) so that the large trace is never copied to be padded.
 """
 
 from __future__ import annotations
@@ -54,7 +58,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from bplambda_jax.kernels._trace_step import IMPLS, _resolve_interpret, select_impl
+from bplambda_jax.kernels import _platform
+from bplambda_jax.kernels._platform import IMPLS, check_impl, check_interpret, dispatch
 
 DEFAULT_BLOCK_P = 128
 DEFAULT_BLOCK_U = 8
@@ -268,24 +273,80 @@ def _pad_to(v, shape):
   return jnp.pad(v, widths) if any(w for _, w in widths) else v
 
 
-@functools.partial(jax.jit, static_argnames=("pattern", "block_u", "block_p", "interpret"))
-def _run(Mc, E, a, delta, *, pattern, block_u, block_p, interpret):
-  return _run_fused(Mc, E, a, delta, pattern, block_u, block_p, interpret)
+class _Tiles(NamedTuple):
+  """How one launch is tiled (hashable). platform: 'interpret' or the compiled platform; the
+  padded batch, pair and component counts; the unit and column tiles and the padded U and P."""
+
+  platform: str
+  Bp: int
+  Sp: int
+  kp: int
+  bu: int
+  bp: int
+  Up: int
+  Pp: int
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6, 7))
-def _run_fused(Mc, E, a, delta, pattern, block_u, block_p, interpret):
+# GPU (Triton): a program keeps a few [B', bu, bp] values in registers; ≤ 4096 floats each is
+# ≤ 32 registers a thread per value with 4 warps.
+_GPU_TILE = 4096
+_GPU_MIN_BP = 32  # 128-byte rows: coalesced reads
+
+
+def _tiles(platform, B, S, k, U, P, block_u, block_p, itemsize):
+  """(_Tiles, '') for ``platform``, or (None, why) when the kernel cannot serve the shape there.
+
+  Interpreter and GPU: B, S and k padded to powers of two (Triton's blocks must be), tiles of
+  block_u units and block_p columns (at most U and P rounded up to powers of two); on GPU the
+  tile shrinks until a [B', bu, bp] value fits :data:`_GPU_TILE`. TPU: B, S and k as they are (the
+  leading axes of a block are free), unit tiles a multiple of 8 sublanes and column tiles of 128
+  lanes unless one tile covers the axis, the double-buffered blocks within the scoped VMEM.
+  """
+  p2 = pl.next_power_of_2
+  if platform == "tpu":
+    if itemsize > 4:
+      return None, "TPUs have no 64-bit floats"
+    Bp, Sp, kp = B, S, k
+    bu = U if U <= max(block_u, 8) else max(block_u, 8)
+    lanes = _platform.TPU_LANES
+    bp = P if P <= max(block_p, lanes) else max(block_p, lanes)
+    vmem = 2 * itemsize * (B * k * (k + 1) * bu * lanes + 8 * B * bp
+                           + 2 * B * S * bu * bp + k * bu * bp)
+    if vmem > _platform.TPU_VMEM:
+      return None, f"its blocks need {vmem} bytes of VMEM > {_platform.TPU_VMEM}"
+  else:
+    Bp, Sp, kp = p2(B), p2(max(S, 1)), p2(k)
+    bu, bp = min(block_u, p2(U)), min(block_p, p2(P))
+    if platform in _platform.GPU_PLATFORMS:
+      while Bp * bu * bp > _GPU_TILE and bu > 1:
+        bu //= 2
+      while Bp * bu * bp > _GPU_TILE and bp > _GPU_MIN_BP:
+        bp //= 2
+      if Bp * bu * bp > _GPU_TILE:
+        return None, (f"the batch B = {B} pads to {Bp}: a [B', 1, {bp}] tile exceeds "
+                      f"{_GPU_TILE} floats of registers")
+  return _Tiles(_platform.tile_platform(platform), Bp, Sp, kp, bu, bp, pl.cdiv(U, bu) * bu,
+                pl.cdiv(P, bp) * bp), ""
+
+
+@functools.partial(jax.jit, static_argnames=("pattern", "tiles"))
+def _run(Mc, E, a, delta, *, pattern, tiles):
+  return _run_fused(Mc, E, a, delta, pattern, tiles)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5))
+def _run_fused(Mc, E, a, delta, pattern, tiles):
   B, S, U, P = E.shape
   k = pattern.k
-  p2 = pl.next_power_of_2
-  Bp, Sp, kp = p2(B), p2(max(S, 1)), p2(k)
-  bu, bp = min(block_u, p2(U)), min(block_p, p2(P))
-  Up, Pp = pl.cdiv(U, bu) * bu, pl.cdiv(P, bp) * bp
+  Bp, Sp, kp, bu, bp, Up, Pp = tiles[1:]
   dtype = E.dtype
   E_p = _pad_to(E, (Bp, Sp, Up, Pp))
   M_p = _pad_to(Mc, (Bp, kp, kp, Up))[..., None]  # [B', k', k', U', 1]
   dl_p = _pad_to(delta, (Bp, kp, Up))[..., None]  # [B', k', U', 1]
   a_p = _pad_to(a, (Bp, Pp))[:, None, :]  # [B', 1, P']
+  interpret = tiles.platform == "interpret"
+  params = None if interpret or tiles.platform == "cpu" else _platform.compiler_params(
+      tiles.platform)
   E_new, inc = pl.pallas_call(
       functools.partial(_kernel, pattern=pattern),
       out_shape=(jax.ShapeDtypeStruct((Bp, Sp, Up, Pp), dtype),
@@ -302,6 +363,7 @@ def _run_fused(Mc, E, a, delta, pattern, block_u, block_p, interpret):
           pl.BlockSpec((kp, bu, bp), lambda i, j: (0, i, j)),
       ),
       interpret=interpret,
+      compiler_params=params,
       name="bplambda_structured_step",
   )(M_p, dl_p, a_p, E_p)
   if (Bp, Sp, Up, Pp) != (B, S, U, P):
@@ -310,10 +372,10 @@ def _run_fused(Mc, E, a, delta, pattern, block_u, block_p, interpret):
 
 
 @_run_fused.defjvp
-def _run_fused_jvp(pattern, block_u, block_p, interpret, primals, tangents):
+def _run_fused_jvp(pattern, tiles, primals, tangents):
   # The step is bilinear: the tangent of the jnp formula is linear in the input tangents, so JAX
   # can transpose it (reverse mode); the primal still comes from the kernel.
-  out = _run_fused(*primals, pattern, block_u, block_p, interpret)
+  out = _run_fused(*primals, pattern, tiles)
   _, out_dot = jax.jvp(lambda m, e, a, d: structured_step_xla(e, m, a, d, 1.0, pattern), primals,
                        tangents)
   return out, out_dot
@@ -324,32 +386,46 @@ def _check_block(name, value):
     raise ValueError(f"{name} must be a positive power of two, got {value!r}.")
 
 
+def _step(E, M, a, delta, c, pattern, *, impl, interpret, backend, block_u, block_p):
+  E, M, a, delta, dtype = _check(E, M, a, delta, c, pattern)
+  check_impl(impl)
+  check_interpret(interpret)
+  _check_block("block_u", block_u)
+  _check_block("block_p", block_p)
+  if not pattern.stored:  # nothing is traced: the increment is δ ⊗ a alone
+    impl = "xla"
+  Mc = (jnp.asarray(c, dtype) * M).astype(dtype)
+  B, S, U, P = E.shape
+  plan = lambda p: _tiles(p, B, S, pattern.k, U, P, block_u, block_p, jnp.dtype(dtype).itemsize)
+  xla = lambda Mc, E, a, dl: structured_step_xla(E, Mc, a, dl, 1.0, pattern)
+  pallas = lambda Mc, E, a, dl, tiles: _run(Mc, E, a, dl, pattern=pattern, tiles=tiles)
+  return dispatch("structured_step", xla, pallas, (Mc, E, a, delta), (B, S, pattern.k, U, P),
+                   plan, impl=impl, interpret=interpret, backend=backend)
+
+
 def structured_step_pallas(E: Array, M: Array, a: Array, delta: Array, c: Any,
                            pattern: BlockPattern, *, interpret: Optional[bool] = None,
                            block_u: int = DEFAULT_BLOCK_U,
                            block_p: int = DEFAULT_BLOCK_P) -> tuple[Array, Array]:
   """The structured trace step as one fused Pallas kernel (maths of the reference).
 
-  Differentiable in forward and reverse mode through the jnp formula.
+  Differentiable in forward and reverse mode through the jnp formula. On GPU the kernel is
+  compiled with Triton, on TPU with Mosaic, each with its own tiles; a shape it cannot serve there
+  (on GPU: a batch over 128 examples) runs the XLA path instead, with a warning.
 
   Args:
     E, M, a, delta, c, pattern: as in :func:`structured_step_reference`.
-    interpret: run through the Pallas interpreter; None means True exactly on a CPU backend.
-    block_u: units per tile, a power of two (8 fills a TPU sublane tile).
-    block_p: columns per tile, a power of two (a multiple of 128 on TPU); smaller U or P use one
+    interpret: as in :func:`~bplambda_jax.kernels.trace_step_pallas` (None: the interpreter when
+      lowered for CPU, the compiled kernel otherwise).
+    block_u: units per tile, a power of two (at least 8 on TPU, smaller on GPU for large batches).
+    block_p: columns per tile, a power of two (at least 128 on TPU); smaller U or P use one
       tile of their size rounded up to a power of two.
 
   Returns:
     (E_new [B, S, U, P], inc [k, U, P]).
   """
-  E, M, a, delta, dtype = _check(E, M, a, delta, c, pattern)
-  _check_block("block_u", block_u)
-  _check_block("block_p", block_p)
-  if not pattern.stored:  # nothing is traced: the increment is δ ⊗ a alone
-    return structured_step_xla(E, M, a, delta, c, pattern)
-  Mc = (jnp.asarray(c, dtype) * M).astype(dtype)
-  return _run(Mc, E, a, delta, pattern=pattern, block_u=block_u, block_p=block_p,
-              interpret=_resolve_interpret(interpret))
+  return _step(E, M, a, delta, c, pattern, impl="pallas", interpret=interpret, backend=None,
+               block_u=block_u, block_p=block_p)
 
 
 def structured_step(E: Array, M: Array, a: Array, delta: Array, c: Any, pattern: BlockPattern,
@@ -360,19 +436,14 @@ def structured_step(E: Array, M: Array, a: Array, delta: Array, c: Any, pattern:
 
   Args:
     E, M, a, delta, c, pattern: as in :func:`structured_step_reference`.
-    impl: 'pallas' or 'xla' to force one; None picks by
-      :func:`~bplambda_jax.kernels.select_impl` (Pallas on GPU/TPU, XLA elsewhere).
-    backend: platform used for the automatic choice; None means the default backend.
+    impl: 'xla' or 'pallas' to force one; None: chosen per platform the program is lowered for
+      (as :func:`~bplambda_jax.kernels.trace_step`: XLA on CPU, the kernel on GPU/TPU).
+    backend: a platform name whose choice is used whatever the lowering platform; None: chosen
+      at lowering.
     block_u, block_p: tile sizes of the Pallas path (see :func:`structured_step_pallas`).
 
   Returns:
     (E_new [B, S, U, P], inc [k, U, P]).
   """
-  E, M, a, delta, dtype = _check(E, M, a, delta, c, pattern)
-  if impl is None:
-    impl = select_impl(backend, dtype)
-  elif impl not in IMPLS:
-    raise ValueError(f"impl must be one of {list(IMPLS)} or None (automatic), got {impl!r}.")
-  if impl == "pallas":
-    return structured_step_pallas(E, M, a, delta, c, pattern, block_u=block_u, block_p=block_p)
-  return structured_step_xla(E, M, a, delta, c, pattern)
+  return _step(E, M, a, delta, c, pattern, impl=impl, interpret=None, backend=backend,
+               block_u=block_u, block_p=block_p)

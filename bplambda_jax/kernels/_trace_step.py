@@ -17,7 +17,9 @@ Three implementations of the same maths:
   :func:`trace_step_xla` reassociates it so the increment is read from the old trace (the XLA
   path).
 * :func:`trace_step_pallas`: the fused Pallas kernel; ``interpret=True`` runs it on CPU.
-* :func:`trace_step`: picks one by backend (Pallas on GPU/TPU, XLA on CPU) or as forced by ``impl``.
+* :func:`trace_step`: picks one per platform the program is lowered for (Pallas on GPU/TPU, XLA on
+  CPU; ``jax.lax.platform_dependent``, so one jitted or exported program serves every platform) or
+  as forced by ``impl``.
 
 :func:`trace_step_diag` and friends cover the linear synthesiser ĝ(z) = W z + β, whose ∂ĝ/∂θ has
 the "diagonal placement" ∂ĝ_o/∂W_ij = 1[o = i]·z_j: G is never materialised, only z is read.
@@ -28,25 +30,30 @@ Tiling of the kernel (every grid program is independent, so the grid is fully pa
 TPU alike): the grid is (B, ⌈P/block_p⌉); program (b, j) holds M_b [d', d'] and the column tile
 E_b[:, j·block_p : (j+1)·block_p] [d', block_p], where d' is d rounded up to a power of two ≥ 16
 (Triton needs power-of-two blocks and at least 16 rows for a matrix product; zero rows change
-nothing). Each program writes its partial increment Σ_i δ_bi·E_new_bi [block_p] to a [B, 1, P']
-buffer; the sum over the batch and the 1/B are one cheap XLA reduction afterwards, which avoids a
-cross-program accumulation that GPU grids cannot do safely. The factor c is folded into M before
-the call (an O(B·d²) product), so c may be a traced array and the kernel has no scalar operands.
+nothing). Tiles are chosen per platform (:func:`_tiles`): on GPU (Triton) d' ≤ 128 and d'·block_p ≤
+8192, so M and a tile fit one program's shared memory and registers (a larger d runs the XLA path
+there, with a warning); on TPU (Mosaic) column tiles are whole 128-lane multiples and the
+double-buffered blocks stay within the scoped VMEM. Each program writes its partial increment Σ_i
+δ_bi·E_new_bi [block_p] to a [B, 1, P'] buffer; the sum over the batch and the 1/B are one cheap
+XLA reduction afterwards, which avoids a cross-program accumulation that GPU grids cannot do
+safely. The factor c is folded into M before the call (an O(B·d²) product), so c may be a traced
+array and the kernel has no scalar operands.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-IMPLS = ("pallas", "xla")
+from bplambda_jax.kernels import _platform
+from bplambda_jax.kernels._platform import check_impl, check_interpret, dispatch
+
 DEFAULT_BLOCK_P = 256
 _MIN_D = 16  # smallest padded d: Triton's matrix product needs ≥ 16 rows
-_PALLAS_BACKENDS = ("gpu", "cuda", "rocm", "tpu")
 _PRECISION = jax.lax.Precision.HIGHEST  # full float32 products on TPU/GPU (no bf16/tf32 passes)
 
 Array = jax.Array
@@ -104,14 +111,6 @@ def _check_block_p(block_p):
       block_p & (block_p - 1)):
     raise ValueError(f"block_p must be a positive power of two (a multiple of 128 on TPU), got "
                      f"{block_p!r}.")
-
-
-def _resolve_interpret(interpret):
-  if interpret is None:
-    return jax.default_backend() == "cpu"
-  if not isinstance(interpret, bool):
-    raise ValueError(f"interpret must be None, True or False, got {interpret!r}.")
-  return interpret
 
 
 # --------------------------------------------------------------------------------- references
@@ -237,10 +236,56 @@ def _diag_kernel(m_ref, e_ref, zr_ref, dl_ref, e_out_ref, part_ref, *, n, block_
   _emit(e_new, dl_ref, e_out_ref, part_ref)
 
 
-def _padded_sizes(d, P, block_p):
+class _Tiles(NamedTuple):
+  """How one launch is tiled (hashable: it selects the compiled program).
+
+  platform: 'interpret' (the Pallas interpreter), or what the kernel is compiled for ('gpu':
+  Triton on CUDA and ROCm, 'tpu'; 'cpu' has no compiler and fails to lower, as Pallas does there).
+  """
+
+  platform: str
+  d_pad: int
+  bp: int
+  P_pad: int
+  num_warps: int = 4
+
+
+# GPU (Triton): a program holds M [d', d'] and a column tile [d', bp] in shared memory for the
+# product and the new tile [d', bp] in registers. d' ≤ 128 and d'·bp ≤ 8192 floats keep that at
+# ≤ 96 KiB of shared memory and ≤ 64 registers a thread (8 warps), within every GPU since Ampere.
+_GPU_MAX_D = 128
+_GPU_TILE = 8192
+
+
+def _tiles(platform: str, d: int, P: int, block_p: int, itemsize: int):
+  """(_Tiles, '') for ``platform``, or (None, why) when the kernel cannot serve the shape there.
+
+  Rows d are padded to d' = a power of two ≥ 16 (Triton's matrix product needs power-of-two
+  blocks of at least 16; a full-axis block is also valid on TPU). Columns: a tile of ``block_p``
+  (at most P rounded up to a power of two); at least 16 on GPU and a multiple of 128 lanes on TPU
+  unless one tile covers the padded axis.
+  """
   d_pad = max(_MIN_D, pl.next_power_of_2(d))
-  bp = min(block_p, pl.next_power_of_2(P))
-  return d_pad, bp, pl.cdiv(P, bp) * bp
+  p2 = pl.next_power_of_2(P)
+  num_warps = 4
+  if platform in _platform.GPU_PLATFORMS:
+    if d_pad > _GPU_MAX_D:
+      return None, (f"d = {d} rows pad to {d_pad} > {_GPU_MAX_D}: M [d', d'] alone exceeds a "
+                    f"program's shared memory")
+    bp = max(_MIN_D, min(block_p, p2, _GPU_TILE // d_pad))
+    num_warps = 4 if d_pad * bp <= _GPU_TILE // 2 else 8
+  elif platform == "tpu":
+    if itemsize > 4:
+      return None, "TPUs have no 64-bit floats"
+    lanes = _platform.TPU_LANES
+    bp = min(max(block_p, lanes), p2)
+    vmem = 2 * itemsize * (d_pad * d_pad + 3 * d_pad * bp + d_pad * lanes + 8 * bp)
+    if vmem > _platform.TPU_VMEM:
+      return None, f"its blocks need {vmem} bytes of VMEM > {_platform.TPU_VMEM}"
+  else:
+    bp = min(block_p, p2)
+  target = _platform.tile_platform(platform)
+  return _Tiles(target, d_pad, bp, pl.cdiv(P, bp) * bp, num_warps), ""
 
 
 def _pad_to(a, shape):
@@ -259,16 +304,16 @@ def _run_xla(Mc, E, col, delta, n):
   return E_new, jnp.einsum("bi,bip->p", delta, E_new, precision=_PRECISION) / B  # [P]
 
 
-@functools.partial(jax.jit, static_argnames=("n", "block_p", "interpret"))
-def _run(Mc, E, col, delta, *, n, block_p, interpret):
-  return _run_fused(Mc, E, col, delta, n, block_p, interpret)
+@functools.partial(jax.jit, static_argnames=("n", "tiles"))
+def _run(Mc, E, col, delta, *, n, tiles):
+  return _run_fused(Mc, E, col, delta, n, tiles)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6))
-def _run_fused(Mc, E, col, delta, n, block_p, interpret):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5))
+def _run_fused(Mc, E, col, delta, n, tiles):
   """Shared launcher: col is G [B, d, P] (n=None, dense) or zrep [B, 1, P] (diagonal, W [d, n])."""
   B, d, P = E.shape
-  d_pad, bp, P_pad = _padded_sizes(d, P, block_p)
+  d_pad, bp, P_pad = tiles.d_pad, tiles.bp, tiles.P_pad
   dtype = E.dtype
   Mc = _pad_to(Mc, (B, d_pad, d_pad))
   E = _pad_to(E, (B, d_pad, P_pad))
@@ -278,6 +323,9 @@ def _run_fused(Mc, E, col, delta, n, block_p, interpret):
     kernel, rows = functools.partial(_diag_kernel, n=n, block_p=bp), 1
   col = _pad_to(col, (B, rows, P_pad))
   dl = _pad_to(delta[:, :, None], (B, d_pad, 1))  # δ as a column, [B, d', 1]
+  interpret = tiles.platform == "interpret"
+  params = None if interpret or tiles.platform == "cpu" else _platform.compiler_params(
+      tiles.platform, tiles.num_warps)
   E_new, part = pl.pallas_call(
       kernel,
       out_shape=(jax.ShapeDtypeStruct((B, d_pad, P_pad), dtype),
@@ -294,6 +342,7 @@ def _run_fused(Mc, E, col, delta, n, block_p, interpret):
           pl.BlockSpec((None, 1, bp), lambda b, j: (b, 0, j)),
       ),
       interpret=interpret,
+      compiler_params=params,
       name="bplambda_trace_step",
   )(Mc, E, col, dl)
   inc = jnp.sum(part[:, 0, :P], axis=0) / B  # [B, P] -> [P]
@@ -301,12 +350,48 @@ def _run_fused(Mc, E, col, delta, n, block_p, interpret):
 
 
 @_run_fused.defjvp
-def _run_fused_jvp(n, block_p, interpret, primals, tangents):
+def _run_fused_jvp(n, tiles, primals, tangents):
   # The step is bilinear, so the tangent is linear in the input tangents and JAX can transpose it:
   # forward and reverse mode both work, the primal still comes from the kernel.
-  out = _run_fused(*primals, n, block_p, interpret)
+  out = _run_fused(*primals, n, tiles)
   _, out_dot = jax.jvp(lambda *a: _run_xla(*a, n), primals, tangents)
   return out, out_dot
+
+
+# --------------------------------------------------------------------------------- entry points
+def _dense(E, M, G, delta, c, *, impl, interpret, backend, block_p):
+  E, M, G, delta, dtype = _check_dense(E, M, G, delta, c)
+  check_impl(impl)
+  check_interpret(interpret)
+  _check_block_p(block_p)
+  Mc = (jnp.asarray(c, dtype) * M).astype(dtype)  # c folded into M: [B, d, d]
+  B, d, P = E.shape
+  plan = lambda p: _tiles(p, d, P, block_p, jnp.dtype(dtype).itemsize)
+  xla = lambda Mc, E, G, dl: trace_step_xla(E, Mc, G, dl, 1.0)
+  pallas = lambda Mc, E, G, dl, tiles: _run(Mc, E, G, dl, n=None, tiles=tiles)
+  return dispatch("trace_step", xla, pallas, (Mc, E.astype(dtype), G.astype(dtype),
+                                                delta.astype(dtype)), (B, d, P), plan,
+                   impl=impl, interpret=interpret, backend=backend)
+
+
+def _diag(E, M, z, delta, c, *, impl, interpret, backend, block_p):
+  E, M, z, delta, dtype = _check_diag(E, M, z, delta, c)
+  check_impl(impl)
+  check_interpret(interpret)
+  _check_block_p(block_p)
+  B, d, _, n = E.shape
+  Mc = (jnp.asarray(c, dtype) * M).astype(dtype)
+  plan = lambda p: _tiles(p, d, d * n, block_p, jnp.dtype(dtype).itemsize)
+  xla = lambda Mc, E, z, dl: trace_step_diag_xla(E, Mc, z, dl, 1.0)
+
+  def pallas(Mc, E, z, dl, tiles):
+    zrep = jnp.tile(z, (1, d))[:, None, :]  # zrep[b, 0, i·n + j] = z[b, j], [B, 1, d·n]
+    E_new, inc = _run(Mc, E.reshape(B, d, d * n), zrep, dl, n=n, tiles=tiles)
+    return E_new.reshape(B, d, d, n), inc.reshape(d, n)
+
+  return dispatch("trace_step_diag", xla, pallas,
+                   (Mc, E.astype(dtype), z.astype(dtype), delta.astype(dtype)), (B, d, d * n),
+                   plan, impl=impl, interpret=interpret, backend=backend)
 
 
 def trace_step_pallas(E: Array, M: Array, G: Array, delta: Array, c: Any, *,
@@ -315,7 +400,9 @@ def trace_step_pallas(E: Array, M: Array, G: Array, delta: Array, c: Any, *,
   """The trace step as one fused Pallas kernel (same maths as :func:`trace_step_reference`).
 
   Differentiable in forward and reverse mode: the derivative is that of the jnp formula (the
-  kernel itself has no derivative rule).
+  kernel itself has no derivative rule). On GPU the kernel is compiled with Triton, on TPU with
+  Mosaic, each with its own tiles; a shape the kernel cannot serve there (on GPU: d > 128) runs
+  the XLA path instead, with a warning.
 
   Args:
     E: traces at τ−1, [B, d, P].
@@ -323,20 +410,17 @@ def trace_step_pallas(E: Array, M: Array, G: Array, delta: Array, c: Any, *,
     G: new parameter Jacobians ∂ĝ/∂θ, [B, d, P].
     delta: TD errors, [B, d].
     c: the decay γλ, a scalar (possibly traced).
-    interpret: run the kernel through the Pallas interpreter; None means True exactly when the
-      default backend is CPU (the only way to run Pallas there).
-    block_p: columns per tile, a power of two (use a multiple of 128 on TPU); smaller P uses
-      one tile of P rounded up to a power of two.
+    interpret: True: the Pallas interpreter (on any platform); False: the compiled kernel (which
+      fails to lower for CPU); None: the interpreter when the program is lowered for CPU, the
+      compiled kernel otherwise.
+    block_p: columns per tile, a power of two (rounded up to 128 on TPU, and capped on GPU to
+      keep a tile in registers); smaller P uses one tile of P rounded up to a power of two.
 
   Returns:
     (E_new [B, d, P], inc [P]).
   """
-  E, M, G, delta, dtype = _check_dense(E, M, G, delta, c)
-  _check_block_p(block_p)
-  interpret = _resolve_interpret(interpret)
-  Mc = (jnp.asarray(c, dtype) * M).astype(dtype)  # c folded into M: [B, d, d]
-  return _run(Mc, E.astype(dtype), G.astype(dtype), delta.astype(dtype), n=None, block_p=block_p,
-              interpret=interpret)
+  return _dense(E, M, G, delta, c, impl="pallas", interpret=interpret, backend=None,
+                block_p=block_p)
 
 
 def trace_step_diag_pallas(E: Array, M: Array, z: Array, delta: Array, c: Any, *,
@@ -359,50 +443,8 @@ def trace_step_diag_pallas(E: Array, M: Array, z: Array, delta: Array, c: Any, *
   Returns:
     (E_new [B, d, d, n], inc [d, n]).
   """
-  E, M, z, delta, dtype = _check_diag(E, M, z, delta, c)
-  _check_block_p(block_p)
-  interpret = _resolve_interpret(interpret)
-  B, d, _, n = E.shape
-  Mc = (jnp.asarray(c, dtype) * M).astype(dtype)
-  zrep = jnp.tile(z.astype(dtype), (1, d))[:, None, :]  # zrep[b, 0, i·n + j] = z[b, j], [B, 1, d·n]
-  E_new, inc = _run(Mc, E.astype(dtype).reshape(B, d, d * n), zrep, delta.astype(dtype), n=n,
-                    block_p=block_p, interpret=interpret)
-  return E_new.reshape(B, d, d, n), inc.reshape(d, n)
-
-
-# --------------------------------------------------------------------------------- selection
-def select_impl(backend: Optional[str] = None, dtype: Any = None) -> str:
-  """The implementation :func:`trace_step` uses when ``impl`` is None.
-
-  'pallas' on GPU and TPU (except float64 on TPU, which has no 64-bit floats), 'xla' elsewhere
-  (the Pallas interpreter on CPU is a correctness tool, slower than XLA).
-
-  Args:
-    backend: a platform name such as 'cpu', 'gpu', 'tpu'; None means ``jax.default_backend()``.
-    dtype: the dtype of the trace, or None.
-
-  Returns:
-    'pallas' or 'xla'.
-  """
-  if backend is None:
-    backend = jax.default_backend()
-  if not isinstance(backend, str):
-    raise ValueError(f"backend must be None or a platform name such as 'cpu', 'gpu' or 'tpu', "
-                     f"got {backend!r}.")
-  backend = backend.lower()
-  if backend not in _PALLAS_BACKENDS:
-    return "xla"
-  if backend == "tpu" and dtype is not None and jnp.dtype(dtype) == jnp.float64:
-    return "xla"
-  return "pallas"
-
-
-def _resolve_impl(impl, backend, dtype):
-  if impl is None:
-    return select_impl(backend, dtype)
-  if impl not in IMPLS:
-    raise ValueError(f"impl must be one of {list(IMPLS)} or None (automatic), got {impl!r}.")
-  return impl
+  return _diag(E, M, z, delta, c, impl="pallas", interpret=interpret, backend=None,
+               block_p=block_p)
 
 
 def trace_step(E: Array, M: Array, G: Array, delta: Array, c: Any, *, impl: Optional[str] = None,
@@ -410,23 +452,26 @@ def trace_step(E: Array, M: Array, G: Array, delta: Array, c: Any, *, impl: Opti
                block_p: int = DEFAULT_BLOCK_P) -> tuple[Array, Array]:
   """E_new = c·M·E + G and inc = (1/B)·Σ_b δ_b·E_new_b, on the best implementation.
 
+  The choice is made per platform the program is lowered for (``jax.lax.platform_dependent``):
+  XLA on CPU, the compiled Pallas kernel on GPU and TPU (XLA for float64 on TPU, and where the
+  kernel cannot serve the shape, with a warning).
+
   Args:
     E: traces at τ−1, [B, d, P].
     M: transitions, [B, d, d].
     G: new parameter Jacobians ∂ĝ/∂θ, [B, d, P].
     delta: TD errors, [B, d].
     c: the decay γλ, a scalar (possibly traced).
-    impl: 'pallas' or 'xla' to force one; None picks by :func:`select_impl`.
-    backend: platform used for the automatic choice; None means the default backend.
+    impl: 'xla' to force XLA everywhere; 'pallas' to force the kernel (interpreted on CPU);
+      None: the automatic choice above.
+    backend: a platform name ('cpu', 'gpu', 'cuda', 'rocm', 'tpu') whose choice is used whatever
+      the program is lowered for; None: chosen at lowering.
     block_p: tile width for the Pallas path (see :func:`trace_step_pallas`).
 
   Returns:
     (E_new [B, d, P], inc [P]).
   """
-  E, M, G, delta, dtype = _check_dense(E, M, G, delta, c)
-  if _resolve_impl(impl, backend, dtype) == "pallas":
-    return trace_step_pallas(E, M, G, delta, c, block_p=block_p)
-  return trace_step_xla(E, M, G, delta, c)
+  return _dense(E, M, G, delta, c, impl=impl, interpret=None, backend=backend, block_p=block_p)
 
 
 def trace_step_diag(E: Array, M: Array, z: Array, delta: Array, c: Any, *,
@@ -445,7 +490,4 @@ def trace_step_diag(E: Array, M: Array, z: Array, delta: Array, c: Any, *,
   Returns:
     (E_new [B, d, d, n], inc [d, n]).
   """
-  E, M, z, delta, dtype = _check_diag(E, M, z, delta, c)
-  if _resolve_impl(impl, backend, dtype) == "pallas":
-    return trace_step_diag_pallas(E, M, z, delta, c, block_p=block_p)
-  return trace_step_diag_xla(E, M, z, delta, c)
+  return _diag(E, M, z, delta, c, impl=impl, interpret=None, backend=backend, block_p=block_p)

@@ -11,8 +11,11 @@ from bplambda_jax.training._memory import check_memory
 from bplambda_jax.training._memory import state_bytes
 from bplambda_jax.training._parallel import BATCH_AXIS
 from bplambda_jax.training._parallel import SEED_AXIS
+from bplambda_jax.training._parallel import SEED_AXIS_CHOICES
 from bplambda_jax.training._parallel import constrain_batch
 from bplambda_jax.training._parallel import initialize_distributed
+from bplambda_jax.training._parallel import map_seeds
+from bplambda_jax.training._parallel import resolve_seed_axis
 from bplambda_jax.training._parallel import seed_mesh
 from bplambda_jax.training._parallel import seed_sharding
 from bplambda_jax.training._parallel import shard_seeds
@@ -34,6 +37,7 @@ __all__ = [
     "GROUPS",
     "GUARD_CODES",
     "SEED_AXIS",
+    "SEED_AXIS_CHOICES",
     "Stream",
     "StreamState",
     "TrainState",
@@ -46,7 +50,9 @@ __all__ = [
     "initialize_distributed",
     "load_checkpoint",
     "make_update",
+    "map_seeds",
     "optimiser",
+    "resolve_seed_axis",
     "run",
     "save_checkpoint",
     "seed_mesh",

@@ -23,6 +23,7 @@ import optax
 
 from bplambda_jax.rules import Rule
 from bplambda_jax.training import _guards as guards
+from bplambda_jax.training import _parallel as parallel
 from bplambda_jax.training._memory import check_memory
 
 Params = Any
@@ -175,10 +176,12 @@ def _run_checked(update, data_fn, k_data, state, hparams, num_steps):
 
 
 def sweep(rule: Rule, opt: optax.GradientTransformation, data_fn: Callable, keys, num_steps: int,
-          hparams=None, metric_fn: Optional[Callable] = None, *, checked: bool = False):
-  """:func:`run` for every seed key at once: one compiled program, seeds a ``jax.vmap`` axis.
+          hparams=None, metric_fn: Optional[Callable] = None, *, checked: bool = False,
+          seed_axis: str = "auto"):
+  """:func:`run` for every seed key: seeds a ``jax.vmap`` axis of one program, or a loop.
 
-  Before compiling, :func:`check_memory` checks that the online traces of all S seeds fit.
+  Before compiling, :func:`check_memory` checks that the online traces of all S seeds fit (also
+  for a loop, which holds one seed's at a time: the check stays on the safe side).
 
   Args:
     rule, opt, data_fn, num_steps, metric_fn: as in :func:`run`.
@@ -186,11 +189,14 @@ def sweep(rule: Rule, opt: optax.GradientTransformation, data_fn: Callable, keys
     hparams: hyper-parameter overrides shared by every seed, or arrays with a leading [S] axis
       (one value per seed, e.g. a λ sweep).
     checked: check every update on device (see :func:`run`).
+    seed_axis: 'vmap', 'loop' or 'auto' (default: a loop on CPU, a vmap on GPU/TPU; see
+      :func:`~bplambda_jax.training.resolve_seed_axis`). The numbers agree to rounding.
 
   Returns:
     (final states, metrics [S, num_steps]), every leaf with a leading [S] axis.
   """
   _check_steps(num_steps)
+  axis = parallel.resolve_seed_axis(seed_axis)
   keys = jnp.asarray(keys) if not isinstance(keys, jax.Array) else keys
   S = keys.shape[0]
   k0 = keys[0]
@@ -200,4 +206,4 @@ def sweep(rule: Rule, opt: optax.GradientTransformation, data_fn: Callable, keys
   per_seed = hparams is not None and all(jnp.ndim(v) == 1 for v in hparams.values())
   fn = lambda k, hp: run(rule, opt, data_fn, k, num_steps, hparams=hp, metric_fn=metric_fn,
                          checked=checked)
-  return jax.jit(jax.vmap(fn, in_axes=(0, 0 if per_seed else None)))(keys, hparams)
+  return parallel.map_seeds(fn, axis, in_axes=(0, 0 if per_seed else None))(keys, hparams)
