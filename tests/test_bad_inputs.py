@@ -382,7 +382,7 @@ def _(ctx):
 def _(ctx):
   _, r, opt, _ = _toy_setup()
   mine = rules.Rule("mine", r.init, r.grads, {}, "sequence")
-  return _raises(lambda: training.make_update(mine, opt, checked=True))
+  return _raises(lambda: training.make_update(mine, opt))
 
 
 @case("cli-overwrite-other-files")
@@ -462,10 +462,8 @@ def _(ctx):
 def _(ctx):
   model, r, opt, batch = _toy_setup()
   keys = jax.random.split(jax.random.key(0), 2)
-  _, m = training.sweep(r, opt, lambda k, s: batch, keys, 2,
-                        hparams={"lambda_": jnp.array([0.5, 3.0])}, checked=True)
-  return f"metrics['guard'][:, -1] == {np.asarray(m['guard'][:, -1]).tolist()} " \
-         f"({training.GUARD_CODES[4]}"
+  return _raises(lambda: training.sweep(r, opt, lambda k, s: batch, keys, 2,
+                                        hparams={"lambda_": jnp.array([0.5, 3.0])}))
 
 
 @case("api-stream-checked-nan")

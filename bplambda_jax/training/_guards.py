@@ -51,8 +51,8 @@ GUARD_CODES = {
     8: "non-finite parameters after the update",
     9: "targets outside [0, 1] for loss 'bce' (it takes probabilities: scale raw pixels, e.g. "
        "y / 255)",
-    10: "divergence: the loss or a parameter grew past the divergence limits (Divergence: "
-        "max_loss, max_param) while still finite",
+    10: "divergence: a finite loss above Divergence.max_loss (default 1e8) or a parameter "
+        "with |θ| above Divergence.max_param (default 1e6)",
 }
 _UNIT_INTERVAL = ("lambda_", "gamma")
 _NONNEGATIVE = ("sg_scale",)
