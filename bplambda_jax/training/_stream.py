@@ -139,7 +139,7 @@ def stream(rule: Rule, opt: optax.GradientTransformation, *, every: Optional[int
     batch = Batch(x_t, y_t, mask_t)
     code = guards.first_failure(
         *guards.input_checks(rule.model.output_size, rule.model.loss.name, batch, hparams),
-        *guards.output_checks(metrics["loss"], grads, metrics["learning_signal"], new.params,
+        *guards.output_checks(metrics["loss"], grads, metrics["learning_signal"], state.params,
                               divergence))
     code = jnp.where(state.guard != 0, state.guard, code)
     new = guards.keep_if_ok(code, new._replace(guard=code), state._replace(guard=code))

@@ -102,7 +102,7 @@ def _make_step(rule: Rule, opt, metric_fn, checked, divergence):
     if checked:
       code = guards.first_failure(
           *guards.input_checks(model.output_size, model.loss.name, batch, hparams),
-          *guards.output_checks(aux["loss"], grads, aux["learning_signal"], params, divergence))
+          *guards.output_checks(aux["loss"], grads, None, state.params, divergence))
     return TrainState(params, opt_state, state.step + 1), {**metrics, **extra}, code
 
   return step
