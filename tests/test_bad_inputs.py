@@ -14,6 +14,7 @@ grouped by where.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import os
 import pathlib
@@ -594,6 +595,11 @@ def _(ctx):
   r = rules.rtrl(model, mode="online")
   params = jax.eval_shape(r.init, jax.random.key(0))
   return _raises(lambda: training.check_memory(r, params, 50, seeds=3))
+
+
+# Cases of the document's further sections live in tests/bad_inputs_*.py and register here.
+for _path in sorted(pathlib.Path(__file__).parent.glob("bad_inputs_*.py")):
+  importlib.import_module(_path.stem)
 
 
 # ----------------------------------------------------------------------------------- tests
