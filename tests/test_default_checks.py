@@ -36,6 +36,11 @@ def test_eager_update_raises_with_the_last_good_state():
   with pytest.raises(training.GuardError, match=r"divergence: .* at rule 'bptt'") as e:
     strict(new, batch)
   assert e.value.code == 10 and int(e.value.state.step) == 1  # the update was skipped
+  eprop = rules.eprop(rule.model)
+  strict = training.stream(eprop, opt, divergence=training.Divergence(max_loss=1e-9))
+  with pytest.raises(training.GuardError, match="divergence"):  # an eager stream step too
+    strict.step(strict.init(eprop.init(jax.random.key(0)), 2), batch.x[4], batch.y[4],
+                batch.mask[4])
 
 
 def test_jitted_drivers_report_through_raise_if_failed():
@@ -52,10 +57,6 @@ def test_jitted_drivers_report_through_raise_if_failed():
   s, _ = jax.jit(drv.step)(s, bad.x[4], bad.y[4], bad.mask[4])
   with pytest.raises(training.GuardError, match="non-finite targets"):
     training.raise_if_failed(s)  # a StreamState works too
-  strict = training.stream(rule, opt, divergence=training.Divergence(max_loss=1e-9))
-  with pytest.raises(training.GuardError, match="divergence"):  # an eager step raises
-    strict.step(strict.init(rule.init(jax.random.key(0)), 2), batch.x[4], batch.y[4],
-                batch.mask[4])
   training.raise_if_failed({"guard": jnp.zeros((2, 3), jnp.int32)})  # nothing failed
 
 
