@@ -4,8 +4,8 @@ Accepted values:
 
 * an **integer** is a Python ``int`` or a numpy integer (``np.int64(5)``), or a concrete 0-d integer
   array; ``True``/``False`` are not integers here;
-* a **number** is a Python ``int`` or ``float``, a numpy integer or float (``np.float32(1e-3)``), or a
-  concrete 0-d integer or float array (``jnp.array(1e-3)``); never a bool;
+* a **number** is a Python ``int`` or ``float``, a numpy integer or float (``np.float32(1e-3)``),
+  or a concrete 0-d integer or float array (``jnp.array(1e-3)``); never a bool;
 * a **flag** is ``True`` or ``False`` (or a numpy bool).
 
 Traced values (inside ``jit``/``vmap``) are refused: these arguments shape the program.

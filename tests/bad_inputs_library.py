@@ -58,7 +58,8 @@ def _nan_at(batch, step_index):
 def _(ctx):
   _, r, opt, batch = _toy_setup()
   state = training.init_state(r, opt, jax.random.key(0))
-  new, m = jax.jit(training.make_update(r, opt))(state, batch._replace(x=batch.x.at[0].set(jnp.nan)))
+  bad = batch._replace(x=batch.x.at[0].set(jnp.nan))
+  _, m = jax.jit(training.make_update(r, opt))(state, bad)
   return _raises(lambda: training.raise_if_failed(m))
 
 

@@ -181,7 +181,8 @@ def from_flax(module, split_step: Optional[Callable] = None) -> Cell:
       if split_step is not None:
         declared = dict(unit_of_state=np.arange(H), param_units=_unit_columns(H),
                         implicit_units=True)
-    if split_step is not None and not _matches(module, step_of(_initialiser(module)), split_step, n):
+    if split_step is not None and not _matches(module, step_of(_initialiser(module)), split_step,
+                                               n):
       warnings.warn(f"{cls} computes a different step from flax's own {cls.__mro__[1].__name__}; "
                     f"from_flax declares no implicit/explicit split for it (pass split_step=).",
                     stacklevel=2)

@@ -234,7 +234,8 @@ def sweep(rule: Rule, opt: optax.GradientTransformation, data_fn: Callable, keys
 
 def _seed_keys(keys):
   """``keys`` checked to hold one PRNG key per seed: typed keys [S] or raw uint32 keys [S, 2]."""
-  expected = "keys must hold one PRNG key per seed, [S] (e.g. jax.random.split(jax.random.key(0), S))"
+  expected = ("keys must hold one PRNG key per seed, [S] (e.g. "
+              "jax.random.split(jax.random.key(0), S))")
   try:
     keys = keys if isinstance(keys, jax.Array) else jnp.asarray(keys)
   except TypeError:
