@@ -23,7 +23,7 @@ from bplambda_jax import training
 from bplambda_jax.experiments import cosine
 from bplambda_jax.model import Batch, from_flax, make_model
 
-from test_bad_inputs import _argv, _raises, _toy_setup, case
+from test_bad_inputs import _argv, _raises, _toy_setup, case, run_cli
 
 
 def _accepted(fn, describe) -> str:
@@ -43,8 +43,9 @@ def _run_compiling_cli(ctx) -> str:
 
 
 for _id in ("cli-diverge-toy-lr-synth", "cli-diverge-plastic-lr-cell", "cli-diverge-toy-flag",
-            "cli-diverge-align"):
+            "cli-diverge-align", "cli-diverge-limit-raised"):
   case(_id)(_run_compiling_cli)
+case("cli-set-max-loss")(run_cli)
 
 
 # ------------------------------------------------------------- Python API: checked by default
