@@ -22,6 +22,8 @@ Families (all float32):
   (H = 30, batch 50 per seed): one ``jax.vmap``-ed update over the seeds against a Python loop of
   single-seed jitted updates; ``seeds32_auto`` times what ``seed_axis='auto'`` picks on this
   machine (:func:`bplambda_jax.training.resolve_seed_axis`: a loop on CPU, a vmap on GPU/TPU).
+* ``guard_*_unchecked``: seqMNIST rows timed with ``make_update(..., checked=False)``: their
+  checked rows over them are the cost of the default on-device checks (target: < 5 %).
 * ``floor_matmul``: a 2048×2048 float32 matmul, the machine's achievable GFLOP/s.
 * ``kernel_trace_step_*``: one online BP(λ) trace step of the linear synthesiser at copy-repeat
   size through :func:`bplambda_jax.credit.linear_trace_step` (the fused Pallas kernel on GPU/TPU;
@@ -78,6 +80,7 @@ class Case(NamedTuple):
     note: free text carried into the row.
     impl: the trace-step implementation for 'trace_step' and 'structured_step' cases ('xla' or
       'pallas').
+    checked: the update's on-device checks (``make_update(..., checked=...)``, on by default).
   """
 
   name: str
@@ -99,6 +102,7 @@ class Case(NamedTuple):
   skip: Optional[str] = None
   note: str = ""
   impl: Optional[str] = None
+  checked: bool = True
 
   def tiny(self) -> "Case":
     """The same case at the ``--tiny`` sizes (never skipped)."""
@@ -112,7 +116,7 @@ class Case(NamedTuple):
     """Everything that determines the compiled program (cases with equal keys share it)."""
     return (self.kind, self.rule, self.options, self.cell, self.loss, self.input_size,
             self.output_size, self.hidden, self.batch, self.seq_len, self.lrs, self.impl,
-            ("vmap", self.seeds) if self.seed_axis() == "vmap" else ("single",))
+            ("vmap", self.seeds) if self.seed_axis() == "vmap" else ("single",), self.checked)
 
   def seed_axis(self) -> Optional[str]:
     """'vmap' or 'loop' for a seeds row ('auto' resolved on this machine), else None."""
@@ -334,6 +338,16 @@ def _seed_cases():
   return out
 
 
+def _guard_cases():
+  """BPTT and BP(λ) sequence at the seqMNIST shape without the checks (the cheapest updates,
+  where the checks weigh most)."""
+  rules = {"bptt": _rule("bptt"), "bplambda_sequence": _bp_lambda("sequence", **SEQMNIST_BPL)}
+  return [Case(f"guard_seqmnist_lstm30_{k}_unchecked", "guard", **r, hidden=30, batch=50,
+               checked=False, bptt_ref="seqmnist_lstm30_bptt",
+               note=f"checked=False; compare with seqmnist_lstm30_{k}", **SEQMNIST)
+          for k, r in rules.items()]
+
+
 def _floor_and_kernel_cases():
   cases = [Case("floor_matmul", "floor", kind="matmul", hidden=2048,
                 note="2048x2048 float32 matmul, 2·N³ FLOP")]
@@ -359,7 +373,8 @@ def check_options(case: Case) -> None:
 def all_cases() -> list[Case]:
   """Every case, in run order (the floor first, so later rows can use it)."""
   extra = _floor_and_kernel_cases()
-  cases = extra[:1] + _seqmnist_cases() + _copyrepeat_cases() + _scale_cases() + _seed_cases()
+  cases = (extra[:1] + _seqmnist_cases() + _guard_cases() + _copyrepeat_cases() + _scale_cases()
+           + _seed_cases())
   cases += cases_elementwise.elementwise_cases()
   cases += extra[1:] + cases_elementwise.kernel_cases()
   # The floor again at the end: its drift shows how much the machine's load changed during the run.

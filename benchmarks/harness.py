@@ -197,7 +197,7 @@ class Runner:
     if rule.name != case.rule:
       raise ValueError(f"make_rule({case.rule!r}) built a rule named {rule.name!r}.")
     opt = bl.optimiser(*case.lrs)
-    update = bl.make_update(rule, opt)
+    update = bl.make_update(rule, opt, checked=case.checked)
     vmapped = case.seed_axis() == "vmap"
     shapes = jax.eval_shape(lambda k: bl.init_state(rule, opt, k), jax.random.key(0))
     bl.training.check_memory(rule, shapes.params, case.batch,

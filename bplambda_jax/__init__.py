@@ -68,6 +68,7 @@ from bplambda_jax.training import TrainState
 from bplambda_jax.training import init_state
 from bplambda_jax.training import make_update
 from bplambda_jax.training import optimiser
+from bplambda_jax.training import raise_if_failed
 from bplambda_jax.training import run
 from bplambda_jax.training import stream
 from bplambda_jax.training import sweep
@@ -126,6 +127,7 @@ __all__ = [
     "model",
     "objective",
     "optimiser",
+    "raise_if_failed",
     "oracles",
     "rnn",
     "rtrl",

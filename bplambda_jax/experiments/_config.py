@@ -35,7 +35,7 @@ from typing import Optional
 from bplambda_jax.model import CELLS
 from bplambda_jax.rules import parse_rule_spec
 from bplambda_jax.tasks import TASK_NAMES
-from bplambda_jax.training import SEED_AXIS_CHOICES
+from bplambda_jax.training import SEED_AXIS_CHOICES, Divergence
 
 MODES = ("auto", "online", "sequence")
 DTYPES = ("float32", "float64")
@@ -79,6 +79,8 @@ class RunConfig:
     max_to_keep: checkpoints kept per rule.
     data_dir: tensorflow-datasets data directory for MNIST (None: ``TFDS_DATA_DIR``).
     data_path: a local MNIST copy (``mnist.npz`` or a directory of IDX files).
+    max_loss, max_param: the divergence limits (``training.Divergence``): a finite loss above
+      ``max_loss`` or a parameter with |θ| above ``max_param`` stops the run (guard code 10).
   """
 
   task: str = "toy"
@@ -111,6 +113,8 @@ class RunConfig:
   max_to_keep: int = 2
   data_dir: Optional[str] = None
   data_path: Optional[str] = None
+  max_loss: float = Divergence().max_loss
+  max_param: float = Divergence().max_param
 
   def __post_init__(self):
     if isinstance(self.rules, list):
@@ -250,6 +254,8 @@ def _check_values(c: RunConfig):
     _range(name, getattr(c, name), lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
   for name in ("lambda_", "gamma"):
     _range(name, getattr(c, name), lambda v: 0 <= v <= 1, "a number in [0, 1]")
+  for name in ("max_loss", "max_param"):
+    _range(name, getattr(c, name), lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
   _range("mode", c.mode, lambda v: v in MODES, "one of " + ", ".join(MODES))
   _range("seed_axis", c.seed_axis, lambda v: v in SEED_AXIS_CHOICES,
          "one of " + ", ".join(SEED_AXIS_CHOICES))

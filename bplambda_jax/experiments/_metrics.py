@@ -41,11 +41,25 @@ def _flat(tree) -> jax.Array:
   return jnp.concatenate([jnp.ravel(l) for l in leaves])
 
 
+def _rescaled(a, axis):
+  """(a times a power of two that brings its largest |entry| near 1, that largest |entry|).
+
+  The cosine does not change, and no norm or product can then overflow or underflow. The factor
+  is applied in two halves, each >= 2^-64: XLA divides by multiplying with the reciprocal, which
+  flushes to zero for a divisor above 2^126."""
+  top = jnp.max(jnp.abs(a), axis=axis, keepdims=True)  # NaN if a holds a NaN, inf if an infinity
+  e = jnp.floor(jnp.log2(jnp.where((top > 0) & jnp.isfinite(top), top, 1.0)))
+  half = jnp.floor(e / 2)
+  return a * jnp.exp2(-half) * jnp.exp2(half - e), jnp.squeeze(top, axis)
+
+
 def _cos(a, b, axis=-1):
-  dot = jnp.sum(a * b, axis=axis)
+  a, ta = _rescaled(a, axis)
+  b, tb = _rescaled(b, axis)
   norms = jnp.linalg.norm(a, axis=axis) * jnp.linalg.norm(b, axis=axis)
-  zero = jnp.where(jnp.isfinite(norms), 0.0, jnp.nan)  # a NaN or infinite input stays NaN
-  return jnp.where(norms > 0, dot / jnp.where(norms > 0, norms, 1.0), zero)
+  cos = jnp.where((ta > 0) & (tb > 0), jnp.sum(a * b, axis=axis) / jnp.where(norms > 0, norms, 1.0),
+                  0.0)
+  return jnp.where(jnp.isfinite(ta) & jnp.isfinite(tb), cos, jnp.nan)
 
 
 def cosine(a, b, axis: Optional[int] = None) -> jax.Array:

@@ -131,7 +131,8 @@ def _init_seed(setup: Setup, rule, opt, key_data) -> SeedState:
 def _programs(setup: Setup, rule, opt, cfg: RunConfig):
   """(init, chunk, evaluate, test), each mapped over the seeds (``cfg.seed_axis``: a vmap or a
   loop of one jitted program)."""
-  update = training.make_update(rule, opt, checked=True)
+  update = training.make_update(rule, opt,
+                                divergence=training.Divergence(cfg.max_loss, cfg.max_param))
   K, total = cfg.chunk, cfg.steps
 
   def chunk_one(ss: SeedState, start, data):

@@ -41,6 +41,10 @@ def run_toy(lambdas=(0.0, 0.5, 0.9, 1.0), seeds=(0, 1, 2, 3, 4), *, steps: int =
     mode: BP(λ) mode, 'sequence' (default: same numbers as 'online', much cheaper) or 'online'.
     faithful: the authors' conventions instead of the fixed ones.
     record_every: stride of the recorded alignment curve.
+
+  Every update is checked (see :func:`bplambda_jax.training.make_update`): a run that produces
+  non-finite values or diverges (``training.Divergence``) raises
+  :class:`~bplambda_jax.training.GuardError` naming the seed, λ and update; no curve is returned.
   """
   lambdas = [float(l) for l in lambdas]
   for l in lambdas:
@@ -73,19 +77,29 @@ def run_toy(lambdas=(0.0, 0.5, 0.9, 1.0), seeds=(0, 1, 2, 3, 4), *, steps: int =
 
     def chunk(st, _):  # the alignment before a chunk of record_every updates, then the chunk
       a = alignment(st.params, hp)
-      st, _ = training.run(rule, opt, lambda k, s: batch, key, record_every, state=st,
+      st, m = training.run(rule, opt, lambda k, s: batch, key, record_every, state=st,
                            hparams=hp)
-      return st, a
+      return st, (a, m["guard"])
 
-    state, curve = jax.lax.scan(chunk, state, None, length=n_chunks)
+    state, (curve, guard) = jax.lax.scan(chunk, state, None, length=n_chunks)
+    guard = guard.reshape(-1)
     if rest:
-      state, _ = training.run(rule, opt, lambda k, s: batch, key, rest, state=state, hparams=hp)
-    return jnp.concatenate([curve, alignment(state.params, hp)[None]])
+      state, m = training.run(rule, opt, lambda k, s: batch, key, rest, state=state, hparams=hp)
+      guard = jnp.concatenate([guard, m["guard"]])
+    return jnp.concatenate([curve, alignment(state.params, hp)[None]]), guard
 
   keys = jnp.stack([jax.random.key_data(jax.random.key(int(s))) for s in seeds])
   sweep = jax.jit(jax.vmap(jax.vmap(lambda kd, lam: one(jax.random.wrap_key_data(kd), lam),
                                     in_axes=(None, 0)), in_axes=(0, None)))
-  curves = np.asarray(sweep(keys, jnp.asarray(lambdas)))  # [S, L, K]
+  curves, guard = jax.device_get(sweep(keys, jnp.asarray(lambdas)))  # [S, L, K], [S, L, steps]
+  bad = np.argwhere(guard != 0)
+  if len(bad):  # the checked updates froze a seed: never a result
+    i, l, step = (int(v) for v in bad[0])
+    raise training.GuardError(
+        training.guard_message(int(guard[i, l, step]), step=step + 1, seed=int(seeds[i]),
+                               rule=f"bp_lambda, λ = {lambdas[l]:g}"),
+        int(guard[i, l, step]), (i, l, step))
+  curves = np.asarray(curves)
   recorded = list(range(0, n_chunks * record_every, record_every)) + [steps]
   return {"lambdas": lambdas, "seeds": [int(s) for s in seeds], "steps": recorded,
           "alignment": curves}

@@ -158,11 +158,20 @@ def check_size(name: str, value: Any) -> int:
   return int(value)
 
 
-def float_dtype(dtype=None):
-  """``dtype`` checked to be a float dtype; None means the default float type."""
+def float_dtype(dtype=None, name: str = "dtype"):
+  """``dtype`` checked to be a float dtype that JAX computes in; None means the default float type.
+
+  float64 needs JAX's 64-bit mode: without it JAX would silently compute in float32, so it is
+  refused with a message saying how to enable the mode. ``name`` names the argument in errors.
+  """
   dtype = jnp.dtype(jnp.result_type(float) if dtype is None else dtype)
   if not jnp.issubdtype(dtype, jnp.floating):
-    raise ValueError(f"dtype must be a floating-point dtype, got {dtype}.")
+    raise ValueError(f"{name} must be a floating-point dtype, got {dtype}.")
+  if dtype.itemsize > 4 and not jax.config.jax_enable_x64:
+    raise ValueError(f"{name}={dtype} needs JAX's 64-bit mode, which is off (JAX would compute "
+                     f"in float32). Enable it at the start of the program: "
+                     f"jax.config.update('jax_enable_x64', True), or set the environment "
+                     f"variable JAX_ENABLE_X64=1.")
   return dtype
 
 

@@ -133,15 +133,19 @@ def from_flax(module, split_step: Optional[Callable] = None) -> Cell:
   def init(key, input_size, dtype=None):
     d = check_size("input_size", input_size)
     k1, k2 = jax.random.split(key)
-    carry = module.initialize_carry(k1, (d,))
-    params = module.init(k2, carry, jnp.zeros((d,), module.param_dtype))["params"]
-    if dtype is not None:
-      params = jax.tree.map(lambda p: p.astype(float_dtype(dtype)), params)
-    return params
+    maker = _initialiser(module)
+    carry = maker.initialize_carry(k1, (d,))
+    params = maker.init(k2, carry, jnp.zeros((d,), maker.param_dtype))["params"]
+    target = float_dtype(module.param_dtype if dtype is None else dtype)
+    return jax.tree.map(lambda p: p.astype(target), params)
 
-  def step(params, s, x):
-    carry, _ = module.apply({"params": params}, to_carry(s), x)
-    return from_carry(carry).astype(s.dtype)
+  def step_of(mod):
+    def step(params, s, x):
+      carry, _ = mod.apply({"params": params}, to_carry(s), x)
+      return from_carry(carry).astype(s.dtype)
+    return step
+
+  step = step_of(module)
 
   s0 = from_carry(carry_probe)
   if not np.array_equal(np.asarray(s0), np.asarray(
@@ -177,7 +181,8 @@ def from_flax(module, split_step: Optional[Callable] = None) -> Cell:
       if split_step is not None:
         declared = dict(unit_of_state=np.arange(H), param_units=_unit_columns(H),
                         implicit_units=True)
-    if split_step is not None and not _matches(module, step, split_step, n):
+    if split_step is not None and not _matches(module, step_of(_initialiser(module)), split_step,
+                                               n):
       warnings.warn(f"{cls} computes a different step from flax's own {cls.__mro__[1].__name__}; "
                     f"from_flax declares no implicit/explicit split for it (pass split_step=).",
                     stacklevel=2)
@@ -186,14 +191,24 @@ def from_flax(module, split_step: Optional[Callable] = None) -> Cell:
   return Cell(f"flax_{cls}", H, n, init, step, initial_state, split_step, lstm=lstm, **declared)
 
 
+def _initialiser(module):
+  """The module itself, or for parameters narrower than float32 (bfloat16, float16) a float32
+  copy: flax initialises recurrent kernels orthogonally, by a QR decomposition that LAPACK has
+  only in float32 and float64 (the parameters are cast to the module's dtype afterwards)."""
+  if jnp.dtype(module.param_dtype).itemsize >= 4:
+    return module
+  return module.clone(param_dtype=jnp.float32)
+
+
 def _matches(module, step, split_step, n) -> bool:
   """split_step(p, s, s, x) == step(p, s, x) at a random point (float32, relative 1e-5)."""
   rng = np.random.default_rng(0)
-  params = module.init(jax.random.key(3), module.initialize_carry(jax.random.key(0), (3,)),
-                       jnp.zeros((3,), module.param_dtype))["params"]
+  maker = _initialiser(module)
+  params = maker.init(jax.random.key(3), maker.initialize_carry(jax.random.key(0), (3,)),
+                      jnp.zeros((3,), maker.param_dtype))["params"]
   params = jax.tree.map(lambda p: jnp.asarray(0.5 * rng.standard_normal(p.shape), p.dtype), params)
-  s = jnp.asarray(0.5 * rng.standard_normal((n,)), module.param_dtype)
-  x = jnp.asarray(rng.standard_normal((3,)), module.param_dtype)
+  s = jnp.asarray(0.5 * rng.standard_normal((n,)), maker.param_dtype)
+  x = jnp.asarray(rng.standard_normal((3,)), maker.param_dtype)
   with jax.ensure_compile_time_eval():
     a = np.asarray(step(params, s, x), np.float64)
     b = np.asarray(split_step(params, s, s, x), np.float64)

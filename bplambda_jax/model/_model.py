@@ -107,7 +107,7 @@ def make_model(cell: Cell | str, loss: str, input_size: int, output_size: int,
     raise ValueError(f"hidden_size applies only to a cell given by name; the Cell {cell.name!r} "
                      f"already has hidden_size={cell.hidden_size}.")
   if param_dtype is not None:
-    param_dtype = float_dtype(param_dtype)
+    param_dtype = float_dtype(param_dtype, "param_dtype")
   return Model(cell, get_loss(loss), check_size("input_size", input_size),
                check_size("output_size", output_size), param_dtype)
 
@@ -130,6 +130,11 @@ def validate_batch(model: Model, batch: Batch) -> None:
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise ValueError(f"batch.x must hold floating-point inputs, got dtype {x.dtype} (cast it, "
                      f"e.g. x.astype(jnp.float32)).")
+  pd = None if model.param_dtype is None else jnp.dtype(model.param_dtype)
+  if pd is not None and jnp.promote_types(x.dtype, pd) != pd:
+    raise ValueError(f"batch.x has dtype {x.dtype}, wider than the model's param_dtype {pd}: "
+                     f"the recurrent state would change dtype at every step. Cast the inputs "
+                     f"(x.astype(jnp.{pd})) or make the model with param_dtype={x.dtype}.")
   if model.loss.name == "ce":
     if y.shape != (T, B) or not jnp.issubdtype(y.dtype, jnp.integer):
       raise ValueError(f"batch.y for loss 'ce' must be integer labels of shape [T, B] = "

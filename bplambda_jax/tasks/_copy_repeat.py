@@ -14,6 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from bplambda_jax import _validation
 from bplambda_jax.model import Batch
 
 BITS = 8
@@ -32,17 +33,22 @@ def copy_repeat_batch(key, n, r, batch_size: int, max_len: int, dtype=None) -> B
 
   Args:
     key: PRNG key.
-    n, r: pattern length N ≥ 1 and repeat count R ≥ 1 (Python ints or traced int scalars).
+    n, r: pattern length N ≥ 1 and repeat count R ≥ 1 (Python or numpy ints, or traced int
+      scalars).
     batch_size: B.
-    max_len: padded length; must be ≥ (R+1)·N + 3 (checked when n and r are Python ints).
+    max_len: padded length; must be ≥ (R+1)·N + 3. Checked here when n and r are concrete; a
+      traced level that does not fit cannot raise under ``jit``, so its batch is made of NaN
+      inputs, which the checked training drivers report (guard code 1), never a cut sequence.
     dtype: float dtype of x and y.
 
   Returns:
     Batch(x [max_len, B, 10], y [max_len, B, 9], mask [max_len, B]).
   """
-  if isinstance(n, int) and isinstance(r, int):
-    if n < 1 or r < 1:
-      raise ValueError(f"n and r must be >= 1, got n={n}, r={r}.")
+  batch_size = _validation.integer("batch_size", batch_size, minimum=1)
+  max_len = _validation.integer("max_len", max_len, minimum=1)
+  if not isinstance(n, jax.core.Tracer) and not isinstance(r, jax.core.Tracer):
+    n = _validation.integer("n", n, minimum=1, what="an integer >= 1 (the pattern length N)")
+    r = _validation.integer("r", r, minimum=1, what="an integer >= 1 (the repeat count R)")
     if seq_len(n, r) > max_len:
       raise ValueError(f"max_len must be >= (r+1)·n + 3 = {seq_len(n, r)}, got {max_len}.")
   dtype = dtype or jnp.result_type(float)
@@ -56,6 +62,7 @@ def copy_repeat_batch(key, n, r, batch_size: int, max_len: int, dtype=None) -> B
   repeat = (t == n + 1).astype(dtype) * (r / NORM_REPEAT)
   x = jnp.concatenate([x_bits, start[..., None] * jnp.ones((1, batch_size, 1), dtype),
                        repeat[..., None] * jnp.ones((1, batch_size, 1), dtype)], axis=-1)
+  x = jnp.where(total > max_len, jnp.nan, x)  # a level that does not fit: never a cut batch
   k = t - (n + 2)
   src = 1 + jnp.mod(jnp.maximum(k, 0), n)  # [T, 1]
   tiled = jnp.take_along_axis(patterns, jnp.broadcast_to(src[..., None], patterns.shape), axis=0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from bplambda_jax import _validation
 from bplambda_jax.model import Batch, Model, get_loss, linear_rnn
 
 # The authors' code draws RandomState(123).choice(1024, 1) = 833 and writes it in binary.
@@ -24,15 +25,14 @@ OUTPUT_SIZE = len(TARGET)
 
 def toy_model(hidden_size: int = 30) -> Model:
   """The linear RNN (identity activation) with a 2-D MSE readout."""
+  hidden_size = _validation.integer("hidden_size", hidden_size, minimum=1)
   return Model(linear_rnn(hidden_size), get_loss("mse"), INPUT_SIZE, OUTPUT_SIZE)
 
 
 def toy_batch(batch_size: int = 10, seq_len: int = 10, dtype=None) -> Batch:
   """The toy batch: x [T, B, 10] (code at t = 0), y [T, B, 2] (target at T−1), mask [T, B]."""
-  if not isinstance(seq_len, int) or seq_len < 2:
-    raise ValueError(f"seq_len must be an integer >= 2, got {seq_len!r}.")
-  if not isinstance(batch_size, int) or batch_size < 1:
-    raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+  seq_len = _validation.integer("seq_len", seq_len, minimum=2)
+  batch_size = _validation.integer("batch_size", batch_size, minimum=1)
   dtype = dtype or jnp.result_type(float)
   x = np.zeros((seq_len, batch_size, INPUT_SIZE))
   x[0] = CODE

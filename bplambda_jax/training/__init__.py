@@ -5,7 +5,10 @@ from bplambda_jax.training._checkpoint import Checkpointer
 from bplambda_jax.training._checkpoint import load_checkpoint
 from bplambda_jax.training._checkpoint import save_checkpoint
 from bplambda_jax.training._guards import GUARD_CODES
+from bplambda_jax.training._guards import Divergence
+from bplambda_jax.training._guards import GuardError
 from bplambda_jax.training._guards import guard_message
+from bplambda_jax.training._guards import raise_if_failed
 from bplambda_jax.training._memory import available_memory_bytes
 from bplambda_jax.training._memory import check_memory
 from bplambda_jax.training._memory import state_bytes
@@ -34,8 +37,10 @@ from bplambda_jax.training._train import sweep
 __all__ = [
     "BATCH_AXIS",
     "Checkpointer",
+    "Divergence",
     "GROUPS",
     "GUARD_CODES",
+    "GuardError",
     "SEED_AXIS",
     "SEED_AXIS_CHOICES",
     "Stream",
@@ -52,6 +57,7 @@ __all__ = [
     "make_update",
     "map_seeds",
     "optimiser",
+    "raise_if_failed",
     "resolve_seed_axis",
     "run",
     "save_checkpoint",

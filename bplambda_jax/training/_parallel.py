@@ -169,7 +169,8 @@ def map_seeds(fn: Callable, seed_axis: str = "auto", in_axes: Any = 0) -> Callab
     fn: the per-seed function, pure and traceable.
     seed_axis: 'vmap', 'loop' or 'auto' (see :func:`resolve_seed_axis`).
     in_axes: 0 (every argument has a leading seed axis [S, ...]) or a tuple with one entry per
-      positional argument, 0 (swept) or None (shared by every seed), as in ``jax.vmap``.
+      positional argument: 0 (swept), None (shared by every seed), or a dict of those for a dict
+      argument (per key), as in ``jax.vmap``.
 
   Returns:
     ``mapped(*args)``: 'vmap' is ``jax.jit(jax.vmap(fn, in_axes))``; 'loop' compiles ``fn`` once
@@ -179,9 +180,11 @@ def map_seeds(fn: Callable, seed_axis: str = "auto", in_axes: Any = 0) -> Callab
   """
   if not callable(fn):
     raise ValueError(f"fn must be callable, got {fn!r}.")
-  if in_axes != 0 and not (isinstance(in_axes, tuple) and all(a in (0, None) for a in in_axes)):
-    raise ValueError(f"in_axes must be 0 or a tuple of 0 and None (one per argument), got "
-                     f"{in_axes!r}.")
+  spec_ok = lambda a: a in (0, None) or (isinstance(a, dict) and all(v in (0, None)
+                                                                     for v in a.values()))
+  if in_axes != 0 and not (isinstance(in_axes, tuple) and all(spec_ok(a) for a in in_axes)):
+    raise ValueError(f"in_axes must be 0 or a tuple of 0, None or dicts of them (one per "
+                     f"argument), got {in_axes!r}.")
   if resolve_seed_axis(seed_axis) == "vmap":
     return jax.jit(jax.vmap(fn, in_axes=in_axes))
   one = jax.jit(fn)
@@ -190,11 +193,16 @@ def map_seeds(fn: Callable, seed_axis: str = "auto", in_axes: Any = 0) -> Callab
     axes = (0,) * len(args) if in_axes == 0 else in_axes
     if len(axes) != len(args):
       raise ValueError(f"in_axes has {len(axes)} entries for {len(args)} arguments.")
-    s = _seed_count([a for a, ax in zip(args, axes) if ax == 0])
+    is_axis = lambda v: v is None or v == 0
+    swept = [x for a, ax in zip(args, axes)
+             for x, sub in _by_axis(ax, a, is_axis) if sub == 0]
+    s = _seed_count(swept)
     if s == 0:
       raise ValueError("the seed axis is empty: pass at least one seed.")
-    outs = [one(*[jax.tree.map(lambda x: x[i], a) if ax == 0 else a for a, ax in zip(args, axes)])
-            for i in range(s)]
+    take = lambda i: [jax.tree.map(lambda sub, x: jax.tree.map(lambda l: l[i], x) if sub == 0
+                                   else x, ax, a, is_leaf=is_axis)
+                      for a, ax in zip(args, axes)]
+    outs = [one(*take(i)) for i in range(s)]
     return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
   return looped
@@ -292,6 +300,13 @@ def _check_mesh(mesh) -> None:
   if SEED_AXIS not in mesh.shape:
     raise ValueError(f"mesh has axes {tuple(mesh.shape)}; a '{SEED_AXIS}' axis is required "
                      f"(use seed_mesh()).")
+
+
+def _by_axis(ax, arg, is_axis):
+  """[(subtree of ``arg``, its axis 0 or None)] for an axis spec ``ax`` that is a prefix of it."""
+  pairs = []
+  jax.tree.map(lambda sub, x: pairs.append((x, sub)), ax, arg, is_leaf=is_axis)
+  return pairs
 
 
 def _seed_count(args) -> int:

@@ -11,7 +11,8 @@ Each call of ``step`` runs ``rule.step``, adds its gradients to an accumulator a
 steps have been accumulated (or at the ``last`` step of a sequence), applies the optimiser to the
 accumulated gradients. After a ``last`` step the rule's state starts afresh (the next sequence
 begins from the cell's initial state). ``every=None`` updates once per sequence, at its last step,
-which is how ``rule.grads`` plus one optimiser step trains.
+which is how ``rule.grads`` plus one optimiser step trains: ``run`` then needs ``lasts`` (without
+sequence ends it would never update, so it refuses).
 
 ``synth_sgd=α`` is the authors' per-step synthesiser learning (their ``alpha_learning`` with rate
 ``synth_alpha``): plain SGD θ ← θ − α·(step gradient) on the synthesiser at *every* step, applied
@@ -22,10 +23,14 @@ linear, so applying it here after the step gives exactly the θ the step used.
 For chunk rules (truncated BPTT, DNI: ``rule.chunk`` = n) a step is a chunk ([n, B, ...] inputs)
 and ``every`` counts chunks; ``every=1`` is the authors' ``opt_each_trunc``.
 
-``checked=True`` checks every step on device as :func:`bplambda_jax.training.make_update` does
-(the step's data, traced hyper-parameters, finite loss, gradients, learning signals and
-parameters): the first failure's code is kept in ``StreamState.guard`` and ``metrics['guard']``,
-and from then on every step is skipped (the state stays at its last good value).
+``checked=True`` (the default) checks every step on device as
+:func:`bplambda_jax.training.make_update` does (the step's data, traced hyper-parameters, finite
+loss, gradients, learning signals and parameters, divergence): the first failure's code is kept in
+``StreamState.guard`` and ``metrics['guard']``, and from then on every step is skipped (the state
+stays at its last good value). ``step`` and ``run`` called outside ``jit`` then raise
+:class:`~bplambda_jax.training.GuardError` (one host read per call); under ``jit`` call
+:func:`~bplambda_jax.training.raise_if_failed` on the returned state or metrics.
+``checked=False`` opts out.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bplambda_jax import _validation
 from bplambda_jax.model import Batch
 from bplambda_jax.rules import Rule
 from bplambda_jax.training import _guards as guards
@@ -85,7 +91,8 @@ class Stream(NamedTuple):
 
 
 def stream(rule: Rule, opt: optax.GradientTransformation, *, every: Optional[int] = 1,
-           synth_sgd: Optional[float] = None, checked: bool = False) -> Stream:
+           synth_sgd: Optional[float] = None, checked: bool = True,
+           divergence: Optional[guards.Divergence] = guards.Divergence()) -> Stream:
   """A streaming driver for an online rule.
 
   Args:
@@ -93,23 +100,26 @@ def stream(rule: Rule, opt: optax.GradientTransformation, *, every: Optional[int
     opt: the optimiser, e.g. :func:`bplambda_jax.training.optimiser`.
     every: apply ``opt`` after this many steps (chunks); None: only at the last step of each
       sequence. A sequence's last step always applies it.
-    synth_sgd: per-step SGD rate on the synthesiser (the authors' ``alpha_learning``), or None.
-    checked: check every step on device (see the module docstring).
+    synth_sgd: per-step SGD rate on the synthesiser (the authors' ``alpha_learning``), a finite
+      number >= 0, or None.
+    checked: check every step on device (see the module docstring); False opts out.
+    divergence: the divergence limits (see :func:`bplambda_jax.training.make_update`).
   """
   if rule.step is None or rule.init_state is None:
     raise ValueError(f"rule {rule.name!r} has no step-level protocol (it needs whole sequences); "
                      f"use training.make_update.")
-  if checked and rule.model is None:
-    raise ValueError(f"stream(checked=True) needs a rule built for a model; rule {rule.name!r} "
-                     f"has rule.model = None.")
-  if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
-    raise ValueError(f"every must be None or a positive integer, got {every!r}.")
+  if _validation.flag("checked", checked) and rule.model is None:
+    raise ValueError(f"the checked stream (the default) needs a rule built for a model to check "
+                     f"its data; rule {rule.name!r} has rule.model = None. Build the rule with "
+                     f"model=..., or pass checked=False to stream without checks.")
+  divergence = guards.check_divergence(divergence)
+  if every is not None:
+    every = _validation.integer("every", every, minimum=1, what="None or a positive integer")
   if synth_sgd is not None:
     if "synth_sgd" not in inspect.signature(rule.step).parameters:
       raise ValueError(f"synth_sgd is per-step learning of a BP(λ) synthesiser; rule "
                        f"{rule.name!r} has none.")
-    if not (isinstance(synth_sgd, (int, float)) and 0 <= synth_sgd < float("inf")):
-      raise ValueError(f"synth_sgd must be a finite number >= 0, got {synth_sgd!r}.")
+    synth_sgd = _validation.number("synth_sgd", synth_sgd, minimum=0.0)
   kw = {} if synth_sgd is None else {"synth_sgd": synth_sgd}
 
   def init(params, batch_size):
@@ -118,16 +128,27 @@ def stream(rule: Rule, opt: optax.GradientTransformation, *, every: Optional[int
                        jax.tree.map(jnp.zeros_like, params), zero, zero, zero, zero)
 
   def step(state, x_t, y_t, mask_t, hparams=None, *, last=False):
+    new, metrics = _checked_step(state, x_t, y_t, mask_t, hparams, last)
+    _raise_if_failed(new, metrics, ())
+    return new, metrics
+
+  def _checked_step(state, x_t, y_t, mask_t, hparams, last):
     new, metrics, grads = _step(state, x_t, y_t, mask_t, hparams, last)
     if not checked:
       return new, metrics
     batch = Batch(x_t, y_t, mask_t)
     code = guards.first_failure(
         *guards.input_checks(rule.model.output_size, rule.model.loss.name, batch, hparams),
-        *guards.output_checks(metrics["loss"], grads, metrics["learning_signal"], new.params))
+        *guards.output_checks(metrics["loss"], grads, metrics["learning_signal"], state.params,
+                              divergence))
     code = jnp.where(state.guard != 0, state.guard, code)
     new = guards.keep_if_ok(code, new._replace(guard=code), state._replace(guard=code))
     return new, {**metrics, "guard": code}
+
+  def _raise_if_failed(state, metrics, axes):
+    """Outside jit: one host read of the guard, a GuardError if a step failed."""
+    if checked and not guards.is_traced(state.guard) and int(state.guard):
+      guards.raise_if_failed(metrics, rule=rule.name, state=state, axes=axes)
 
   def _step(state, x_t, y_t, mask_t, hparams, last):
     params = state.params
@@ -157,14 +178,20 @@ def stream(rule: Rule, opt: optax.GradientTransformation, *, every: Optional[int
 
   def run(state, xs, ys, masks, hparams=None, *, lasts=None):
     T = jax.tree.leaves(xs)[0].shape[0]
+    if lasts is None and every is None:
+      raise ValueError("stream(every=None) updates only at the last step of a sequence, and run "
+                       "was given no lasts (an unbounded stream): it would never update. Pass "
+                       "lasts, a [T] bool array marking the sequence ends, or use every=k.")
     lasts = jnp.zeros((T,), bool) if lasts is None else jnp.asarray(lasts, bool)
     if lasts.shape != (T,):
       raise ValueError(f"lasts must have shape [T] = ({T},), got {lasts.shape}.")
 
     def body(st, inp):
       x, y, m, last = inp
-      return step(st, x, y, m, hparams, last=last)
+      return _checked_step(st, x, y, m, hparams, last=last)
 
-    return jax.lax.scan(body, state, (xs, ys, masks, lasts))
+    state, metrics = jax.lax.scan(body, state, (xs, ys, masks, lasts))
+    _raise_if_failed(state, metrics, ("update",))
+    return state, metrics
 
   return Stream(init, step, run)

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bplambda_jax import _validation
 from bplambda_jax.rules import Rule
 from bplambda_jax.training import _guards as guards
 from bplambda_jax.training import _parallel as parallel
@@ -54,11 +55,11 @@ def optimiser(lr_cell: float, lr_readout: float, lr_synth: float = 0.0, *,
               b1: float = 0.9, b2: float = 0.98, eps: float = 1e-9) -> optax.GradientTransformation:
   """Adam with a separate learning rate per group ('cell', 'readout', 'synth').
 
-  A group with learning rate 0 is frozen (``optax.set_to_zero``).
+  Each learning rate is a finite number >= 0 (a Python, numpy or concrete 0-d jax scalar). A group
+  with learning rate 0 is frozen (``optax.set_to_zero``).
   """
-  for name, v in (("lr_cell", lr_cell), ("lr_readout", lr_readout), ("lr_synth", lr_synth)):
-    if isinstance(v, bool) or not (isinstance(v, (int, float)) and 0 <= v < float("inf")):
-      raise ValueError(f"{name} must be a finite number >= 0, got {v!r}.")
+  lr_cell, lr_readout, lr_synth = (_validation.number(name, v, minimum=0.0) for name, v in (
+      ("lr_cell", lr_cell), ("lr_readout", lr_readout), ("lr_synth", lr_synth)))
 
   def group(lr):
     return adam(lr, b1, b2, eps) if lr > 0 else optax.set_to_zero()
@@ -80,27 +81,17 @@ def init_state(rule: Rule, opt: optax.GradientTransformation, key) -> TrainState
   return TrainState(params, opt.init(params), jnp.zeros((), jnp.int32))
 
 
-def make_update(rule: Rule, opt: optax.GradientTransformation,
-                metric_fn: Optional[Callable] = None, *, checked: bool = False) -> Callable:
-  """``update(state, batch, hparams=None) -> (state, metrics)``: one optimiser step per batch.
-
-  Pure and un-jitted: wrap it in ``jax.jit`` (and ``jax.vmap`` for seeds). ``metrics`` holds the
-  rule's scalar diagnostics ('loss', and 'td_error_norm' summed over steps when present) and
-  ``metric_fn(params, batch, aux)`` evaluated on the parameters before the update.
-
-  With ``checked=True`` the update also checks, on device, the batch (finite inputs and targets,
-  a finite non-negative mask, labels in range), traced hyper-parameters (λ, γ in [0, 1],
-  sg_scale ≥ 0) and what it computes (finite loss, gradients, learning signals and new
-  parameters); ``metrics['guard']`` is the first failure's code (0: all is well, see
-  :func:`guard_message`) and a failed update is skipped, so the state keeps its last good value.
-  The checks cost a few reductions.
-  """
+def _make_step(rule: Rule, opt, metric_fn, checked, divergence):
+  """``step(state, batch, hparams) -> (new state, metrics, failure code or None)``, unguarded."""
+  _validation.flag("checked", checked)
+  divergence = guards.check_divergence(divergence)
   model = rule.model
   if checked and model is None:
-    raise ValueError(f"make_update(checked=True) needs a rule built for a model; rule "
-                     f"{rule.name!r} has rule.model = None.")
+    raise ValueError(f"the checked update (the default) needs a rule built for a model to check "
+                     f"its data; rule {rule.name!r} has rule.model = None. Build the rule with "
+                     f"model=..., or pass checked=False to train without checks.")
 
-  def update(state: TrainState, batch, hparams=None):
+  def step(state: TrainState, batch, hparams):
     grads, aux = rule.grads(state.params, batch, hparams)
     extra = metric_fn(state.params, batch, aux) if metric_fn is not None else {}
     updates, opt_state = opt.update(grads, state.opt_state, state.params)
@@ -108,75 +99,107 @@ def make_update(rule: Rule, opt: optax.GradientTransformation,
     metrics = {"loss": aux["loss"]}
     if "td_error_norm" in aux:
       metrics["td_error_norm"] = jnp.sum(aux["td_error_norm"])
-    new = TrainState(params, opt_state, state.step + 1)
+    code = None
     if checked:
       code = guards.first_failure(
           *guards.input_checks(model.output_size, model.loss.name, batch, hparams),
-          *guards.output_checks(aux["loss"], grads, aux["learning_signal"], params))
-      new = guards.keep_if_ok(code, new, state)
-      metrics["guard"] = code
-    return new, {**metrics, **extra}
+          *guards.output_checks(aux["loss"], grads, None, state.params, divergence))
+    return TrainState(params, opt_state, state.step + 1), {**metrics, **extra}, code
+
+  return step
+
+
+def make_update(rule: Rule, opt: optax.GradientTransformation,
+                metric_fn: Optional[Callable] = None, *, checked: bool = True,
+                divergence: Optional[guards.Divergence] = guards.Divergence()) -> Callable:
+  """``update(state, batch, hparams=None) -> (state, metrics)``: one optimiser step per batch.
+
+  Pure and un-jitted: wrap it in ``jax.jit`` (and ``jax.vmap`` for seeds). ``metrics`` holds the
+  rule's scalar diagnostics ('loss', and 'td_error_norm' summed over steps when present),
+  ``metric_fn(params, batch, aux)`` evaluated on the parameters before the update, and 'guard'.
+
+  With ``checked=True`` (the default) every update also checks, on device, the batch (finite
+  inputs and targets, a finite non-negative mask, 'ce' labels in [0, D_out), 'bce' targets in
+  [0, 1]), traced hyper-parameters (λ, γ in [0, 1], sg_scale ≥ 0) and what it computes (finite
+  loss, gradients, learning signals and parameters, and no divergence past ``divergence``); a
+  failed update is skipped, so the state keeps its last good value. Called outside ``jit`` the
+  driver then raises :class:`~bplambda_jax.training.GuardError` (one host read per call); under
+  ``jit``/``vmap`` it cannot, and ``metrics['guard']`` holds the code of the first failure (0: all
+  is well): call :func:`~bplambda_jax.training.raise_if_failed` on the result. ``checked=False``
+  skips the checks (a little faster; nothing is then reported).
+
+  ``divergence``: the limits past which a finite run counts as diverged
+  (:class:`~bplambda_jax.training.Divergence`; None: no limits, only non-finite values stop it).
+  """
+  step = _make_step(rule, opt, metric_fn, checked, divergence)
+
+  def update(state: TrainState, batch, hparams=None):
+    new, metrics, code = step(state, batch, hparams)
+    if code is None:
+      return new, metrics
+    new = guards.keep_if_ok(code, new, state)
+    metrics = {**metrics, "guard": code}
+    if not guards.is_traced(code):
+      guards.raise_if_failed(metrics, rule=rule.name, state=new)
+    return new, metrics
 
   return update
 
 
-def _check_steps(num_steps):
-  if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-    raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}.")
+def _check_steps(num_steps) -> int:
+  return _validation.integer("num_steps", num_steps, minimum=1)
 
 
 def run(rule: Rule, opt: optax.GradientTransformation, data_fn: Callable, key, num_steps: int,
         state: Optional[TrainState] = None, hparams=None, metric_fn: Optional[Callable] = None,
-        *, checked: bool = False):
+        *, checked: bool = True, divergence: Optional[guards.Divergence] = guards.Divergence()):
   """``num_steps`` updates in one ``lax.scan`` (no host round trips), data made on device.
 
   Args:
     rule, opt: the rule and optimiser.
     data_fn: ``data_fn(key, step) -> Batch`` (pure, traceable).
     key: PRNG key; split into the init key (if ``state`` is None) and the data stream.
-    num_steps: number of updates.
+    num_steps: number of updates (a positive Python or numpy integer).
     state: a state to continue from (otherwise a fresh one from the key).
     hparams: rule hyper-parameter overrides (arrays allowed; vmap over them for sweeps).
     metric_fn: optional ``metric_fn(params, batch, aux) -> dict`` (see :func:`make_update`).
-    checked: check every update on device (see :func:`make_update`); metrics['guard'] [num_steps]
-      holds the codes, and after the first failure every update is skipped (the state stays at
-      the last good one).
+    checked: check every update on device (see below); metrics['guard'] [num_steps] holds the
+      codes, and after the first failure every update is skipped (the state stays at the last
+      good one).
+    divergence: the divergence limits (see :func:`make_update`).
+
+  Called outside ``jit`` it raises :class:`~bplambda_jax.training.GuardError` after the scan if
+  an update failed (one host read per call; the error holds the returned state and metrics);
+  under ``jit``/``vmap`` call :func:`~bplambda_jax.training.raise_if_failed` on the metrics.
 
   Returns:
     (final state, metrics with a leading [num_steps] axis).
   """
-  _check_steps(num_steps)
+  num_steps = _check_steps(num_steps)
   k_init, k_data = jax.random.split(key)
   if state is None:
     state = init_state(rule, opt, k_init)
-  update = make_update(rule, opt, metric_fn, checked=checked)
-  if checked:
-    return _run_checked(update, data_fn, k_data, state, hparams, num_steps)
-
-  def body(st, _):
-    batch = data_fn(jax.random.fold_in(k_data, st.step), st.step)
-    return update(st, batch, hparams)
-
-  return jax.lax.scan(body, state, jnp.arange(num_steps))
-
-
-def _run_checked(update, data_fn, k_data, state, hparams, num_steps):
-  """:func:`run`'s scan with the first failure carried: later updates are skipped."""
+  step = _make_step(rule, opt, metric_fn, checked, divergence)
 
   def body(carry, _):
     st, failed = carry
     batch = data_fn(jax.random.fold_in(k_data, st.step), st.step)
-    new, m = update(st, batch, hparams)
-    m = {**m, "guard": jnp.where(failed != 0, failed, m["guard"])}
-    return (guards.keep_if_ok(failed, new, st), m["guard"]), m
+    new, m, code = step(st, batch, hparams)
+    if code is None:
+      return (new, failed), m
+    code = jnp.where(failed != 0, failed, code)  # after a failure, every update is skipped
+    return (guards.keep_if_ok(code, new, st), code), {**m, "guard": code}
 
-  (state, _), metrics = jax.lax.scan(body, (state, jnp.zeros((), jnp.int32)), None,
-                                     length=num_steps)
+  (state, failed), metrics = jax.lax.scan(body, (state, jnp.zeros((), jnp.int32)), None,
+                                          length=num_steps)
+  if checked and not guards.is_traced(failed) and int(failed):
+    guards.raise_if_failed(metrics, rule=rule.name, state=state, axes=("update",))
   return state, metrics
 
 
 def sweep(rule: Rule, opt: optax.GradientTransformation, data_fn: Callable, keys, num_steps: int,
-          hparams=None, metric_fn: Optional[Callable] = None, *, checked: bool = False,
+          hparams=None, metric_fn: Optional[Callable] = None, *, checked: bool = True,
+          divergence: Optional[guards.Divergence] = guards.Divergence(),
           seed_axis: str = "auto"):
   """:func:`run` for every seed key: seeds a ``jax.vmap`` axis of one program, or a loop.
 
@@ -184,26 +207,63 @@ def sweep(rule: Rule, opt: optax.GradientTransformation, data_fn: Callable, keys
   for a loop, which holds one seed's at a time: the check stays on the safe side).
 
   Args:
-    rule, opt, data_fn, num_steps, metric_fn: as in :func:`run`.
-    keys: PRNG keys, [S].
-    hparams: hyper-parameter overrides shared by every seed, or arrays with a leading [S] axis
-      (one value per seed, e.g. a λ sweep).
-    checked: check every update on device (see :func:`run`).
+    rule, opt, data_fn, num_steps, metric_fn, divergence: as in :func:`run`.
+    keys: PRNG keys with a leading seed axis, [S] (e.g. ``jax.random.split(key, S)``).
+    hparams: hyper-parameter overrides, each a scalar shared by every seed or a sequence with
+      one value per seed ([S], e.g. a λ sweep; a Python list is taken as such an array); the two
+      may be mixed.
+    checked: check every update on device (see :func:`run`); after the sweep, one host read
+      turns a failure of any seed into a :class:`~bplambda_jax.training.GuardError` naming the
+      seed (its index in ``keys``) and the update.
     seed_axis: 'vmap', 'loop' or 'auto' (default: a loop on CPU, a vmap on GPU/TPU; see
       :func:`~bplambda_jax.training.resolve_seed_axis`). The numbers agree to rounding.
 
   Returns:
     (final states, metrics [S, num_steps]), every leaf with a leading [S] axis.
   """
-  _check_steps(num_steps)
+  num_steps = _check_steps(num_steps)
   axis = parallel.resolve_seed_axis(seed_axis)
-  keys = jnp.asarray(keys) if not isinstance(keys, jax.Array) else keys
+  keys = _seed_keys(keys)
   S = keys.shape[0]
+  hparams, axes = _seed_hparams(hparams, S)
   k0 = keys[0]
   params = jax.eval_shape(lambda k: rule.init(jax.random.split(k)[0]), k0)
   batch = jax.eval_shape(lambda k: data_fn(k, jnp.zeros((), jnp.int32)), k0)
   check_memory(rule, params, batch.x.shape[1], seeds=S)
-  per_seed = hparams is not None and all(jnp.ndim(v) == 1 for v in hparams.values())
   fn = lambda k, hp: run(rule, opt, data_fn, k, num_steps, hparams=hp, metric_fn=metric_fn,
-                         checked=checked)
-  return parallel.map_seeds(fn, axis, in_axes=(0, 0 if per_seed else None))(keys, hparams)
+                         checked=checked, divergence=divergence)
+  states, metrics = parallel.map_seeds(fn, axis, in_axes=(0, axes))(keys, hparams)
+  if checked:
+    guards.raise_if_failed(metrics, rule=rule.name, state=states, axes=("seed", "update"))
+  return states, metrics
+
+
+def _seed_keys(keys):
+  """``keys`` checked to hold one PRNG key per seed: typed keys [S] or raw uint32 keys [S, 2]."""
+  expected = ("keys must hold one PRNG key per seed, [S] (e.g. "
+              "jax.random.split(jax.random.key(0), S))")
+  try:
+    keys = keys if isinstance(keys, jax.Array) else jnp.asarray(keys)
+  except TypeError:
+    raise ValueError(f"{expected}; got {type(keys).__name__}.") from None
+  typed = jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key)
+  per_seed = keys.ndim == 1 if typed else (keys.dtype == jnp.uint32 and keys.ndim == 2)
+  if per_seed and keys.shape[0] > 0:
+    return keys
+  single = typed and keys.ndim == 0 or keys.dtype == jnp.uint32 and keys.ndim == 1
+  raise ValueError(f"{expected}; got " + ("a single key." if single else
+                   f"an array of shape {keys.shape} and dtype {keys.dtype}."))
+
+
+def _seed_hparams(hparams, S):
+  """(hparams as arrays, vmap in_axes): 0 for the per-seed values [S], None for scalars."""
+  if hparams is None:
+    return None, None
+  if not isinstance(hparams, dict):
+    raise ValueError(f"hparams must be a dict of hyper-parameters, got {type(hparams).__name__}.")
+  values = {k: jnp.asarray(v) for k, v in hparams.items()}
+  for k, v in values.items():
+    if v.ndim > 1 or (v.ndim == 1 and v.shape[0] != S):
+      raise ValueError(f"hparams[{k!r}] has shape {v.shape}, but there are {S} keys; give a "
+                       f"scalar shared by every seed or one value per seed, shape [S] = ({S},).")
+  return values, {k: 0 if v.ndim == 1 else None for k, v in values.items()}
