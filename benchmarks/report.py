@@ -18,6 +18,7 @@ TARGETS_JSON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "targets
 
 FAMILY_TITLES = {
     "floor": "Floors", "seqmnist": "Sequential MNIST shapes (LSTM 30, B = 50, T = 28)",
+    "guard": "The checks' cost: seqMNIST rows with checked=False (compare with the rows above)",
     "copyrepeat": "Copy-repeat shapes (LSTM 100, B = 100, T = 40)",
     "scale": "Scaling (seqMNIST shapes, B = 16)",
     "seeds": "Seeds: vmap vs loop (BP(λ) sequence mode, seqMNIST shapes, H = 30, B = 50 per seed; `_b10` rows: B = 10)",

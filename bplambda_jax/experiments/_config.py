@@ -79,8 +79,8 @@ class RunConfig:
     max_to_keep: checkpoints kept per rule.
     data_dir: tensorflow-datasets data directory for MNIST (None: ``TFDS_DATA_DIR``).
     data_path: a local MNIST copy (``mnist.npz`` or a directory of IDX files).
-    max_loss, max_param: the divergence limits (``training.Divergence``): a finite loss above
-      ``max_loss`` or a parameter with |θ| above ``max_param`` stops the run (guard code 10).
+    max_loss: a finite loss above it stops the run as diverged (``training.Divergence``).
+    max_param: a parameter with |θ| above it stops the run as diverged.
   """
 
   task: str = "toy"
