@@ -39,8 +39,10 @@ def _float32():
 
 
 def _module(fn, args, platform):
-  """The StableHLO text of ``jax.jit(fn)`` exported for ``platform`` (args: ShapeDtypeStructs)."""
-  return jax.export.export(jax.jit(fn), platforms=[platform], disabled_checks=_DISABLED)(
+  """The StableHLO text of ``fn`` (jitted unless it is) exported for ``platform`` (args:
+  ShapeDtypeStructs). One jitted function exported for several platforms is traced once."""
+  jitted = fn if hasattr(fn, "trace") else jax.jit(fn)
+  return jax.export.export(jitted, platforms=[platform], disabled_checks=_DISABLED)(
       *args).mlir_module()
 
 
@@ -165,26 +167,28 @@ def _update_args(shapes, spec, options):
   return bl.make_update(rule, opt), (state, bl.Batch(_spec(T, B, D), y, _spec(T, B)))
 
 
-@pytest.mark.parametrize("platform", PLATFORMS)
 @pytest.mark.parametrize("case,shapes,spec,options,kernel", UPDATES, ids=[u[0] for u in UPDATES])
-def test_update_lowers_with_kernel(case, shapes, spec, options, kernel, platform):
+def test_update_lowers_with_kernel(case, shapes, spec, options, kernel):
   update, args = _update_args(shapes, spec, options)
-  text = _module(update, args, platform)
-  if kernel is None:
-    assert not _calls(text) & set(CUSTOM_CALL.values())
-  else:
-    _assert_kernel(text, platform, kernel)
+  update = jax.jit(update)  # traced once, lowered for each platform
+  for platform in PLATFORMS:
+    text = _module(update, args, platform)
+    if kernel is None:
+      assert not _calls(text) & set(CUSTOM_CALL.values()), platform
+    else:
+      _assert_kernel(text, platform, kernel)
 
 
-
-@pytest.mark.parametrize("platform", PLATFORMS)
 @pytest.mark.parametrize("case", ["seqmnist_bplambda_dense", "lru_n64_bplambda_structured"])
-def test_seed_vmapped_update_lowers_with_kernel(case, platform):
+def test_seed_vmapped_update_lowers_with_kernel(case):
   """On GPU/TPU seeds are a vmap (seed_axis='auto'): the batched kernel still lowers."""
   _, shapes, spec, options, kernel = next(u for u in UPDATES if u[0] == case)
   update, args = _update_args(shapes, spec, options)
   seeds = lambda tree: jax.tree.map(lambda s: jax.ShapeDtypeStruct((4,) + s.shape, s.dtype), tree)
-  _assert_kernel(_module(jax.vmap(update), seeds(args), platform), platform, kernel)
+  update = jax.jit(jax.vmap(update))
+  for platform in PLATFORMS:
+    _assert_kernel(_module(update, seeds(args), platform), platform, kernel)
+
 
 def test_device_check_needs_an_accelerator_on_cpu(capsys, tmp_path):
   if jax.default_backend() != "cpu":

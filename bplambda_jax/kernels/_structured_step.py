@@ -400,7 +400,7 @@ def _step(E, M, a, delta, c, pattern, *, impl, interpret, backend, block_u, bloc
   xla = lambda Mc, E, a, dl: structured_step_xla(E, Mc, a, dl, 1.0, pattern)
   pallas = lambda Mc, E, a, dl, tiles: _run(Mc, E, a, dl, pattern=pattern, tiles=tiles)
   return dispatch("structured_step", xla, pallas, (Mc, E, a, delta), (B, S, pattern.k, U, P),
-                   plan, impl=impl, interpret=interpret, backend=backend)
+                  plan, impl=impl, interpret=interpret, backend=backend)
 
 
 def structured_step_pallas(E: Array, M: Array, a: Array, delta: Array, c: Any,

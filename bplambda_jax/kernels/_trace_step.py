@@ -369,9 +369,9 @@ def _dense(E, M, G, delta, c, *, impl, interpret, backend, block_p):
   plan = lambda p: _tiles(p, d, P, block_p, jnp.dtype(dtype).itemsize)
   xla = lambda Mc, E, G, dl: trace_step_xla(E, Mc, G, dl, 1.0)
   pallas = lambda Mc, E, G, dl, tiles: _run(Mc, E, G, dl, n=None, tiles=tiles)
-  return dispatch("trace_step", xla, pallas, (Mc, E.astype(dtype), G.astype(dtype),
-                                                delta.astype(dtype)), (B, d, P), plan,
-                   impl=impl, interpret=interpret, backend=backend)
+  args = (Mc, E.astype(dtype), G.astype(dtype), delta.astype(dtype))
+  return dispatch("trace_step", xla, pallas, args, (B, d, P), plan, impl=impl,
+                  interpret=interpret, backend=backend)
 
 
 def _diag(E, M, z, delta, c, *, impl, interpret, backend, block_p):
@@ -389,9 +389,9 @@ def _diag(E, M, z, delta, c, *, impl, interpret, backend, block_p):
     E_new, inc = _run(Mc, E.reshape(B, d, d * n), zrep, dl, n=n, tiles=tiles)
     return E_new.reshape(B, d, d, n), inc.reshape(d, n)
 
-  return dispatch("trace_step_diag", xla, pallas,
-                   (Mc, E.astype(dtype), z.astype(dtype), delta.astype(dtype)), (B, d, d * n),
-                   plan, impl=impl, interpret=interpret, backend=backend)
+  args = (Mc, E.astype(dtype), z.astype(dtype), delta.astype(dtype))
+  return dispatch("trace_step_diag", xla, pallas, args, (B, d, d * n), plan, impl=impl,
+                  interpret=interpret, backend=backend)
 
 
 def trace_step_pallas(E: Array, M: Array, G: Array, delta: Array, c: Any, *,
