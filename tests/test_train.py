@@ -25,6 +25,7 @@ def _data(key, step):
   return tasks.copy_repeat_batch(key, 2, 1, 3, 8)
 
 
+@pytest.mark.x64
 def test_vmap_over_seeds_equals_loop():
   _, rule, opt = _setup("online", "lstm", "eprop")
   keys = jax.random.split(jax.random.key(3), 4)
