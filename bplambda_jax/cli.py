@@ -311,6 +311,11 @@ def main(argv=None) -> int:
     return EXIT_INTERRUPTED
   except KeyboardInterrupt as e:
     print(f"interrupted: {e or 'aborted'}", file=sys.stderr)
+    from bplambda_jax.experiments._runner import computing
+    if computing():  # the runtime cannot shut down under a running call: end at once
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(EXIT_INTERRUPTED)
     return EXIT_INTERRUPTED
   except Exception as e:  # pylint: disable=broad-except
     if isinstance(e, (ValueError, ResultsError, OSError, MemoryError)) and _raised_here(e):

@@ -120,21 +120,33 @@ def _stop_signals():
       signal.signal(sig, h)
 
 
+def computing() -> bool:
+  """Whether a compiled call of a run is still computing (after an abort: the process can only
+  end at once with ``os._exit``, since the runtime cannot shut down under a running call)."""
+  return any(not done.is_set() for done in _CALLS)
+
+
+_CALLS = set()  # one event per call of :func:`_call`, set when it returns
+
+
 def _call(fn, *args):
   """``fn(*args)``, computed to the end, in a worker thread; the main thread waits in short sleeps
   so that signal handlers run at once (a compiled call holds them off until it returns)."""
-  box = {}
+  box, done = {}, threading.Event()
 
   def work():
     try:
       box["out"] = jax.block_until_ready(fn(*args))
     except BaseException as e:  # pylint: disable=broad-except  (re-raised in the caller)
       box["error"] = e
+    finally:
+      done.set()
 
-  worker = threading.Thread(target=work, daemon=True)
-  worker.start()
-  while worker.is_alive():
-    worker.join(0.05)
+  _CALLS.add(done)
+  threading.Thread(target=work, daemon=True).start()
+  while not done.wait(0.05):
+    pass
+  _CALLS.discard(done)
   if "error" in box:
     raise box["error"]
   return box["out"]
