@@ -23,9 +23,9 @@ def runs_of(cfg: RunConfig) -> list[Run]:
   return [Run(spec, spec, {}) for spec in cfg.rules]
 
 
-def _check_resume(out: str, cfg: RunConfig, runs, log: results.MetricsLog) -> dict:
-  """The saved config of the run in ``out``; ResultsError unless ``cfg`` continues it (the same
-  config, with a budget no smaller than what any rule has done)."""
+def _check_resume(out: str, cfg: RunConfig, runs, log: results.MetricsLog) -> None:
+  """ResultsError unless ``cfg`` continues the run in ``out``: the same config, with a budget no
+  smaller than what any rule has done."""
   saved = results.read_json(os.path.join(out, "config.json"))
   if not isinstance(saved, dict):
     raise results.ResultsError(f"{os.path.join(out, 'config.json')} is damaged (not a JSON "
@@ -45,7 +45,6 @@ def _check_resume(out: str, cfg: RunConfig, runs, log: results.MetricsLog) -> di
           f"--resume: rule {r.label!r} of the run in {out} has already done {done} updates per "
           f"seed, more than the {cfg.steps} asked for; a run cannot be shortened. Pass --steps "
           f">= {done} to continue or extend it, or use --overwrite or another --out.")
-  return saved
 
 
 def run(config: RunConfig, out: str, *, runs: Optional[Sequence[Run]] = None,
@@ -107,9 +106,8 @@ def _run_locked(config, out, runs, resume, progress, verbose):
   for r in runs:
     make_run_rule(cfg.replace(**r.changes), r.spec, setup.model)
   log_path = os.path.join(out, "metrics.jsonl")
-  saved = {}
   if resume:
-    saved = _check_resume(out, cfg, runs, results.MetricsLog(log_path))
+    _check_resume(out, cfg, runs, results.MetricsLog(log_path))
   results.write_json(os.path.join(out, "config.json"),
                      {**cfg.to_dict(), "runs": [r._asdict() for r in runs]})
   log = results.MetricsLog(log_path)
@@ -117,10 +115,9 @@ def _run_locked(config, out, runs, resume, progress, verbose):
   summary = results.read_json(path) if resume and os.path.exists(path) else {
       "task": cfg.task, "data": source, "rules": {}}
   summary["provenance"] = results.provenance()
-  extended = resume and saved.get("steps") != cfg.steps
   with _stop_signals() as stop:
     for r in runs:
-      if r.label in summary["rules"] and not extended:
+      if summary["rules"].get(r.label, {}).get("budget") == cfg.steps:
         continue  # finished before: never recomputed, never lost
       summary["rules"][r.label] = train_one(cfg, setup, r, out, log, resume=resume,
                                             progress=progress, stop=stop)

@@ -314,7 +314,7 @@ def train_one(cfg: RunConfig, setup: Setup, run: Run, out: str, log: results.Met
     bar.close()
     ckpt.close()
   summary = {"rule": run.label, "spec": run.spec, "mode": rule.mode,
-             "steps": done if learns else 0,
+             "steps": done if learns else 0, "budget": cfg.steps,
              "seeds": [cfg.seed + i for i in range(cfg.seeds)],
              "seconds": time.perf_counter() - started, "changes": run.changes}
   if last is None and log_has(log, run.label, "train"):  # resumed after the last chunk
