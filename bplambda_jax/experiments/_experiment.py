@@ -126,8 +126,12 @@ def _run_locked(config, out, runs, resume, progress, verbose):
              "line-draw": ("loss", "eval_loss"), "copy-repeat": ("bits", "level"),
              "copy": ("bits", "eval_loss", "accuracy")}.get(
                  cfg.task, ("loss", "accuracy"))
+  notes = {}
+  if cfg.lr_cell == 0 and cfg.lr_readout == 0:
+    notes["loss"] = notes["bits"] = ("the network is fixed (lr_cell = lr_readout = 0), so its loss "
+                                     "cannot change; only the synthesiser learns")
   summary["figures"] = [os.path.basename(p) for p in plots.plot(
-      out, log.lines(), figures, f"{cfg.task}: {', '.join(r.label for r in runs)}")]
+      out, log.lines(), figures, f"{cfg.task}: {', '.join(r.label for r in runs)}", notes)]
   results.write_json(path, summary)
   return summary
 

@@ -141,9 +141,9 @@ def read_npz(path: pathlib.Path):
   except PermissionError:
     raise
   except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
-    raise ValueError(f"{path}: cannot read it as an .npz archive (it is corrupt or another kind "
-                     f"of file); give a keras-layout mnist.npz or a directory of the four MNIST "
-                     f"IDX files.") from e
+    raise ValueError(f"{path}: cannot read it as an .npz file (corrupt or not an npz); give a "
+                     f"keras-layout mnist.npz or a directory of the four MNIST IDX "
+                     f"files.") from e
   missing = [k for k in NPZ_KEYS if k not in arrays]
   if missing:
     raise ValueError(f"{path}: not a keras-layout mnist.npz: missing arrays {missing} (it has "
@@ -311,17 +311,13 @@ def _read_data_dir(data_dir):
   """(name, location, arrays) from a data dir the user named: its prepared tfds MNIST, else a
   local copy in it; never another source."""
   directory = pathlib.Path(os.fspath(data_dir)).expanduser()
-  if not directory.is_dir():
-    raise FileNotFoundError(f"data_dir {str(directory)!r} is not a directory; give the "
-                            f"tensorflow-datasets data dir that holds MNIST, or a directory "
-                            f"with mnist.npz or the four MNIST IDX files.")
   try:
     name, location, *arrays = read_tfds(str(directory))
     return name, location, tuple(arrays)
   except SourceUnavailable as e:
     reason = str(e)
-  has_local = (directory / "mnist.npz").is_file() or any(
-      _find_idx(directory, stem) for stem in IDX_FILES.values())
+  has_local = directory.is_dir() and ((directory / "mnist.npz").is_file() or any(
+      _find_idx(directory, stem) for stem in IDX_FILES.values()))
   if has_local:
     name, location, *arrays = read_local(directory)
     return name, location, tuple(arrays)
