@@ -2,8 +2,9 @@
 
 * every ``bplambda`` command (in a ``bash`` block or a code span of README.md and docs/*.md) is
   resolved with ``--print-config`` (no training), in a fresh working directory;
-* one real run per distinct path (``run`` on a generated task, ``run`` on sequential MNIST with
-  ``--epochs``, ``toy``, ``align``) with a few flags appended that shrink the budget;
+* a real run of the README's sequential-MNIST command (``--epochs``), with a few flags appended
+  that shrink the budget; the other paths run for real in tests/test_run.py (``run`` on every
+  task) and tests/test_toy_cli.py (``toy``, ``align``);
 * the README's Python blocks run in order in one namespace, with the budgets shrunk.
 
 What is not run: docs/bad-inputs.md (tests/test_bad_inputs.py runs it), the generated pages
@@ -11,6 +12,7 @@ What is not run: docs/bad-inputs.md (tests/test_bad_inputs.py runs it), the gene
 signature sketch of docs/concepts.md (names, no values).
 """
 
+import json
 import os
 import pathlib
 import re
@@ -98,50 +100,31 @@ def test_command_resolves(page, command, fresh, capsys):
   assert sorted(os.listdir(fresh)) == ["mnist"]  # no results directory
 
 
-# flags appended to a command (the last value of a flag wins) that keep its path but not its cost
-SMALL = {
-    "run": ["--seeds", "1", "--set", "hidden_size=4", "--set", "chunk=1", "--no-progress"],
-    "toy": ["--seeds", "1", "--steps", "2", "--hidden", "4", "--T", "3", "--batch", "2",
-            "--lambdas", "0,1", "--set", "chunk=1", "--set", "eval_every=2", "--no-progress"],
-    "align": ["--seeds", "1", "--synth-steps", "2", "--rules", "bptt,bp_lambda", "--no-progress"],
-}
-REAL = {  # one command per distinct path, as the pages show it
-    "run-generated": "bplambda run copy-repeat --rule bp_lambda,tbptt:3,bptt --seeds 5 "
-                     "--steps 20000 --out runs/copy",
-    "run-mnist-epochs": "bplambda run seqmnist-row --rule bp_lambda,eprop --epochs 5 --data-dir "
-                        "~/tensorflow_datasets",
-    "toy": "bplambda toy --out results/toy",
-    "align": "bplambda align --task toy --seeds 5",
-}
-
-
-def test_the_real_runs_are_commands_of_the_pages():
-  shown = {c for _, c in COMMANDS}
-  assert set(REAL.values()) <= shown, set(REAL.values()) - shown
+# flags appended to the command (the last value of a flag wins): its path, not its cost
+MNIST_COMMAND = ("bplambda run seqmnist-row --rule bp_lambda,eprop --epochs 5 --data-dir "
+                 "~/tensorflow_datasets")
+SMALL = ["--seeds", "1", "--set", "hidden_size=4", "--set", "chunk=1", "--set", "batch_size=40",
+         "--set", "eval_batch_size=20", "--no-progress"]  # 80 images / 40: 2 updates per epoch
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(REAL))
-def test_command_runs_at_a_small_budget(name, fresh, capsys):
-  command = REAL[name]
-  argv = _argv(command, _mnist_dir(fresh / "mnist"))
-  small = list(SMALL[argv[0]])
-  if name == "run-mnist-epochs":  # the epochs give the budget: 80 images / 40 = 2 per epoch
-    small += ["--set", "batch_size=40", "--set", "eval_batch_size=20"]
-  elif argv[0] == "run":
-    small += ["--steps", "2", "--set", "batch_size=2", "--set", "eval_every=2"]
-  code = cli.main(argv + small)
+def test_the_readme_mnist_command_runs_at_a_small_budget(fresh, capsys):
+  assert ("README.md", MNIST_COMMAND) in COMMANDS
+  code = cli.main(_argv(MNIST_COMMAND, _mnist_dir(fresh / "mnist")) + SMALL)
   captured = capsys.readouterr()
-  assert code == 0, f"{command}\n{captured.err}"
-  if argv[0] == "run":
-    out = argv[argv.index("--out") + 1] if "--out" in argv else os.path.join("results", argv[1])
-    assert (fresh / out / "summary.json").exists()
+  assert code == 0, captured.err
+  summary = json.loads((fresh / "results" / "seqmnist-row" / "summary.json").read_text())
+  assert summary["data"]["name"] == "npz"  # the named location, not another source
+  for rule in ("bp_lambda", "eprop"):
+    assert summary["rules"][rule]["steps"] == 10  # 5 epochs of 2 updates
 
 
 # the README's Python blocks, in order, with (text, replacement) budget cuts, each checked to apply
 README_CUTS = [
     ("num_steps=100)", "num_steps=2)"),
     ("for i in range(1000):", "for i in range(2):"),
+    ("copy_repeat_len(10, 10)", "copy_repeat_len(2, 2)"),
+    ("batch_size=100, max_len=max_len", "batch_size=4, max_len=max_len"),
     ("num_steps=960)", "num_steps=2)"),
     ("training.run(rule, opt, data_fn, k, 1000)", "training.run(rule, opt, data_fn, k, 2)"),
 ]

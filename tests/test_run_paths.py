@@ -7,7 +7,6 @@
 * a results directory being written is locked (``flock``: a second open file description, as a
   second process has); a lock left by a dead process is not;
 * ``--set dtype=float64`` computes in float64;
-* ``align`` records the sizes it ran;
 * an internal error exits 3 with its traceback, never 1 (a guard stop) or 2 (a usage error);
 * a second SIGINT aborts at once;
 * the figures' bands stay within the metric's range, and the toy's loss (a fixed network) says
@@ -130,22 +129,6 @@ def test_float64_runs_compute_in_float64(tmp_path, capsys, x64_off):
   floats = [np.dtype(leaf.dtype) for leaf in jax.tree.leaves(stored)
             if np.issubdtype(np.dtype(leaf.dtype), np.floating)]  # parameters, Adam moments
   assert len(floats) > 4 and set(floats) == {np.dtype(np.float64)}
-
-
-def test_align_records_the_sizes_it_ran(tmp_path, capsys):
-  out = tmp_path / "align"
-  code, captured = _main(["align", "--task", "copy", "--rules", "bptt", "--hidden", "5",
-                          "--seeds", "2", "--synth-steps", "2", "--no-progress", "--out",
-                          str(out)], capsys)
-  assert code == 0, captured.err
-  config = json.load(open(out / "config.json"))
-  assert (config["task"], config["cell"], config["hidden_size"], config["batch_size"]) == \
-      ("copy", "lstm", 5, 16)
-  assert (config["pattern_length"], config["repeats"]) == (3, 2)
-  recorded = json.load(open(out / "alignment.json"))["config"]
-  assert (recorded["hidden"], recorded["cell"], recorded["seeds"]) == (5, "lstm", 2)
-  code, captured = _main(["align", "--task", "toy", "--print-config"], capsys)
-  assert code == 0 and json.loads(captured.out)["hidden"] == 30
 
 
 def test_an_internal_error_exits_3_with_its_traceback(tmp_path, capsys, monkeypatch):

@@ -76,19 +76,31 @@ def run(config: RunConfig, out: str, *, runs: Optional[Sequence[Run]] = None,
       checkpointed.
     Interrupted: SIGINT or SIGTERM; a checkpoint was saved.
   """
-  created = not os.path.exists(out)
+  new = _missing_ancestors(out)  # the directories this run creates, innermost first
   out, lock = results.prepare(out, resume=resume, overwrite=overwrite)
   try:
     summary = _run_locked(config, out, runs, resume, progress, verbose)
   except BaseException as e:
-    if created and not isinstance(e, (RunError, Interrupted, KeyboardInterrupt)):
+    if new and not isinstance(e, (RunError, Interrupted, KeyboardInterrupt)):
       results.remove_if_unused(out, lock)  # no directory that a corrected retry would be refused
+      for parent in new[1:]:
+        if os.path.isdir(parent) and not os.listdir(parent):
+          os.rmdir(parent)
     raise
   finally:
     lock.release()
   if verbose:
     print(f"results in {out}")
   return summary
+
+
+def _missing_ancestors(path: str) -> list[str]:
+  """``path`` and its ancestors that do not exist yet, innermost first."""
+  path, missing = os.path.abspath(path), []
+  while path and not os.path.exists(path) and path != os.path.dirname(path):
+    missing.append(path)
+    path = os.path.dirname(path)
+  return missing
 
 
 def _run_locked(config, out, runs, resume, progress, verbose):
