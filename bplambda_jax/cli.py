@@ -7,6 +7,11 @@
 ``bplambda toy``       BP(λ) synthesisers on the toy task for several λ: the paper's alignment
                        figure (a ``run`` with one rule per λ).
 ``bplambda align``     a table of rules and their alignment with BPTT on a task.
+
+Exit status: 0 done; 1 a guard stopped the run (non-finite values, bad labels; the last good state
+is checkpointed); 2 a usage error (a bad argument, config, data file or results directory: one
+line ``error: …``); 3 an internal error (a traceback: please report it); 130 interrupted by
+SIGINT or SIGTERM (a checkpoint is saved; a second signal aborts without saving).
 """
 
 from __future__ import annotations
@@ -15,13 +20,16 @@ import argparse
 import json
 import os
 import sys
+import traceback
 
 from bplambda_jax.rules import RULE_NAMES
 from bplambda_jax.tasks import TASK_NAMES
 
-EXIT_ERROR = 2
 EXIT_STOPPED = 1
+EXIT_ERROR = 2
+EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _floats(text: str, name: str) -> list[float]:
@@ -65,6 +73,17 @@ def build_config(args):
   return parse_set(RunConfig.from_dict(values), *(args.set or ()))
 
 
+def _use_dtype(dtype: str) -> None:
+  """64-bit JAX for a float64 run, switched on before anything is computed."""
+  if dtype == "float64":
+    import jax
+    jax.config.update("jax_enable_x64", True)
+
+
+def _print_json(obj) -> None:
+  print(json.dumps(obj, indent=1))
+
+
 def _print_summary(summary: dict) -> None:
   from bplambda_jax.experiments import format_mean_sd
 
@@ -90,7 +109,8 @@ def cmd_run(args) -> int:
     data, _ = load_data(cfg, verbose=False)
     print(cfg.resolve(None if data is None else data.train.num_examples).to_json())
     return 0
-  out = args.out or os.path.join("results", cfg.task)
+  _use_dtype(cfg.dtype)
+  out = os.path.join("results", cfg.task) if args.out is None else args.out
   summary = run(cfg, out, resume=args.resume, overwrite=args.overwrite,
                 progress=not args.no_progress)
   _print_summary(summary)
@@ -113,6 +133,10 @@ def cmd_toy(args) -> int:
   runs = [Run(f"λ={lam!r}", "bp_lambda", {"lambda_": lam}) for lam in lambdas]
   for r in runs:
     cfg.replace(**r.changes)  # every λ checked before anything is compiled
+  if args.print_config:
+    _print_json({**cfg.resolve().to_dict(), "runs": [r._asdict() for r in runs]})
+    return 0
+  _use_dtype(cfg.dtype)
   summary = run(cfg, args.out, runs=runs, resume=args.resume, overwrite=args.overwrite,
                 progress=not args.no_progress)
   print(f"\n{'λ':>6}  final alignment with BPTT (mean ± sd over seeds)")
@@ -128,6 +152,8 @@ DEFAULT_ALIGN_RULES = ("bptt,tbptt:1,tbptt:3,dni:1,dni:3,bp_lambda,rtrl,eprop,sn
 
 def cmd_align(args) -> int:
   from bplambda_jax import experiments
+  from bplambda_jax.experiments._alignment import task_sizes
+  from bplambda_jax.experiments._config import MAX_SEED
   from bplambda_jax.rules import parse_rule_spec
 
   specs = _specs(args.rules)
@@ -135,10 +161,23 @@ def cmd_align(args) -> int:
     parse_rule_spec(spec)
   if args.task not in experiments.ALIGNMENT_TASKS:
     raise ValueError(f"--task must be one of {experiments.ALIGNMENT_TASKS}, got {args.task!r}.")
+  if args.seeds < 1:
+    raise ValueError(f"--seeds must be at least 1, got {args.seeds}.")
+  if not 0 <= args.seed <= MAX_SEED - (args.seeds - 1):
+    raise ValueError(f"--seed must be an integer in [0, {MAX_SEED} − (seeds − 1)], "
+                     f"got {args.seed}.")
+  cell, hidden, _ = task_sizes(args.task, args.cell, args.hidden)
+  config = {"task": args.task, "rules": list(specs), "cell": cell, "hidden": hidden,
+            "seeds": args.seeds, "seed": args.seed, "synth_steps": args.synth_steps,
+            "lr_synth": args.lr_synth, "lambda_": args.lambda_, "gamma": args.gamma}
+  if args.print_config:
+    _print_json(config)
+    return 0
   seeds = list(range(args.seed, args.seed + args.seeds))
-  print(f"alignment with BPTT on task {args.task!r}: {len(specs)} rules, {len(seeds)} seeds; "
-        f"synthesisers trained for {args.synth_steps} updates first", flush=True)
-  rows = experiments.run_alignment(args.task, specs, seeds, cell=args.cell, hidden=args.hidden,
+  print(f"alignment with BPTT on task {args.task!r} ({cell}, H = {hidden}): {len(specs)} rules, "
+        f"{len(seeds)} seeds; synthesisers trained for {args.synth_steps} updates first",
+        flush=True)
+  rows = experiments.run_alignment(args.task, specs, seeds, cell=cell, hidden=hidden,
                                    synth_steps=args.synth_steps, lr_synth=args.lr_synth,
                                    lambda_=args.lambda_, gamma=args.gamma, out=args.out,
                                    overwrite=args.overwrite, progress=not args.no_progress)
@@ -146,8 +185,7 @@ def cmd_align(args) -> int:
   if args.out:
     from bplambda_jax.experiments._results import provenance, write_json
     write_json(os.path.join(args.out, "alignment.json"),
-               {"config": {k: v for k, v in vars(args).items() if k != "func"},
-                "provenance": provenance(), "rows": rows})
+               {"config": config, "provenance": provenance(), "rows": rows})
     print(f"wrote {os.path.join(args.out, 'alignment.json')}")
   return 0
 
@@ -220,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
                  help="BP(λ)'s mode ('auto': sequence, the same numbers, cheaper)")
   t.add_argument("--faithful", action="store_true", help="the authors' conventions and quirks")
   t.add_argument("--set", action="append", metavar="KEY=VALUE", help="set a config key")
+  t.add_argument("--print-config", action="store_true",
+                 help="print the resolved config (one run per λ) as JSON and exit")
   _common(t, os.path.join("results", "toy"))
   t.set_defaults(func=cmd_toy)
 
@@ -243,8 +283,18 @@ def build_parser() -> argparse.ArgumentParser:
                  help="results directory (config, metrics log, alignment.json)")
   a.add_argument("--overwrite", action="store_true", help="replace the results in --out")
   a.add_argument("--no-progress", action="store_true", help="no progress bars")
+  a.add_argument("--print-config", action="store_true",
+                 help="print the settings that would run (sizes resolved) as JSON and exit")
   a.set_defaults(func=cmd_align)
   return p
+
+
+def _raised_here(e: BaseException) -> bool:
+  """Whether ``e`` was raised by this package's own code (a check), not deep inside a library."""
+  tb = e.__traceback__
+  while tb is not None and tb.tb_next is not None:
+    tb = tb.tb_next
+  return tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_PACKAGE)
 
 
 def main(argv=None) -> int:
@@ -253,15 +303,28 @@ def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
   try:
     return args.func(args)
-  except (ValueError, ResultsError, FileNotFoundError, MemoryError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return EXIT_ERROR
   except RunError as e:
     print(f"stopped: {e}", file=sys.stderr)
     return EXIT_STOPPED
   except Interrupted as e:
     print(f"interrupted: {e}", file=sys.stderr)
     return EXIT_INTERRUPTED
+  except KeyboardInterrupt as e:
+    print(f"interrupted: {e or 'aborted'}", file=sys.stderr)
+    from bplambda_jax.experiments._runner import computing
+    if computing():  # the runtime cannot shut down under a running call: end at once
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(EXIT_INTERRUPTED)
+    return EXIT_INTERRUPTED
+  except Exception as e:  # pylint: disable=broad-except
+    if isinstance(e, (ValueError, ResultsError, OSError, MemoryError)) and _raised_here(e):
+      print(f"error: {e}", file=sys.stderr)  # a check of the input: one line
+      return EXIT_ERROR
+    traceback.print_exc()
+    print("internal error: the traceback above is a bug in bplambda_jax, not in your input; "
+          "please report it.", file=sys.stderr)
+    return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -265,6 +265,124 @@ def _(ctx):
   return run_cli(ctx)
 
 
+# ------------------------------------- CLI cases: runs, results directories, data locations
+
+for _id in ("cli-toy-huge-seed", "cli-align-seeds-zero", "cli-align-hidden-zero"):
+  case(_id)(run_cli)
+
+
+@case("cli-out-empty")
+def _(ctx):
+  text = run_cli(ctx)
+  assert os.listdir(ctx.tmp_path) == []
+  return text
+
+
+@case("cli-out-locked")
+def _(ctx):
+  from bplambda_jax.experiments import _results
+  (ctx.tmp_path / "busy").mkdir()
+  held = _results.DirectoryLock(str(ctx.tmp_path / "busy"))  # the other run
+  try:
+    return run_cli(ctx)
+  finally:
+    held.release()
+
+
+@case("cli-resume-shorter")
+def _(ctx):
+  directory, _ = ctx.request.getfixturevalue("diverged_run")
+  ctx.monkeypatch.chdir(directory)
+  before = (directory / "diverged" / "config.json").read_text()
+  text = run_cli(ctx)
+  assert (directory / "diverged" / "config.json").read_text() == before
+  return text
+
+
+@case("cli-resume-damaged-config")
+def _(ctx):
+  (ctx.tmp_path / "run").mkdir()
+  (ctx.tmp_path / "run" / "config.json").write_text('{"task": "to')
+  return run_cli(ctx)
+
+
+def _damaged_copy(ctx, relative: str, damage) -> None:
+  """A copy of the 'cli-diverged' run in the working directory, with one file damaged."""
+  import shutil
+  directory, _ = ctx.request.getfixturevalue("diverged_run")
+  shutil.copytree(directory / "diverged", ctx.tmp_path / "diverged")
+  path = ctx.tmp_path / "diverged" / relative
+  path.write_bytes(damage(path.read_bytes()))
+
+
+@case("cli-resume-damaged-metrics")
+def _(ctx):
+  def damage(data):
+    lines = data.splitlines(keepends=True)
+    return b"".join(lines[:2] + [b'{"rule": "eprop", "st\x00\n'] + lines[3:])
+  _damaged_copy(ctx, "metrics.jsonl", damage)
+  return run_cli(ctx)
+
+
+@case("cli-resume-damaged-checkpoint")
+def _(ctx):  # found when the checkpoint is read, after compiling: no tripwire
+  _damaged_copy(ctx, "checkpoints/eprop/2/state/_METADATA", lambda data: data[:50])
+  ctx.capsys.readouterr()
+  code = cli.main(_argv(ctx.row.code[0]))
+  err = ctx.capsys.readouterr().err
+  assert "delete " in err and "to fall back on checkpoint 1." in err
+  return f"exit {code}\n{err}"
+
+
+@case("cli-mnist-batch-too-large")
+def _(ctx):
+  def no_reading(*args, **kwargs):
+    raise AssertionError("the data were read")
+  ctx.monkeypatch.setattr(tasks, "load_mnist", no_reading)
+  text = run_cli(ctx)
+  assert not (ctx.tmp_path / "results").exists()
+  return text
+
+
+@case("cli-mnist-batch-split")
+def _(ctx):
+  x = np.zeros((60, 28, 28), np.uint8)
+  np.savez(ctx.tmp_path / "mnist.npz", x_train=x, y_train=np.arange(60) % 10, x_test=x[:20],
+           y_test=np.arange(20) % 10)
+  text = run_cli(ctx)
+  assert not (ctx.tmp_path / "results").exists()
+  return text
+
+
+@case("cli-data-dir-no-mnist")
+def _(ctx):
+  (ctx.tmp_path / "notes").mkdir()
+  (ctx.tmp_path / "notes" / "todo.txt").write_text("not MNIST")
+  return run_cli(ctx)
+
+
+@case("cli-data-path-one-idx")
+def _(ctx):
+  import gzip
+  with gzip.open(ctx.tmp_path / "train-images-idx3-ubyte.gz", "wb") as f:
+    f.write((0x803).to_bytes(4, "big") + b"".join(v.to_bytes(4, "big") for v in (1, 28, 28))
+            + bytes(28 * 28))
+  return run_cli(ctx)
+
+
+@case("cli-data-path-unreadable")
+def _(ctx):
+  (ctx.tmp_path / "mnist").mkdir()
+  real = pathlib.Path.is_file
+
+  def is_file(self):  # what stat says under a directory without read and search permission
+    if self.parent.name == "mnist":
+      raise PermissionError(13, "Permission denied", str(self))
+    return real(self)
+  ctx.monkeypatch.setattr(pathlib.Path, "is_file", is_file)
+  return run_cli(ctx)
+
+
 # ---------------------------------------------------------------------------- config cases
 
 

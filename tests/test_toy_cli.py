@@ -104,6 +104,20 @@ def test_cli_align_table(tmp_path, capsys):
   # A rule that does not apply is reported, not fatal: "n/a" and the reason in the table.
   table = experiments.format_rows(rows + [{"rule": "columnar_rtrl", "error": "no units"}])
   assert "n/a: no units" in table and len(table.splitlines()) == 2 + len(rows) + 1
+  # config.json and alignment.json record what ran: the copy task at (3, 2), an LSTM of 3 units
+  config = json.loads((out / "config.json").read_text())
+  assert (config["task"], config["cell"], config["hidden_size"], config["batch_size"]) == \
+      ("copy", "lstm", 3, 16)
+  assert (config["pattern_length"], config["repeats"]) == (3, 2)
+  recorded = json.loads((out / "alignment.json").read_text())["config"]
+  assert (recorded["task"], recorded["cell"], recorded["hidden"], recorded["seeds"]) == \
+      ("copy", "lstm", 3, 1)
+
+
+def test_cli_align_print_config_resolves_the_sizes(capsys):
+  assert cli.main(["align", "--task", "toy", "--print-config"]) == 0
+  config = json.loads(capsys.readouterr().out)
+  assert (config["cell"], config["hidden"]) == ("linear", 30)
 
 
 def test_cli_align_rejects_unknown_rule(capsys):

@@ -11,6 +11,7 @@ seeds; a diverged seed makes its row NaN, never hidden.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from typing import Optional
@@ -30,26 +31,37 @@ TASKS = ("toy", "copy")
 COLUMNS = ("cell", "readout", "all", "learning_signal")
 
 
+def task_sizes(task: str, cell: Optional[str] = None, hidden: Optional[int] = None,
+               batch_size: Optional[int] = None) -> tuple[str, int, int]:
+  """(cell, hidden size, batch size) that ``task`` runs with: the arguments, or the task's own
+  (toy: linear, 30, 10; copy: lstm, 16, 16). ValueError for an unknown task or a size < 1."""
+  if task not in TASKS:
+    raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
+  for name, v in (("hidden", hidden), ("batch_size", batch_size)):
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+      raise ValueError(f"{name} must be a positive integer, got {v!r}.")
+  own = {"toy": ("linear", 30, 10), "copy": ("lstm", 16, 16)}[task]
+  return (own[0] if cell is None else cell, own[1] if hidden is None else hidden,
+          own[2] if batch_size is None else batch_size)
+
+
 def task_setup(task: str, cell: Optional[str] = None, hidden: Optional[int] = None,
                batch_size: Optional[int] = None, n: int = 3, r: int = 2):
   """(model, data_fn) for a task; data_fn(key, step) -> Batch.
 
   toy: the linear RNN (H = 30) on the toy batch (B = 10, T = 10); copy: an LSTM (H = 16) on
-  copy-repeat at (n, r) (B = 16). ``cell``, ``hidden`` and ``batch_size`` override the sizes.
+  copy-repeat at (n, r) (B = 16). ``cell``, ``hidden`` and ``batch_size`` override the sizes
+  (:func:`task_sizes`).
   """
+  cell, hidden, B = task_sizes(task, cell, hidden, batch_size)
   if task == "toy":
-    hidden = hidden or 30
-    model = (tasks.toy_model(hidden) if cell in (None, "linear") else
+    model = (tasks.toy_model(hidden) if cell == "linear" else
              make_model(cell, "mse", tasks.TOY_INPUT_SIZE, tasks.TOY_OUTPUT_SIZE, hidden))
-    batch = tasks.toy_batch(batch_size or 10, 10)
+    batch = tasks.toy_batch(B, 10)
     return model, lambda key, step: batch
-  if task == "copy":
-    model = make_model(cell or "lstm", "bce", tasks.COPY_INPUT_SIZE, tasks.COPY_OUTPUT_SIZE,
-                       hidden or 16)
-    max_len = tasks.copy_repeat_len(n, r)
-    B = batch_size or 16
-    return model, lambda key, step: tasks.copy_repeat_batch(key, n, r, B, max_len)
-  raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
+  model = make_model(cell, "bce", tasks.COPY_INPUT_SIZE, tasks.COPY_OUTPUT_SIZE, hidden)
+  max_len = tasks.copy_repeat_len(n, r)
+  return model, lambda key, step: tasks.copy_repeat_batch(key, n, r, B, max_len)
 
 
 def run_alignment(task: str, rule_specs, seeds, *, cell: Optional[str] = None,
@@ -74,11 +86,13 @@ def run_alignment(task: str, rule_specs, seeds, *, cell: Optional[str] = None,
   """
   if isinstance(synth_steps, bool) or not isinstance(synth_steps, int) or synth_steps < 1:
     raise ValueError(f"synth_steps must be a positive integer, got {synth_steps!r}.")
-  model, data_fn = task_setup(task, cell, hidden)
   seeds = [int(s) for s in seeds]
-  if not seeds or seeds != list(range(seeds[0], seeds[0] + len(seeds))):
+  if not seeds:
+    raise ValueError("seeds must name at least one seed, got none.")
+  if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
     raise ValueError(f"seeds must be consecutive integers, got {seeds}.")
-  B = data_fn(jax.random.key(0), 0).x.shape[1]
+  cell, hidden, B = task_sizes(task, cell, hidden)
+  model, data_fn = task_setup(task, cell, hidden, B)
   chunk = min(100, synth_steps)
   names = {parse_rule_spec(spec)[0] for spec in rule_specs}
   shared = {}  # λ, γ and the synthetic-gradient scale, for the rules that have them
@@ -86,11 +100,13 @@ def run_alignment(task: str, rule_specs, seeds, *, cell: Optional[str] = None,
     shared.update(lambda_=lambda_, gamma=gamma)
   if names & {"bp_lambda", "dni"}:
     shared.update(sg_scale=sg_scale)
-  cfg = RunConfig(task="toy" if task == "toy" else "copy-repeat", rules=tuple(rule_specs),
-                  seeds=len(seeds), seed=seeds[0], steps=synth_steps, batch_size=B,
+  # what runs, recorded as it runs: the copy task at the level (3, 2) is the 'copy' task there
+  cfg = RunConfig(task=task, rules=tuple(rule_specs), seeds=len(seeds), seed=seeds[0],
+                  steps=synth_steps, batch_size=B, cell=cell, hidden_size=hidden,
                   lr_cell=0.0, lr_readout=0.0, lr_synth=lr_synth, mode="online", chunk=chunk,
                   eval_every=chunk * -(-synth_steps // chunk), max_to_keep=1,
-                  **shared, **({"seq_len": 10} if task == "toy" else {"max_n": 3})).resolve()
+                  **shared, **({"seq_len": 10} if task == "toy" else
+                               {"pattern_length": 3, "repeats": 2})).resolve()
 
   def batch(d, key, level, step):
     del d, level
@@ -103,10 +119,14 @@ def run_alignment(task: str, rule_specs, seeds, *, cell: Optional[str] = None,
 
   setup = Setup(cfg, None, model, None, None, batch, None, None, evaluate, None, None)
   rows = []
-  with tempfile.TemporaryDirectory() as tmp, _stop_signals() as stop:
-    directory = results.prepare(out, resume=False, overwrite=overwrite) if out else tmp
-    results.write_json(os.path.join(directory, "config.json"),
-                       {**cfg.to_dict(), "align_task": task, "rules": list(rule_specs)})
+  with contextlib.ExitStack() as stack:
+    if out:
+      directory, lock = results.prepare(out, resume=False, overwrite=overwrite)
+      stack.callback(lock.release)
+    else:
+      directory = stack.enter_context(tempfile.TemporaryDirectory())
+    stop = stack.enter_context(_stop_signals())
+    results.write_json(os.path.join(directory, "config.json"), cfg.to_dict())
     log = results.MetricsLog(os.path.join(directory, "metrics.jsonl"))
     for spec in rule_specs:
       try:

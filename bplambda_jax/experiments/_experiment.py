@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence
 
+import jax
+
 from bplambda_jax.experiments import _plots as plots
 from bplambda_jax.experiments import _results as results
 from bplambda_jax.experiments._config import RunConfig
@@ -21,8 +23,13 @@ def runs_of(cfg: RunConfig) -> list[Run]:
   return [Run(spec, spec, {}) for spec in cfg.rules]
 
 
-def _check_resume(out: str, cfg: RunConfig, runs) -> None:
+def _check_resume(out: str, cfg: RunConfig, runs, log: results.MetricsLog) -> None:
+  """ResultsError unless ``cfg`` continues the run in ``out``: the same config, with a budget no
+  smaller than what any rule has done."""
   saved = results.read_json(os.path.join(out, "config.json"))
+  if not isinstance(saved, dict):
+    raise results.ResultsError(f"{os.path.join(out, 'config.json')} is damaged (not a JSON "
+                               f"object); restore it, or start again with --overwrite.")
   now = {**cfg.to_dict(), "runs": [r._asdict() for r in runs]}
   diff = sorted(k for k in set(saved) | set(now)
                 if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
@@ -31,6 +38,13 @@ def _check_resume(out: str, cfg: RunConfig, runs) -> None:
         f"--resume: the run in {out} was made with another config; differing keys: "
         + ", ".join(f"{k} (saved {saved.get(k)!r}, now {now.get(k)!r})" for k in diff)
         + ". Pass the same settings, or use --overwrite or another --out.")
+  for r in runs:
+    done = log.last_step(r.label)
+    if cfg.steps < done:
+      raise results.ResultsError(
+          f"--resume: rule {r.label!r} of the run in {out} has already done {done} updates per "
+          f"seed, more than the {cfg.steps} asked for; a run cannot be shortened. Pass --steps "
+          f">= {done} to continue or extend it, or use --overwrite or another --out.")
 
 
 def run(config: RunConfig, out: str, *, runs: Optional[Sequence[Run]] = None,
@@ -43,7 +57,10 @@ def run(config: RunConfig, out: str, *, runs: Optional[Sequence[Run]] = None,
     out: the results directory (see :mod:`bplambda_jax.experiments._results`).
     runs: what to compare (default: one run per rule spec of the config; ``bplambda toy`` passes
       one run per λ).
-    resume: continue the run in ``out`` from its checkpoints (finished rules are kept).
+    resume: continue the run in ``out`` from its checkpoints: finished rules are kept; with a
+      larger ``steps`` than the run was made for, every rule is extended to it (to the numbers of
+      an uninterrupted run of that budget) and config.json is rewritten; a ``steps`` smaller
+      than what a rule has done is refused.
     overwrite: delete ``out`` first.
     progress: show a progress bar per rule.
     verbose: print the data source and where the results go.
@@ -52,39 +69,67 @@ def run(config: RunConfig, out: str, *, runs: Optional[Sequence[Run]] = None,
     The summary (also written to ``out/summary.json``).
 
   Raises:
-    ResultsError: ``out`` cannot be used (checked before anything is compiled).
+    ResultsError: ``out`` cannot be used (checked before anything is compiled): it holds another
+      run, or another process is writing it (``out`` is locked while a run writes it).
+    ValueError: a bad config, or ``dtype`` 'float64' without ``jax_enable_x64``.
     RunError: a guard stopped the run (non-finite values, bad labels...); the last good state is
       checkpointed.
     Interrupted: SIGINT or SIGTERM; a checkpoint was saved.
   """
-  created = not os.path.exists(out)
-  out = results.prepare(out, resume=resume, overwrite=overwrite)
-  try:  # everything that can be checked is checked before anything is written or compiled
-    data, source = load_data(config, verbose=verbose)
-    cfg = config.resolve(None if data is None else data.train.num_examples)
-    runs = list(runs or runs_of(cfg))
-    if len({r.label for r in runs}) != len(runs):
-      raise ValueError(f"two runs have the same label: {[r.label for r in runs]}.")
-    setup = make_setup(cfg, data, source)
-    for r in runs:
-      make_run_rule(cfg.replace(**r.changes), r.spec, setup.model)
-    if resume:
-      _check_resume(out, cfg, runs)
-  except Exception:
-    if created and not os.listdir(out):
-      os.rmdir(out)  # leave no empty directory that a corrected retry would be refused
+  new = _missing_ancestors(out)  # the directories this run creates, innermost first
+  out, lock = results.prepare(out, resume=resume, overwrite=overwrite)
+  try:
+    summary = _run_locked(config, out, runs, resume, progress, verbose)
+  except BaseException as e:
+    if new and not isinstance(e, (RunError, Interrupted, KeyboardInterrupt)):
+      results.remove_if_unused(out, lock)  # no directory that a corrected retry would be refused
+      for parent in new[1:]:
+        if os.path.isdir(parent) and not os.listdir(parent):
+          os.rmdir(parent)
     raise
-  if not resume:
-    results.write_json(os.path.join(out, "config.json"),
-                       {**cfg.to_dict(), "runs": [r._asdict() for r in runs]})
-  log = results.MetricsLog(os.path.join(out, "metrics.jsonl"))
+  finally:
+    lock.release()
+  if verbose:
+    print(f"results in {out}")
+  return summary
+
+
+def _missing_ancestors(path: str) -> list[str]:
+  """``path`` and its ancestors that do not exist yet, innermost first."""
+  path, missing = os.path.abspath(path), []
+  while path and not os.path.exists(path) and path != os.path.dirname(path):
+    missing.append(path)
+    path = os.path.dirname(path)
+  return missing
+
+
+def _run_locked(config, out, runs, resume, progress, verbose):
+  if config.dtype == "float64" and not jax.config.jax_enable_x64:
+    raise ValueError("config key 'dtype' = 'float64' needs 64-bit JAX, which is off: call "
+                     "jax.config.update('jax_enable_x64', True) before any computation (the "
+                     "bplambda command does so itself), or use dtype 'float32'.")
+  # everything that can be checked is checked before anything is written or compiled
+  data, source = load_data(config, verbose=verbose)
+  cfg = config.resolve(None if data is None else data.train.num_examples)
+  runs = list(runs or runs_of(cfg))
+  if len({r.label for r in runs}) != len(runs):
+    raise ValueError(f"two runs have the same label: {[r.label for r in runs]}.")
+  setup = make_setup(cfg, data, source)
+  for r in runs:
+    make_run_rule(cfg.replace(**r.changes), r.spec, setup.model)
+  log_path = os.path.join(out, "metrics.jsonl")
+  if resume:
+    _check_resume(out, cfg, runs, results.MetricsLog(log_path))
+  results.write_json(os.path.join(out, "config.json"),
+                     {**cfg.to_dict(), "runs": [r._asdict() for r in runs]})
+  log = results.MetricsLog(log_path)
   path = os.path.join(out, "summary.json")
   summary = results.read_json(path) if resume and os.path.exists(path) else {
       "task": cfg.task, "data": source, "rules": {}}
   summary["provenance"] = results.provenance()
   with _stop_signals() as stop:
     for r in runs:
-      if r.label in summary["rules"]:
+      if summary["rules"].get(r.label, {}).get("budget") == cfg.steps:
         continue  # finished before: never recomputed, never lost
       summary["rules"][r.label] = train_one(cfg, setup, r, out, log, resume=resume,
                                             progress=progress, stop=stop)
@@ -93,11 +138,13 @@ def run(config: RunConfig, out: str, *, runs: Optional[Sequence[Run]] = None,
              "line-draw": ("loss", "eval_loss"), "copy-repeat": ("bits", "level"),
              "copy": ("bits", "eval_loss", "accuracy")}.get(
                  cfg.task, ("loss", "accuracy"))
+  notes = {}
+  if cfg.lr_cell == 0 and cfg.lr_readout == 0:
+    notes["loss"] = notes["bits"] = ("the network is fixed (lr_cell = lr_readout = 0), so its loss "
+                                     "cannot change; only the synthesiser learns")
   summary["figures"] = [os.path.basename(p) for p in plots.plot(
-      out, log.lines(), figures, f"{cfg.task}: {', '.join(r.label for r in runs)}")]
+      out, log.lines(), figures, f"{cfg.task}: {', '.join(r.label for r in runs)}", notes)]
   results.write_json(path, summary)
-  if verbose:
-    print(f"results in {out}")
   return summary
 
 

@@ -10,14 +10,16 @@ import numpy as np
 
 FILE_MODE = 0o644
 
-# metric -> (kind of log line, y label, file name)
+# metric -> (kind of log line, y label, file name, (lowest, highest) value it can take)
 FIGURES = {
-    "loss": ("train", "training loss (nats per target step)", "loss.png"),
-    "bits": ("train", "training loss (bits per target step)", "bits.png"),
-    "level": ("train", "curriculum level (N, R) reached (index)", "level.png"),
-    "alignment": ("eval", "cos(learning signal, BPTT dL/ds_t), t < T−1", "alignment.png"),
-    "accuracy": ("eval", "evaluation accuracy (validation split or fresh batches)", "accuracy.png"),
-    "eval_loss": ("eval", "evaluation loss (nats per target step)", "eval_loss.png"),
+    "loss": ("train", "training loss (nats per target step)", "loss.png", (0, None)),
+    "bits": ("train", "training loss (bits per target step)", "bits.png", (0, None)),
+    "level": ("train", "curriculum level (N, R) reached (index)", "level.png", (0, None)),
+    "alignment": ("eval", "cos(learning signal, BPTT dL/ds_t), t < T−1", "alignment.png",
+                  (-1, 1)),
+    "accuracy": ("eval", "evaluation accuracy (validation split or fresh batches)",
+                 "accuracy.png", (0, 1)),
+    "eval_loss": ("eval", "evaluation loss (nats per target step)", "eval_loss.png", (0, None)),
 }
 
 
@@ -48,8 +50,12 @@ def _level_index(n, r):
   return 0 if n == 0 else n + r - 1  # the curriculum only visits r = n − 1 and r = n
 
 
-def plot(out: str, lines, metrics, title: str) -> list[str]:
-  """Write the figures of ``metrics`` (keys of :data:`FIGURES`) that have data; their paths."""
+def plot(out: str, lines, metrics, title: str, notes=None) -> list[str]:
+  """Write the figures of ``metrics`` (keys of :data:`FIGURES`) that have data; their paths.
+
+  The band (± 1 sd over seeds) is clipped to the values the metric can take; ``notes`` maps a
+  metric to a line printed under its title (what the curve means in this run).
+  """
   import matplotlib
 
   matplotlib.use("Agg")
@@ -57,7 +63,7 @@ def plot(out: str, lines, metrics, title: str) -> list[str]:
 
   written = []
   for metric in metrics:
-    kind, ylabel, name = FIGURES[metric]
+    kind, ylabel, name, (lo, hi) = FIGURES[metric]
     curves = _curves(lines, metric, kind)
     if not curves:
       continue
@@ -68,7 +74,8 @@ def plot(out: str, lines, metrics, title: str) -> list[str]:
       line, = ax.plot(steps, mean, label=rule, marker="o" if len(steps) < 3 else None)
       if values.shape[0] > 1:
         sd = np.nanstd(values, axis=0, ddof=1)
-        ax.fill_between(steps, mean - sd, mean + sd, alpha=0.2, color=line.get_color())
+        ax.fill_between(steps, np.clip(mean - sd, lo, hi), np.clip(mean + sd, lo, hi), alpha=0.2,
+                        color=line.get_color())
       seeds = max(seeds, values.shape[0])
     ax.set_xlabel("update")
     ax.set_ylabel(ylabel)
@@ -76,7 +83,8 @@ def plot(out: str, lines, metrics, title: str) -> list[str]:
         np.nanmin(v[1]) > 0 for v in curves.values() if np.isfinite(v[1]).any()):
       ax.set_yscale("log")
     band = f"line: mean over {seeds} seeds; band: ± 1 sd" if seeds > 1 else "one seed"
-    ax.set_title(f"{title}\n{band}", fontsize=10)
+    note = (notes or {}).get(metric)
+    ax.set_title(f"{title}\n{band}" + (f"\n{note}" if note else ""), fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = os.path.join(out, name)

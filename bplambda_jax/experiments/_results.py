@@ -11,11 +11,16 @@
 
 Files are created readable by the group and others (mode 0644, directories 0755). An existing,
 non-empty directory is refused unless the run resumes it (``resume``) or replaces it
-(``overwrite``); the directory is checked (and created) before anything is compiled.
+(``overwrite``); the directory is checked (and created) before anything is compiled. While a run
+writes it, the directory is locked (``out/.lock``, an exclusive ``flock`` holding the writer's
+pid): a second run into it is refused. The kernel drops the lock when its process ends, however
+it ends, so the lock of a dead process never blocks a later run.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import platform
@@ -36,36 +41,88 @@ class ResultsError(RuntimeError):
   """The results directory cannot be used as asked."""
 
 
+LOCK_NAME = ".lock"
+
+
 def _makedirs(path: str) -> None:
   os.makedirs(path, exist_ok=True)
   os.chmod(path, DIR_MODE)
 
 
-def prepare(out: str, *, resume: bool, overwrite: bool) -> str:
-  """Check and create ``out`` before any compilation; returns its absolute path.
+class DirectoryLock:
+  """An exclusive lock on a results directory: ``out/.lock``, ``flock``-ed, holding the pid.
 
   Raises:
-    ResultsError: ``out`` exists and is not empty without ``resume``/``overwrite``; ``resume``
-      without a previous run there; both flags; or ``out`` is not writable.
+    ResultsError: another process holds the lock (the message names the directory and its pid).
+  """
+
+  def __init__(self, directory: str):
+    self.path = os.path.join(directory, LOCK_NAME)
+    while True:
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except OSError as e:
+        os.close(fd)
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+          raise
+        raise ResultsError(f"the results directory {directory} is being written by another run "
+                           f"({self._holder()}); wait for it to end or choose another "
+                           f"--out.") from None
+      try:  # the file may have been removed by the holder between open and flock: retry
+        same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+      except FileNotFoundError:
+        same = False
+      if same:
+        break
+      os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    self._fd = fd
+
+  def _holder(self) -> str:
+    try:
+      with open(self.path) as f:
+        return f"pid {int(f.read().strip())}"
+    except (OSError, ValueError):
+      return "pid unknown"
+
+  def release(self) -> None:
+    """Remove the lock file and drop the lock (idempotent)."""
+    if self._fd is None:
+      return
+    try:
+      os.unlink(self.path)
+    except FileNotFoundError:
+      pass
+    os.close(self._fd)
+    self._fd = None
+
+
+def _entries(out: str) -> list[str]:
+  """The directory's entries other than the lock file."""
+  return [name for name in os.listdir(out) if name != LOCK_NAME]
+
+
+def prepare(out: str, *, resume: bool, overwrite: bool) -> tuple[str, DirectoryLock]:
+  """Check, create and lock ``out`` before any compilation: (absolute path, lock).
+
+  The caller releases the lock (:meth:`DirectoryLock.release`) when the run ends; the kernel
+  drops it if the process dies first.
+
+  Raises:
+    ResultsError: ``out`` is empty, exists and is not empty without ``resume``/``overwrite``,
+      ``resume`` without a previous run there, both flags, ``out`` is not writable, or another
+      run is writing it.
   """
   if resume and overwrite:
     raise ResultsError("--resume and --overwrite exclude each other: resume continues the run in "
                        "the directory, overwrite deletes it.")
+  if not str(out).strip():
+    raise ResultsError("--out is empty; name the results directory.")
   out = os.path.abspath(out)
-  exists = os.path.isdir(out) and bool(os.listdir(out))
   if os.path.exists(out) and not os.path.isdir(out):
     raise ResultsError(f"--out {out} exists and is not a directory.")
-  if exists and not (resume or overwrite):
-    raise ResultsError(f"the results directory {out} already holds a run; pass --resume to "
-                       f"continue it or --overwrite to replace it.")
-  is_run = os.path.isfile(os.path.join(out, "config.json"))
-  if resume and not is_run:
-    raise ResultsError(f"--resume: {out} holds no run to resume (no config.json).")
-  if overwrite and exists:
-    if not is_run:
-      raise ResultsError(f"--overwrite replaces a results directory, but {out} holds other files "
-                         f"(no config.json of a run); choose another --out.")
-    shutil.rmtree(out)
   try:
     _makedirs(out)
     probe = tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-", delete=True)
@@ -73,7 +130,40 @@ def prepare(out: str, *, resume: bool, overwrite: bool) -> str:
   except OSError as e:
     raise ResultsError(f"--out {out}: cannot create or write the directory "
                        f"({e.strerror or e}).") from None
-  return out
+  lock = DirectoryLock(out)  # before looking inside: two runs cannot both find it empty
+  try:
+    exists = bool(_entries(out))
+    if exists and not (resume or overwrite):
+      raise ResultsError(f"the results directory {out} already holds a run; pass --resume to "
+                         f"continue it or --overwrite to replace it.")
+    is_run = os.path.isfile(os.path.join(out, "config.json"))
+    if resume and not is_run:
+      raise ResultsError(f"--resume: {out} holds no run to resume (no config.json).")
+    if overwrite and exists:
+      if not is_run:
+        raise ResultsError(f"--overwrite replaces a results directory, but {out} holds other "
+                           f"files (no config.json of a run); choose another --out.")
+      for name in _entries(out):  # the directory and its lock stay
+        path = os.path.join(out, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+          shutil.rmtree(path)
+        else:
+          os.remove(path)
+  except BaseException:
+    lock.release()
+    raise
+  return out, lock
+
+
+def remove_if_unused(out: str, lock: DirectoryLock) -> None:
+  """Release ``lock`` and delete ``out`` if it holds nothing but files of a run that never
+  trained (its config.json and an empty metrics.jsonl), so a corrected retry is not refused."""
+  lock.release()
+  names = set(_entries(out)) if os.path.isdir(out) else set()
+  metrics = os.path.join(out, "metrics.jsonl")
+  if names <= {"config.json", "metrics.jsonl"} and not (
+      os.path.exists(metrics) and os.path.getsize(metrics)):
+    shutil.rmtree(out, ignore_errors=True)
 
 
 def write_json(path: str, obj) -> None:
@@ -89,8 +179,16 @@ def write_json(path: str, obj) -> None:
 
 
 def read_json(path: str):
-  with open(path) as f:
-    return json.load(f)
+  """The JSON in ``path``; ResultsError naming the file if it is unreadable or damaged."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise ResultsError(f"{path} is damaged (not valid JSON: {e}); restore it, or start again "
+                       f"with --overwrite.") from None
+  except UnicodeDecodeError as e:
+    raise ResultsError(f"{path} is damaged (not text: {e}); restore it, or start again with "
+                       f"--overwrite.") from None
 
 
 def _default(v):
@@ -113,16 +211,26 @@ class MetricsLog:
         pass
       os.chmod(path, FILE_MODE)
 
-  def truncate(self, rule: str, after_step: int) -> None:
-    """Drop the lines of ``rule`` logged after ``after_step`` (a resumed run logs them again)."""
+  def truncate(self, rule: str, after_step: int, eval_every: int) -> None:
+    """Drop what ``rule`` logged after its checkpoint ``after_step``: later lines, and an
+    evaluation at ``after_step`` itself when it is off the ``eval_every`` grid (the final
+    evaluation of a shorter budget, which a resumed, longer run does not make)."""
+    off_grid = after_step % eval_every != 0
     kept = [line for line in self.lines()
-            if not (line.get("rule") == rule and line.get("step", 0) > after_step)]
+            if not (line.get("rule") == rule and (
+                line.get("step", 0) > after_step
+                or (off_grid and line.get("kind") == "eval" and line.get("step") == after_step)))]
     tmp = self.path + ".tmp"
     with open(tmp, "w") as f:
       for line in kept:
         f.write(json.dumps(line, default=_default) + "\n")
     os.chmod(tmp, FILE_MODE)
     os.replace(tmp, self.path)
+
+  def last_step(self, rule: str) -> int:
+    """The last update ``rule`` logged a training line for (0: none)."""
+    return max((line["step"] for line in self.lines()
+                if line.get("rule") == rule and line.get("kind") == "train"), default=0)
 
   def append(self, rows: Iterable[dict]) -> None:
     with open(self.path, "a") as f:
@@ -132,8 +240,18 @@ class MetricsLog:
       os.fsync(f.fileno())
 
   def lines(self) -> list[dict]:
-    with open(self.path) as f:
-      return [json.loads(line) for line in f if line.strip()]
+    """Every logged row; ResultsError naming the file and line if one is damaged."""
+    rows = []
+    with open(self.path, "rb") as f:
+      raw = f.read().splitlines()
+    for number, line in enumerate(raw, 1):
+      if line.strip():
+        try:
+          rows.append(json.loads(line))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+          raise ResultsError(f"{self.path}, line {number}, is damaged ({e}); restore it, or "
+                             f"start again with --overwrite.") from None
+    return rows
 
 
 def provenance() -> dict:

@@ -9,15 +9,23 @@ updates (model selection on the validation split for sequential MNIST), orbax ch
 loss, gradients, synthetic gradients or parameters; out-of-range labels) is frozen at its last
 good state on device, and the run stops after that chunk with the quantity, the update and the
 seed, saving the last good state. SIGINT and SIGTERM stop the run after the current chunk with a
-checkpoint; ``--resume`` continues it to the same numbers.
+checkpoint (a second one aborts at once, without saving); ``--resume`` continues it to the same
+numbers. Compiled calls run in a worker thread while the main thread waits in short sleeps, so a
+signal is acknowledged at once, even while a chunk is being compiled or computed.
+
+A budget that ends off the evaluation grid gets a final evaluation after its last checkpoint; a
+run resumed with a larger budget drops it and continues as an uninterrupted run of that budget.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import signal
+import sys
+import threading
 import time
 from typing import Any, NamedTuple, Optional
 
@@ -83,13 +91,22 @@ class Run(NamedTuple):
 
 @contextlib.contextmanager
 def _stop_signals():
-  """Turn SIGINT and SIGTERM into a flag the loop reads between chunks."""
+  """Turn SIGINT and SIGTERM into a flag the loop reads between chunks; a second one aborts."""
   flag = {"signal": None}
   previous = {}
 
   def handler(signum, frame):
     del frame
-    flag["signal"] = signal.Signals(signum).name
+    name = signal.Signals(signum).name
+    if flag["signal"]:
+      raise KeyboardInterrupt(f"a second {name}: aborted at once, nothing saved since the last "
+                              f"checkpoint")
+    flag["signal"] = name
+    try:  # a raw write: the handler may run in the middle of another write to stderr
+      os.write(sys.stderr.fileno(), f"\n{name}: stopping after the current chunk, with a "
+               f"checkpoint; send it again to abort at once.\n".encode())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+      pass
 
   for sig in (signal.SIGINT, signal.SIGTERM):
     try:
@@ -101,6 +118,38 @@ def _stop_signals():
   finally:
     for sig, h in previous.items():
       signal.signal(sig, h)
+
+
+def computing() -> bool:
+  """Whether a compiled call of a run is still computing (after an abort: the process can only
+  end at once with ``os._exit``, since the runtime cannot shut down under a running call)."""
+  return any(not done.is_set() for done in _CALLS)
+
+
+_CALLS = set()  # one event per call of :func:`_call`, set when it returns
+
+
+def _call(fn, *args):
+  """``fn(*args)``, computed to the end, in a worker thread; the main thread waits in short sleeps
+  so that signal handlers run at once (a compiled call holds them off until it returns)."""
+  box, done = {}, threading.Event()
+
+  def work():
+    try:
+      box["out"] = jax.block_until_ready(fn(*args))
+    except BaseException as e:  # pylint: disable=broad-except  (re-raised in the caller)
+      box["error"] = e
+    finally:
+      done.set()
+
+  _CALLS.add(done)
+  threading.Thread(target=work, daemon=True).start()
+  while not done.wait(0.05):
+    pass
+  _CALLS.discard(done)
+  if "error" in box:
+    raise box["error"]
+  return box["out"]
 
 
 def _host(tree):
@@ -202,7 +251,7 @@ def train_one(cfg: RunConfig, setup: Setup, run: Run, out: str, log: results.Met
   keys = seed_keys(cfg)
   params1 = jax.eval_shape(lambda k: _init_seed(setup, rule, opt, k), keys[0]).train.params
   training.check_memory(rule, params1, cfg.batch_size, seeds=cfg.seeds)  # before compiling
-  states = init(keys)
+  states = _call(init, keys)
   ckpt = training.Checkpointer(os.path.join(out, "checkpoints", run.label.replace("/", "_")),
                                max_to_keep=cfg.max_to_keep)
   lrs = {"cell": cfg.lr_cell, "readout": cfg.lr_readout, "synth": cfg.lr_synth}
@@ -214,35 +263,37 @@ def train_one(cfg: RunConfig, setup: Setup, run: Run, out: str, log: results.Met
   if resume and ckpt.latest_step() is not None:
     done = ckpt.latest_step()
     states, _ = ckpt.restore(done, states)
-    log.truncate(run.label, done)
+    log.truncate(run.label, done, cfg.eval_every)
   base = {"rule": run.label}
   evals, last = [], None
   started = time.perf_counter()
+
+  def evaluate_at(states, step):
+    states, ev = _call(evaluate, states, setup.data, jnp.asarray(step, jnp.int32))
+    ev = _host(ev)
+    evals.append((step, ev))
+    log.append({**base, "seed": cfg.seed + i, "step": step, "kind": "eval",
+                **{k: v[i] for k, v in ev.items()}} for i in range(cfg.seeds))
+    return states
+
   if evaluate is not None and done == 0 and done < cfg.steps:  # the curve starts before training
-    states, ev = evaluate(states, setup.data, jnp.asarray(0, jnp.int32))
-    log.append({**base, "seed": cfg.seed + i, "step": 0, "kind": "eval",
-                **{k: v[i] for k, v in _host(ev).items()}} for i in range(cfg.seeds))
+    states = evaluate_at(states, 0)
   bar = tqdm.tqdm(total=cfg.steps, initial=done, desc=f"{run.label} [{cfg.task}]", unit="upd",
                   disable=not progress, dynamic_ncols=True, leave=True)
   try:
     while done < cfg.steps:
       t0 = time.perf_counter()
-      states, m = chunk(states, jnp.asarray(done, jnp.int32), setup.data)
+      states, m = _call(chunk, states, jnp.asarray(done, jnp.int32), setup.data)
       m, guard = _host((m, states.guard))
       done = min(done + cfg.chunk, cfg.steps)
       rate = cfg.seeds * cfg.batch_size * cfg.chunk / max(time.perf_counter() - t0, 1e-9)
       log.append({**base, "seed": cfg.seed + i, "step": done, "kind": "train",
                   **{k: v[i] for k, v in m.items()}} for i in range(cfg.seeds))
-      ev = None
-      if evaluate is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
-        states, ev = evaluate(states, setup.data, jnp.asarray(done, jnp.int32))
-        ev = _host(ev)
-        evals.append((done, ev))
-        log.append({**base, "seed": cfg.seed + i, "step": done, "kind": "eval",
-                    **{k: v[i] for k, v in ev.items()}} for i in range(cfg.seeds))
+      if evaluate is not None and done % cfg.eval_every == 0:
+        states = evaluate_at(states, done)
       last = m
       bar.update(done - bar.n)
-      bar.set_postfix(_postfix(cfg, m, ev or (evals[-1][1] if evals else None), rate))
+      bar.set_postfix(_postfix(cfg, m, evals[-1][1] if evals else None, rate))
       bad = np.flatnonzero(guard[:, 0])
       if bad.size:
         ckpt.save(done, states, {"rule": run.label, "stopped": "guard"})
@@ -256,16 +307,17 @@ def train_one(cfg: RunConfig, setup: Setup, run: Run, out: str, log: results.Met
       if stop["signal"] and done < cfg.steps:
         raise Interrupted(f"{stop['signal']}: stopped after update {done} of {cfg.steps}; "
                           f"checkpoint saved in {ckpt.directory}. Continue with --resume.")
-    if evaluate is not None and not evals and not log_has(log, run.label, "eval"):
-      states, ev = evaluate(states, setup.data, jnp.asarray(done, jnp.int32))  # no update run
-      evals.append((done, _host(ev)))
-      log.append({**base, "seed": cfg.seed + i, "step": done, "kind": "eval",
-                  **{k: v[i] for k, v in evals[-1][1].items()}} for i in range(cfg.seeds))
+    if evaluate is not None and not (evals and evals[-1][0] == done) and not any(
+        r.get("rule") == run.label and r.get("kind") == "eval" and r.get("step") == done
+        for r in log.lines()):
+      # the final evaluation of a budget off the evaluation grid (or of a run that learns
+      # nothing): after the last checkpoint, so that a longer resumed run does not see it
+      states = evaluate_at(states, done)
   finally:
     bar.close()
     ckpt.close()
   summary = {"rule": run.label, "spec": run.spec, "mode": rule.mode,
-             "steps": done if learns else 0,
+             "steps": done if learns else 0, "budget": cfg.steps,
              "seeds": [cfg.seed + i for i in range(cfg.seeds)],
              "seconds": time.perf_counter() - started, "changes": run.changes}
   if last is None and log_has(log, run.label, "train"):  # resumed after the last chunk
@@ -281,7 +333,8 @@ def train_one(cfg: RunConfig, setup: Setup, run: Run, out: str, log: results.Met
   if test is not None:
     best = _host(states.best)
     summary["best_step"] = best.step.tolist()
-    summary["test"] = {k: results.mean_sd(v) for k, v in _host(test(states, setup.data)).items()}
+    summary["test"] = {k: results.mean_sd(v)
+                       for k, v in _host(_call(test, states, setup.data)).items()}
   return summary
 
 

