@@ -8,10 +8,8 @@
                        figure (a ``run`` with one rule per λ).
 ``bplambda align``     a table of rules and their alignment with BPTT on a task.
 
-Exit status: 0 done; 1 a guard stopped the run (non-finite values, bad labels; the last good state
-is checkpointed); 2 a usage error (a bad argument, config, data file or results directory: one
-line ``error: …``); 3 an internal error (a traceback: please report it); 130 interrupted by
-SIGINT or SIGTERM (a checkpoint is saved; a second signal aborts without saving).
+Exit status: 0 done, 1 a guard stopped the run, 2 a usage error (one line ``error: …``), 3 an
+internal error (a traceback: please report it), 130 SIGINT or SIGTERM (a second one aborts).
 """
 
 from __future__ import annotations

@@ -117,8 +117,13 @@ def render() -> str:
       f"Exit status: 0 on success, {cli.EXIT_ERROR} for a bad input (`error: …` on stderr, "
       f"before anything is compiled where it can be found then), {cli.EXIT_STOPPED} when a guard "
       f"stopped a run (non-finite values, bad labels: `stopped: …`, with the last good state "
-      f"checkpointed), {cli.EXIT_INTERRUPTED} after SIGINT or SIGTERM (a checkpoint is saved; "
-      f"continue with `--resume`).",
+      f"checkpointed), {cli.EXIT_INTERNAL} for an internal error (its traceback, then "
+      f"`internal error: …`: a bug to report), {cli.EXIT_INTERRUPTED} after SIGINT or SIGTERM (a "
+      f"checkpoint is saved; continue with `--resume`; a second signal aborts at once, without "
+      f"saving). While a run writes its results directory, the directory is locked: a second "
+      f"run into it is refused. `--resume` with a larger `--steps` extends every rule to the "
+      f"numbers of an uninterrupted run of that budget (and rewrites config.json); a smaller "
+      f"one than a rule has done is refused.",
       "",
   ]
   for name, summary, sub in _subparsers(parser):

@@ -56,6 +56,7 @@ def _lines_by_rule(path):
   return {rule: [l for l in lines if l["rule"] == rule] for rule in {l["rule"] for l in lines}}
 
 
+@pytest.mark.slow
 def test_resume_extends_to_the_numbers_of_an_uninterrupted_run(tmp_path, capsys):
   argv = ["run", "plastic-toy", "--rule", "bp_lambda"] + SMALL
   short, whole = str(tmp_path / "short"), str(tmp_path / "whole")
@@ -76,6 +77,7 @@ def test_resume_extends_to_the_numbers_of_an_uninterrupted_run(tmp_path, capsys)
   assert json.load(open(os.path.join(short, "config.json")))["steps"] == 10
 
 
+@pytest.mark.slow
 def test_a_directory_being_written_is_locked(tmp_path, capsys, monkeypatch):
   notes = {}
   real = _plots.plot
@@ -111,6 +113,7 @@ def x64_off():
   jax.config.update("jax_enable_x64", before)
 
 
+@pytest.mark.slow
 def test_float64_runs_compute_in_float64(tmp_path, capsys, x64_off):
   from bplambda_jax.experiments import run
   with pytest.raises(ValueError, match="'dtype' = 'float64' needs 64-bit JAX"):
