@@ -9,6 +9,7 @@ without x64.
 """
 
 import functools
+import inspect
 
 import chex
 import jax
@@ -79,6 +80,54 @@ def _oracle64(case, dtype):
 def _as64(tree):
   return jax.tree.map(lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating)
                       else a, tree)
+
+
+def _factory_options(spec):
+  """The public factory's parameters after the model, less the spec's argument ('n' of 'snap:n')."""
+  name, _ = bl.rules.parse_rule_spec(spec)
+  arg = {n.split(":")[0]: n.split(":")[1] for n in bl.RULE_NAMES if ":" in n}.get(name)
+  params = list(inspect.signature(getattr(bl.rules, name)).parameters.values())[1:]
+  return [p for p in params if p.name != arg]
+
+
+@pytest.mark.parametrize("case", sorted(SPECS))
+def test_every_factory_option_is_reachable_by_name(case):
+  """make_rule takes exactly the keyword options of the public factory of the same name, each one
+  passed through (here at its default: the same rule as without it)."""
+  cell, spec, _ = SPECS[case]
+  options = _factory_options(spec)
+  assert list(bl.rules.rule_options(spec)) == [p.name for p in options]
+  model = bl.make_model(cell, "mse", D_IN, D_OUT, hidden_size=H)
+  plain = bl.make_rule(spec, model)
+  for p in options:
+    assert p.default is not inspect.Parameter.empty, f"{spec}: option {p.name} has no default"
+    rule = bl.make_rule(spec, model, **{p.name: p.default})
+    assert (rule.name, rule.mode, rule.chunk, dict(rule.hparams)) == (
+        plain.name, plain.mode, plain.chunk, dict(plain.hparams)), (spec, p.name)
+
+
+@pytest.mark.parametrize("case", sorted(SPECS))
+def test_traced_hyper_parameters_are_declared_and_reach_the_rule(case):
+  """Every float option of a factory is a declared (traced) hyper-parameter in ``rule.hparams``;
+  every declared one is a factory option whose value, given through make_rule, becomes the
+  rule's default, and which changes the gradient when given at call time in ``hparams``."""
+  _, spec, options = SPECS[case]
+  floats = {p.name for p in _factory_options(spec) if isinstance(p.default, float)}
+  model, rule, params, batch = _setup(case, jnp.float32)
+  undeclared = floats - set(rule.hparams)
+  assert not undeclared, f"{spec}: float options not in rule.hparams: {undeclared}"
+  assert set(rule.hparams) <= set(bl.rules.rule_options(spec))
+  if not rule.hparams:
+    return
+  if "mode" in bl.rules.rule_options(spec):  # the same numbers as online, and a faster compile
+    rule = bl.make_rule(spec, model, **{**options, "mode": "sequence"})
+  grads = jax.jit(rule.grads)
+  default = grads(params, batch, dict(rule.hparams))[0]
+  for key in rule.hparams:
+    value = 0.5 * rule.hparams[key] or 0.5  # inside every range: λ, γ in [0, 1], sg_scale >= 0
+    assert bl.make_rule(spec, model, **options, **{key: value}).hparams[key] == value
+    changed = grads(params, batch, {**rule.hparams, key: value})[0]
+    assert rel_err(changed, default) > 1e-4, f"{spec}: hyper-parameter {key} changes nothing"
 
 
 def _setup(case, dtype):

@@ -1,28 +1,19 @@
 """Rules by name, for the CLI, the runner and the benchmarks: ``make_rule('snap:2', model)``.
 
 A spec is ``name`` or ``name:k`` with an integer argument (the same grammar as sensitivity names):
+``RULE_NAMES`` lists them, and the factory of the same name (``bplambda_jax.rules.snap`` for
+'snap:n') documents each rule and its options.
 
-=================  ========================================================================
-spec               rule
-=================  ========================================================================
-``bptt``           full BPTT (exact gradient)
-``tbptt:n``        truncated BPTT, chunks of n steps aligned to the sequence end
-``dni:n``          n-step DNI synthetic gradients (Jaderberg et al. 2017), linear ĝ
-``bp_lambda``      accumulate BP(λ); the e-prop flavour for LSTM-like cells, else the state flavour
-``rtrl``           exact RTRL
-``eprop``          e-prop eligibility traces, immediate learning signal
-``snap:n``         SnAp-n
-``columnar_rtrl``  columnar RTRL (cells that declare their units)
-``eprop_m:m``      m-order e-prop
-=================  ========================================================================
-
-Options are the keyword arguments of the rule's factory; an option a rule does not take is an
-error, never ignored.
+Options are the keyword arguments of the rule's factory, read from its signature: every
+parameter but the model and the spec's argument. An option a rule does not take is an error,
+never ignored. Adding a rule to the library is one module with its factory, one line in
+``_RULES`` and its test (docs/extending.md, "Adding to the library").
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import inspect
+from typing import Callable, NamedTuple, Optional
 
 from bplambda_jax._spec import parse_spec
 from bplambda_jax.model import Model
@@ -33,37 +24,57 @@ from bplambda_jax.rules._dni import dni
 from bplambda_jax.rules._from_sensitivity import columnar_rtrl, eprop, eprop_m, rtrl, snap
 from bplambda_jax.rules._tbptt import tbptt
 
-_BP_LAMBDA_OPTIONS = ("lambda_", "gamma", "sg_scale", "flavour", "sensitivity", "mode", "faithful",
-                      "clip_increments", "readout_scale", "bias_grad_scale", "trace", "trace_chunk",
-                      "trace_dtype", "synthesiser")
 
-# name -> (factory(model, k, **options), accepted options)
-_PLAIN: dict[str, tuple[Callable, tuple[str, ...]]] = {
-    "bptt": (lambda m, k, **o: bptt(m, **o), ()),
-    "bp_lambda": (lambda m, k, **o: bp_lambda(m, **o), _BP_LAMBDA_OPTIONS),
-    "rtrl": (lambda m, k, **o: rtrl(m, **o), ("mode",)),
-    "eprop": (lambda m, k, **o: eprop(m, **o), ("mode", "compressed")),
-    "columnar_rtrl": (lambda m, k, **o: columnar_rtrl(m, **o), ("mode", "compressed")),
+class _Entry(NamedTuple):
+  """A registered rule: its factory ``factory(model, ..., **options)`` and, for a spec
+  ``name:k``, the factory's parameter that receives k and k's minimum."""
+
+  factory: Callable[..., base.Rule]
+  arg: Optional[str] = None
+  minimum: int = 1
+
+
+_RULES: dict[str, _Entry] = {
+    "bptt": _Entry(bptt),
+    "bp_lambda": _Entry(bp_lambda),
+    "rtrl": _Entry(rtrl),
+    "eprop": _Entry(eprop),
+    "columnar_rtrl": _Entry(columnar_rtrl),
+    "tbptt": _Entry(tbptt, "n"),
+    "dni": _Entry(dni, "n"),
+    "snap": _Entry(snap, "n"),
+    "eprop_m": _Entry(eprop_m, "m", minimum=0),
 }
-_WITH_ARG: dict[str, tuple[str, int, Callable, tuple[str, ...]]] = {
-    "tbptt": ("n", 1, lambda m, k, **o: tbptt(m, k, **o), ()),
-    "dni": ("n", 1, lambda m, k, **o: dni(m, n=k, **o),
-            ("sg_scale", "bootstrap", "gamma", "synthesiser")),
-    "snap": ("n", 1, lambda m, k, **o: snap(m, k, **o), ("compressed",)),
-    "eprop_m": ("m", 0, lambda m, k, **o: eprop_m(m, k, **o), ("mode",)),
-}
-RULE_NAMES = tuple(_PLAIN) + tuple(f"{n}:{a[0]}" for n, a in _WITH_ARG.items())
+
+
+def _options(entry: _Entry) -> tuple[str, ...]:
+  """The factory's parameters after the model, except the spec's argument, in signature order."""
+  params = list(inspect.signature(entry.factory).parameters.values())[1:]
+  named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+  if any(p.kind not in named for p in params):
+    raise TypeError(f"rule factory {entry.factory.__name__} must take named parameters only "
+                    f"(no *args or **kwargs, which would hide options).")
+  names = tuple(p.name for p in params)
+  if entry.arg is not None and entry.arg not in names:
+    raise TypeError(f"rule factory {entry.factory.__name__} has no parameter {entry.arg!r}.")
+  return tuple(n for n in names if n != entry.arg)
+
+
+_OPTIONS = {name: _options(entry) for name, entry in _RULES.items()}
+RULE_NAMES = tuple(n if e.arg is None else f"{n}:{e.arg}" for n, e in _RULES.items())
 
 
 def parse_rule_spec(spec: str):
   """'snap:2' -> ('snap', 2); 'bptt' -> ('bptt', None). ValueError for unknown names."""
-  return parse_spec(spec, tuple(_PLAIN), {n: (a[0], a[1]) for n, a in _WITH_ARG.items()}, "rule")
+  return parse_spec(spec, tuple(n for n, e in _RULES.items() if e.arg is None),
+                    {n: (e.arg, e.minimum) for n, e in _RULES.items() if e.arg is not None},
+                    "rule")
 
 
 def rule_options(spec: str) -> tuple[str, ...]:
-  """The options ``make_rule`` accepts for ``spec``."""
+  """The options ``make_rule`` accepts for ``spec``: its factory's keyword arguments."""
   name, _ = parse_rule_spec(spec)
-  return _PLAIN[name][1] if name in _PLAIN else _WITH_ARG[name][3]
+  return _OPTIONS[name]
 
 
 def make_rule(spec: str, model: Model, **options) -> base.Rule:
@@ -76,9 +87,11 @@ def make_rule(spec: str, model: Model, **options) -> base.Rule:
       bp_lambda); options the rule does not take raise ValueError.
   """
   name, k = parse_rule_spec(spec)
-  factory, accepted = _PLAIN[name] if name in _PLAIN else _WITH_ARG[name][2:]
+  entry, accepted = _RULES[name], _OPTIONS[name]
   unknown = sorted(set(options) - set(accepted))
   if unknown:
     raise ValueError(f"rule {name!r} does not take option(s) {unknown}; it accepts "
                      f"{list(accepted) or 'none'}.")
-  return factory(model, k, **options)
+  if entry.arg is not None:
+    options[entry.arg] = k
+  return entry.factory(model, **options)

@@ -39,6 +39,7 @@ LSTM bias gradient (Q12)   doubled                                     not doubl
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import jax
@@ -48,10 +49,11 @@ from bplambda_jax import credit
 from bplambda_jax.model import Model, Synthesiser, linear_synthesiser, step_weights, validate_batch
 from bplambda_jax.model import objective
 from bplambda_jax.rules import _base as base
-from bplambda_jax.rules._bp_lambda._flavours import eprop_link, hc, state_link
+from bplambda_jax.rules._bp_lambda._flavours import context_zeros, eprop_link, hc, state_link
 from bplambda_jax.rules._bp_lambda._online import (BIAS_NAMES, CHECKS, BPLambdaState, Config,
-                                                   EpropLag, TDState, make_online)
+                                                   EpropLag, make_online)
 from bplambda_jax.rules._bp_lambda._sequence import make_sequence
+from bplambda_jax.rules._bp_lambda._trace_forms import TDState, trace_form
 from bplambda_jax.rules._from_sensitivity import scan_steps
 
 FLAVOURS = ("state", "eprop")
@@ -128,10 +130,91 @@ def bp_lambda(model: Model,
     coordinates) and 'td_error_norm' (mean over the batch of ‖δ‖ per TD step: [T], or [T+1] in
     the e-prop flavour, whose first is 0).
   """
+  cfg = _configure(model, synthesiser, lambda_=lambda_, gamma=gamma, sg_scale=sg_scale,
+                   flavour=flavour, sensitivity=sensitivity, mode=mode, faithful=faithful,
+                   clip_increments=clip_increments, readout_scale=readout_scale,
+                   bias_grad_scale=bias_grad_scale, trace=trace, trace_chunk=trace_chunk,
+                   trace_dtype=trace_dtype)
+  init_state_steps, step = make_online(cfg)
+  init = base.init_with_synthesiser(model, cfg.synthesiser, cfg.d_in, cfg.d_out)
+
+  def init_state(params, batch_size):
+    _check_params(params)
+    return init_state_steps(params, batch_size)
+
+  grads = _make_grads(cfg, mode, init_state_steps, step)
+  return base.Rule("bp_lambda", init, grads, cfg.defaults, mode, init_state, step, model=model)
+
+
+def _configure(model: Model, synthesiser: Optional[Synthesiser], *, lambda_, gamma, sg_scale,
+               flavour, sensitivity, mode, faithful, clip_increments, readout_scale,
+               bias_grad_scale, trace, trace_chunk, trace_dtype) -> Config:
+  """The rule's :class:`Config` from the factory's arguments, checked (ValueError naming one)."""
   cell = model.cell
   synthesiser = synthesiser or linear_synthesiser()
   if flavour is None:
     flavour = "eprop" if cell.lstm is not None else "state"
+  _check_choices(flavour=flavour, mode=mode, faithful=faithful,
+                 clip_increments=clip_increments, readout_scale=readout_scale,
+                 bias_grad_scale=bias_grad_scale)
+  base.check_unit_interval("lambda_", lambda_)
+  base.check_unit_interval("gamma", gamma)
+  base.check_nonnegative("sg_scale", sg_scale)
+  if clip_increments is None:
+    clip_increments = faithful
+  if readout_scale is not None and not faithful:
+    raise ValueError("readout_scale (the authors' κ, quirk Q14) applies only with "
+                     "faithful=True; the fixed convention uses the exact readout gradient.")
+  if bias_grad_scale is None:
+    bias_grad_scale = 2.0 if (faithful and cell.lstm is not None) else 1.0
+  elif bias_grad_scale != 1.0:
+    _check_has_biases(model)
+  if mode == "sequence" and clip_increments:
+    raise ValueError("mode='sequence' computes the summed update exactly and cannot apply "
+                     "per-step clipping (clip_increments=True, the faithful default, quirk Q7); "
+                     "use mode='online' or pass clip_increments=False.")
+  trace = _resolve_trace(trace, trace_chunk, synthesiser)
+  if flavour == "eprop" and cell.lstm is None:
+    raise ValueError(f"flavour='eprop' needs a cell with an LSTM cell-state path (Cell.lstm: "
+                     f"library lstm and columnar_lstm, flax LSTMCell and OptimizedLSTMCell); "
+                     f"cell {cell.name!r} has none. Use flavour='state'.")
+  sens = _sensitivity(cell, flavour, sensitivity, faithful, mode)
+  trace_dtype = _trace_dtype(trace_dtype)
+  hc_parts, link, d_in, d_out = _flavour_parts(cell, flavour, faithful)
+  structure = None
+  if trace in ("auto",) + credit.STRUCTURES and synthesiser.linear:
+    structure = credit.trace_structure(cell, flavour, link, want=trace)
+  chunk = 0
+  if structure is None and synthesiser.linear and trace in ("auto", "chunked"):
+    chunk = credit.DEFAULT_CHUNK if trace_chunk is None else trace_chunk
+  form = trace_form(synthesiser, link, d_in, d_out, input_size=model.input_size,
+                    structure=structure, chunk=chunk,
+                    context_zeros=functools.partial(context_zeros, flavour, cell, model.input_size))
+  return Config(
+      model=model, synthesiser=synthesiser, flavour=flavour, d_in=d_in, d_out=d_out, link=link,
+      hc=hc_parts, sens=sens, faithful=faithful, clip=bool(clip_increments),
+      readout_scale=1.0 if readout_scale is None else float(readout_scale),
+      bias_grad_scale=float(bias_grad_scale), structure=structure, trace=form,
+      trace_dtype=trace_dtype,
+      defaults=base.frozen({"lambda_": float(lambda_), "gamma": float(gamma),
+                            "sg_scale": float(sg_scale)}))
+
+
+def _flavour_parts(cell, flavour: str, faithful: bool):
+  """(hc, link, d_in, d_out): the faithful [h, c] pieces (or None), the flavour's link and ĝ's
+  sizes (state: n → n; e-prop: n → H)."""
+  n = cell.state_size
+  if flavour == "eprop":
+    return None, eprop_link(cell), n, cell.hidden_size
+  if faithful and cell.lstm is not None:  # the authors' [h, c] flavour (quirk Q1)
+    parts = hc(cell)
+    return parts, parts.link, n, n
+  return None, state_link(cell), n, n
+
+
+def _check_choices(*, flavour, mode, faithful, clip_increments, readout_scale,
+                   bias_grad_scale) -> None:
+  """ValueError for a flavour, mode, switch or scale out of range."""
   if flavour not in FLAVOURS:
     raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}.")
   if mode not in base.MODES:
@@ -144,106 +227,81 @@ def bp_lambda(model: Model,
     if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
                           or not np.isfinite(v) or v <= 0):
       raise ValueError(f"{name} must be None or a finite number > 0, got {v!r}.")
-  base.check_unit_interval("lambda_", lambda_)
-  base.check_unit_interval("gamma", gamma)
-  base.check_nonnegative("sg_scale", sg_scale)
-  if clip_increments is None:
-    clip_increments = faithful
-  if readout_scale is not None and not faithful:
-    raise ValueError("readout_scale (the authors' κ, quirk Q14) applies only with "
-                     "faithful=True; the fixed convention uses the exact readout gradient.")
-  readout_scale = 1.0 if readout_scale is None else float(readout_scale)
-  if bias_grad_scale is None:
-    bias_grad_scale = 2.0 if (faithful and cell.lstm is not None) else 1.0
-  elif bias_grad_scale != 1.0:
-    cell_params = jax.eval_shape(lambda: cell.init(jax.random.key(0), model.input_size))
-    names = {getattr(p[-1], "key", None) for p, _ in
-             jax.tree_util.tree_flatten_with_path(cell_params)[0]}
-    if not names & set(BIAS_NAMES):
-      raise ValueError(f"bias_grad_scale applies to bias leaves (named {BIAS_NAMES}); cell "
-                       f"{cell.name!r} has none.")
-  if mode == "sequence" and clip_increments:
-    raise ValueError("mode='sequence' computes the summed update exactly and cannot apply "
-                     "per-step clipping (clip_increments=True, the faithful default, quirk Q7); "
-                     "use mode='online' or pass clip_increments=False.")
-  trace = _resolve_trace(trace, trace_chunk, synthesiser)
-  if flavour == "eprop" and cell.lstm is None:
-    raise ValueError(f"flavour='eprop' needs a cell with an LSTM cell-state path (Cell.lstm: "
-                     f"library lstm and columnar_lstm, flax LSTMCell and OptimizedLSTMCell); "
-                     f"cell {cell.name!r} has none. Use flavour='state'.")
+
+
+def _check_has_biases(model: Model) -> None:
+  cell = model.cell
+  cell_params = jax.eval_shape(lambda: cell.init(jax.random.key(0), model.input_size))
+  names = {getattr(p[-1], "key", None) for p, _ in
+           jax.tree_util.tree_flatten_with_path(cell_params)[0]}
+  if not names & set(BIAS_NAMES):
+    raise ValueError(f"bias_grad_scale applies to bias leaves (named {BIAS_NAMES}); cell "
+                     f"{cell.name!r} has none.")
+
+
+def _sensitivity(cell, flavour, sensitivity, faithful, mode) -> credit.Sensitivity:
+  """The network's sensitivity (default by flavour), checked against the faithful [h, c] flavour
+  and the sequence mode."""
   if sensitivity is None:
     sensitivity = "eprop" if flavour == "eprop" else "immediate"
   sens = credit.get_sensitivity(sensitivity, cell)
-  use_hc = faithful and flavour == "state" and cell.lstm is not None
-  if use_hc and sens.name != "immediate":
+  if faithful and flavour == "state" and cell.lstm is not None and sens.name != "immediate":
     raise ValueError("the faithful LSTM [h, c] flavour uses the authors' local eligibilities "
                      f"(sensitivity='immediate'); got {sens.name!r}.")
   if mode == "sequence" and sens.reverse is None:
     raise ValueError(f"mode='sequence' needs a sensitivity with a reverse form; {sens.name!r} "
                      f"has none. Use mode='online'.")
-  if trace_dtype is not None:
-    try:
-      trace_dtype = np.dtype(trace_dtype)
-    except TypeError:
-      raise ValueError(f"trace_dtype must be a floating-point dtype, got {trace_dtype!r}.") from None
-    if not np.issubdtype(trace_dtype, np.floating) and trace_dtype != jax.numpy.bfloat16:
-      raise ValueError(f"trace_dtype must be a floating-point dtype, got {trace_dtype}.")
+  return sens
 
-  H, n = cell.hidden_size, cell.state_size
-  defaults = base.frozen({"lambda_": float(lambda_), "gamma": float(gamma),
-                          "sg_scale": float(sg_scale)})
-  hc_parts = hc(cell) if use_hc else None
-  if flavour == "state":
-    link, d_in, d_out = (hc_parts.link if use_hc else state_link(cell)), n, n
-  else:
-    link, d_in, d_out = eprop_link(cell), n, H
-  structure = None
-  if trace in ("auto",) + credit.STRUCTURES and synthesiser.linear:
-    structure = credit.trace_structure(cell, flavour, link, want=trace)
-  chunk = 0
-  if structure is None and synthesiser.linear and trace in ("auto", "chunked"):
-    chunk = credit.DEFAULT_CHUNK if trace_chunk is None else trace_chunk
-  cfg = Config(model, synthesiser, flavour, d_in, d_out, link, hc_parts, sens, faithful,
-               bool(clip_increments), readout_scale, float(bias_grad_scale), chunk, structure,
-               trace_dtype, defaults)
-  init_state_steps, step = make_online(cfg)
+
+def _trace_dtype(trace_dtype):
+  if trace_dtype is None:
+    return None
+  try:
+    trace_dtype = np.dtype(trace_dtype)
+  except TypeError:
+    raise ValueError(f"trace_dtype must be a floating-point dtype, got {trace_dtype!r}.") from None
+  if not np.issubdtype(trace_dtype, np.floating) and trace_dtype != jax.numpy.bfloat16:
+    raise ValueError(f"trace_dtype must be a floating-point dtype, got {trace_dtype}.")
+  return trace_dtype
+
+
+def _check_params(params):
+  if "synth" not in params:
+    raise ValueError("params has no 'synth' entry; build params with rule.init(key).")
+
+
+def _make_grads(cfg: Config, mode: str, init_state_steps, step):
+  """The rule's ``grads``: a scan of ``step`` (online) or the reverse recursion (sequence)."""
+  model, eprop = cfg.model, cfg.flavour == "eprop"
   sequence_grads = make_sequence(cfg)
-
-  init = base.init_with_synthesiser(model, synthesiser, d_in, d_out)
-
-  def init_state(params, batch_size):
-    _check_params(params)
-    return init_state_steps(params, batch_size)
-
-  def _check_params(params):
-    if "synth" not in params:
-      raise ValueError("params has no 'synth' entry; build params with rule.init(key).")
 
   def grads(params, batch, hparams=None):
     validate_batch(model, batch)
     _check_params(params)
     dtype = batch.x.dtype
-    hp = base.merge_hparams(defaults, hparams, CHECKS, dtype)
+    hp = base.merge_hparams(cfg.defaults, hparams, CHECKS, dtype)
     w = step_weights(batch.mask).astype(dtype)
     # the weight each step's loss gets: the objective's (fixed), or the raw mask with the
     # authors' hand derivative (faithful, whose 1/B and κ carry the scale)
-    weights = batch.mask.astype(dtype) if faithful else w
+    weights = batch.mask.astype(dtype) if cfg.faithful else w
     if mode == "sequence":
       return sequence_grads(params, batch, hp, weights, w)
     T, B = batch.x.shape[:2]
-    state0 = init_state_steps(params, B, steps=T + 1 if flavour == "eprop" else T)
+    state0 = init_state_steps(params, B, steps=T + 1 if eprop else T)
     acc, state, m = scan_steps(step, params, state0, batch, hp, weights,
                                base.zeros_like_tree(params))
     aux = {"loss": objective(w, m["example_loss"]), "learning_signal": m["learning_signal"],
            "td_error_norm": m["td_error_norm"]}
-    if flavour == "eprop":  # the signals are one step late; the last one is ℓ_{T−1} alone
+    if eprop:  # the signals are one step late; the last one is ℓ_{T−1} alone
+      H = model.cell.hidden_size
       last = jax.numpy.concatenate([state.lag.ell, jax.numpy.zeros_like(state.s[:, H:])], -1)
       aux["learning_signal"] = jax.numpy.concatenate([m["learning_signal"][1:], last[None]])
       aux["td_error_norm"] = jax.numpy.concatenate([m["td_error_norm"],
                                                     m["final_td_error_norm"][-1:]])
     return acc, aux
 
-  return base.Rule("bp_lambda", init, grads, defaults, mode, init_state, step, model=model)
+  return grads
 
 
 def _resolve_trace(trace, trace_chunk, synthesiser) -> str:

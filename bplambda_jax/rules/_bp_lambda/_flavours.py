@@ -14,6 +14,8 @@ by the dense trace (:func:`transition`).
   v·K_τ = (v·∂c_τ/∂h_{τ−1})⊙D_{τ−1} + v⊙f_τ, ctx_τ = (π_τ [3, H], f_τ, D_{τ−1}) with π the
   derivatives of c_τ with respect to the gate pre-activations, so v·∂c_τ/∂h_{τ−1} is one product
   with the recurrent weights (``LSTMParts.c_vjp``).
+
+Tested by tests/test_bp_lambda.py, tests/test_eprop_m.py and tests/test_reference_emulation.py.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ import jax
 import jax.numpy as jnp
 
 from bplambda_jax.model import Cell
+
+# a flavour's link context ctx_τ per example or batch: (s_{τ−1}, x_τ) or (π_τ, f_τ, D_{τ−1})
+Context = tuple[jax.Array, ...]
 
 
 def state_link(cell: Cell) -> Callable:
@@ -55,6 +60,16 @@ def eprop_q(cell: Cell) -> Callable:
     return lstm.c_vjp(cp, ctx[0] * v)
 
   return q
+
+
+def context_zeros(flavour: str, cell: Cell, input_size: int, batch_size: int, dtype) -> Context:
+  """A zero link context for a batch: (s [B, n], x [B, D_in]) in the state flavour,
+  (π [B, 3, H], f [B, H], D [B, H]) in the e-prop flavour."""
+  B, H = batch_size, cell.hidden_size
+  if flavour == "state":
+    return (jnp.zeros((B, cell.state_size), dtype), jnp.zeros((B, input_size), dtype))
+  zH = jnp.zeros((B, H), dtype)
+  return (jnp.zeros((B, 3, H), dtype), zH, zH)
 
 
 def transition(link: Callable, cp, ctx, d_out: int, dtype):
