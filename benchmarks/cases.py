@@ -9,8 +9,9 @@ Families (all float32):
 
 * ``seqmnist_lstm30_*``: LSTM 30 units, batch 50, T = 28 rows of 28 pixels in [0, 1], 10 classes
   (softmax cross-entropy on the last step only), Adam(0.9, 0.98, 1e-9) with learning rate 3e-4 for
-  every group (spec §8). BP(λ): e-prop flavour, λ = γ = 1, sg_scale = 0.1, no clipping. The data
-  are random with these shapes (not the MNIST digits: the cost does not depend on them).
+  every group (the authors' seqMNIST configuration). BP(λ): e-prop flavour, λ = γ = 1,
+  sg_scale = 0.1, no clipping. The data are random with these shapes (not the MNIST digits: the
+  cost does not depend on them).
 * ``copyrepeat_lstm100_*``: LSTM 100 units, batch 100, T = 40, 10 input bits, 9 outputs (BCE on
   every step), learning rates (1e-3, 1e-3, 1e-5). BP(λ): e-prop flavour, γ = 0.9, λ = 1,
   sg_scale = 1.
