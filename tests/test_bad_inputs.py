@@ -207,7 +207,10 @@ for _id in ("cli-unknown-task", "cli-seeds-not-int", "cli-unknown-rule", "cli-ru
             "cli-out-proc", "cli-resume-no-run",
             "cli-resume-and-overwrite", "cli-mnist-missing-path", "cli-toy-lambda-range",
             "cli-toy-lambdas-not-numbers", "cli-align-unknown-task", "cli-align-rule-missing-k",
-            "cli-unused-lambda", "cli-toy-duplicate-lambdas", "cli-align-synth-steps"):
+            "cli-unused-lambda", "cli-toy-duplicate-lambdas", "cli-align-synth-steps",
+            "cli-rule-unknown-option", "cli-rule-option-of-another-rule", "cli-rule-option-value",
+            "cli-rule-unbalanced", "cli-faithful-rule-without-it", "cli-old-flag-toy",
+            "cli-old-flag-align"):
   case(_id)(run_cli)
 
 

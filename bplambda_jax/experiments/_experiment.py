@@ -7,9 +7,10 @@ from typing import Optional, Sequence
 
 import jax
 
+from bplambda_jax._errors import ConfigError
 from bplambda_jax.experiments import _plots as plots
 from bplambda_jax.experiments import _results as results
-from bplambda_jax.experiments._config import RunConfig
+from bplambda_jax.experiments._config import RunConfig, split_rule_entry
 from bplambda_jax.experiments._runner import Interrupted, Run, RunError, train_one
 from bplambda_jax.experiments._runner import _stop_signals
 from bplambda_jax.experiments._setup import load_data, make_run_rule, make_setup
@@ -19,8 +20,8 @@ RESUMABLE_CHANGES = ("steps", "epochs")
 
 
 def runs_of(cfg: RunConfig) -> list[Run]:
-  """One :class:`Run` per rule spec of the config."""
-  return [Run(spec, spec, {}) for spec in cfg.rules]
+  """One :class:`Run` per rule of the config, labelled by its label or its spec as written."""
+  return [Run(*split_rule_entry(entry), {}) for entry in cfg.rules]
 
 
 def _check_resume(out: str, cfg: RunConfig, runs, log: results.MetricsLog) -> None:
@@ -105,7 +106,7 @@ def _missing_ancestors(path: str) -> list[str]:
 
 def _run_locked(config, out, runs, resume, progress, verbose):
   if config.dtype == "float64" and not jax.config.jax_enable_x64:
-    raise ValueError("config key 'dtype' = 'float64' needs 64-bit JAX, which is off: call "
+    raise ConfigError("config key 'dtype' = 'float64' needs 64-bit JAX, which is off: call "
                      "jax.config.update('jax_enable_x64', True) before any computation (the "
                      "bplambda command does so itself), or use dtype 'float32'.")
   # everything that can be checked is checked before anything is written or compiled
@@ -113,7 +114,7 @@ def _run_locked(config, out, runs, resume, progress, verbose):
   cfg = config.resolve(None if data is None else data.train.num_examples)
   runs = list(runs or runs_of(cfg))
   if len({r.label for r in runs}) != len(runs):
-    raise ValueError(f"two runs have the same label: {[r.label for r in runs]}.")
+    raise ConfigError(f"two runs have the same label: {[r.label for r in runs]}.")
   setup = make_setup(cfg, data, source)
   for r in runs:
     make_run_rule(cfg.replace(**r.changes), r.spec, setup.model)

@@ -13,9 +13,10 @@ import jax
 import jax.numpy as jnp
 
 from bplambda_jax import tasks
+from bplambda_jax._errors import ConfigError
 from bplambda_jax.experiments import _metrics
 from bplambda_jax.experiments import _task_metrics
-from bplambda_jax.experiments._config import RunConfig
+from bplambda_jax.experiments._config import RULE_KEYS, RunConfig
 from bplambda_jax.model import Model, make_model
 from bplambda_jax.rules import Rule, make_rule, parse_rule_spec, rule_options
 
@@ -147,22 +148,35 @@ def make_setup(cfg: RunConfig, data=None, source=None) -> Setup:
   return Setup(cfg, task, model, None, None, batch, None, None, evaluate, None, None)
 
 
-# The run's λ, γ and synthetic-gradient scale go to the rules that have them.
-_SHARED = {"bp_lambda": ("lambda_", "gamma", "sg_scale", "faithful"), "dni": ("sg_scale",)}
-
-
 def make_run_rule(cfg: RunConfig, spec: str, model: Model) -> Rule:
-  """The rule ``spec`` with the run's shared options and the resolved mode.
+  """The rule ``spec`` with the run's rule options and the resolved mode.
+
+  The run's config keys that are rule options (``_config.RULE_KEYS``: λ, γ, sg_scale, faithful)
+  go to the rule where its factory takes them and its spec does not set them; a numeric one (a
+  hyper-parameter) only where the rule, as its spec configures it, has that hyper-parameter
+  (``Rule.hparams``: DNI has γ only with bootstrap='gamma').
 
   ``mode='auto'`` takes the sequence mode wherever it gives the same numbers as the online mode
   (every rule with a reverse form, except BP(λ) with the authors' per-step clipping) and the
-  online mode otherwise; truncated BPTT, DNI and SnAp have no mode.
+  online mode otherwise; truncated BPTT, DNI and SnAp have no mode. A spec that sets its own mode
+  keeps it.
   """
-  name, _ = parse_rule_spec(spec)
-  options = {k: getattr(cfg, k) for k in _SHARED.get(name, ())}
+  written = parse_rule_spec(spec).options
+  keys = [k for k in RULE_KEYS if k in rule_options(spec) and k not in written]
+  flags = {k: getattr(cfg, k) for k in keys if isinstance(getattr(cfg, k), bool)}
+  hyper = [k for k in keys if k not in flags]
+  hparams = _with_mode(cfg, spec, model, flags).hparams if hyper else {}
+  options = {**flags, **{k: getattr(cfg, k) for k in hyper if k in hparams}}
+  return _with_mode(cfg, spec, model, options)
+
+
+def _with_mode(cfg: RunConfig, spec: str, model: Model, options: dict) -> Rule:
+  """``make_rule(spec, model, **options)`` in the run's mode (see :func:`make_run_rule`)."""
+  if "mode" in parse_rule_spec(spec).options:
+    return make_rule(spec, model, **options)
   if "mode" not in rule_options(spec):
     if cfg.mode == "sequence":
-      raise ValueError(f"rule {spec!r} has no sequence mode; use mode 'auto' or 'online'.")
+      raise ConfigError(f"rule {spec!r} has no sequence mode; use mode 'auto' or 'online'.")
     return make_rule(spec, model, **options)
   if cfg.mode != "auto":
     return make_rule(spec, model, mode=cfg.mode, **options)
