@@ -22,7 +22,7 @@ import traceback
 
 from bplambda_jax._errors import ConfigError
 from bplambda_jax.rules import RULE_NAMES
-from bplambda_jax.tasks import TASK_NAMES
+from bplambda_jax.experiments._tasks import RUN_TASKS
 
 EXIT_STOPPED = 1
 EXIT_ERROR = 2
@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
                      description="Train rules on a task into a results directory. Rules: "
                      + ", ".join(RULE_NAMES) + ". Config keys for --set and --config: see "
                      "--print-config.")
-  r.add_argument("task", choices=TASK_NAMES, help="the task")
+  r.add_argument("task", choices=sorted(RUN_TASKS), help="the task")
   r.add_argument("--rule", action="append", default=None, metavar="SPEC[,SPEC...]",
                  help="rules to compare, comma-separated or repeated (default: bp_lambda): a "
                  "name with options, e.g. 'bp_lambda(flavour=state, trace=dense, lambda_=0.9)', "

@@ -35,7 +35,7 @@ from typing import Optional
 from bplambda_jax._errors import ConfigError
 from bplambda_jax.model import CELLS
 from bplambda_jax.rules import parse_rule_spec, rule_options, rules_with_option
-from bplambda_jax.tasks import TASK_NAMES
+from bplambda_jax.experiments._tasks import RUN_TASKS, run_task
 from bplambda_jax.training import SEED_AXIS_CHOICES, Divergence
 
 MODES = ("auto", "online", "sequence")
@@ -47,7 +47,8 @@ class RunConfig:
   """One ``bplambda run``: a task, the rules to compare, seeds, budget and hyper-parameters.
 
   Attributes:
-    task: the task (``tasks.TASK_NAMES``).
+    task: the task (a registered :class:`~bplambda_jax.experiments.RunTask`: the paper's are
+      ``tasks.TASK_NAMES``).
     rules: the rules to compare, each trained with its own seeds: rule specs with their options
       and an optional label ('bp_lambda', 'tbptt:3', 'bp_lambda(flavour=state, lambda_=0.9)',
       'fast=dni:3(bootstrap=gamma)'; ``bplambda_jax.rules.make_rule``), or, in a JSON file,
@@ -183,10 +184,10 @@ class RunConfig:
       if key not in user and values.get(key) is not None:
         values[key] = -(-values[key] // values["chunk"]) * values["chunk"]
     cfg = RunConfig.from_dict(values)
-    if cfg.task.startswith("seqmnist"):
+    if run_task(cfg.task).load is not None:  # a budget in epochs of the training split
       if train_examples is None:
-        raise ConfigError("resolving a sequential MNIST config needs train_examples (the size "
-                         "of the training split).")
+        raise ConfigError(f"resolving a {cfg.task} config needs train_examples (the size of "
+                          f"the training split).")
       if cfg.batch_size > train_examples:
         raise ConfigError(f"config key 'batch_size' = {cfg.batch_size} exceeds the "
                          f"{train_examples:,} examples of the training split; accepted: an "
@@ -313,10 +314,25 @@ def _check_used(c: RunConfig):
                         f"add such a rule.")
 
 
+def _check_task_keys(c: RunConfig):
+  """ConfigError for a task key (``RunTask.keys``) set for another task, or a batch larger than
+  the task's data can give."""
+  own = run_task(c.task)
+  for key in dict.fromkeys(k for t in RUN_TASKS.values() for k in t.keys):
+    if getattr(c, key) is not None and key not in own.keys:
+      takers = [t.name for t in RUN_TASKS.values() if key in t.keys]
+      names = takers[0] if len(takers) == 1 else ", ".join(takers[:-1]) + " and " + takers[-1]
+      raise ConfigError(f"config key {key!r} applies to {names}, not {c.task!r}"
+                        + ("; use 'steps'." if key == "epochs" else "."))
+  limit = own.max_batch_size
+  if limit is not None and c.batch_size is not None and c.batch_size > limit:
+    raise ConfigError(f"config key 'batch_size' = {c.batch_size} exceeds the {limit:,} "
+                      f"examples of the task's largest training split; accepted: an integer in "
+                      f"[1, {limit}] (and at most the training split's size).")
+
+
 def _check_values(c: RunConfig):
-  if c.task not in TASK_NAMES:
-    raise ConfigError(f"config key 'task' = {c.task!r} is not a task; accepted: "
-                     f"{', '.join(TASK_NAMES)}.")
+  run_task(c.task)
   if not c.rules:
     raise ConfigError("config key 'rules' must name at least one rule.")
   labels = [split_rule_entry(e)[0] for e in c.rules]
@@ -343,27 +359,9 @@ def _check_values(c: RunConfig):
          "one of " + ", ".join(SEED_AXIS_CHOICES))
   _range("dtype", c.dtype, lambda v: v in DTYPES, "one of " + ", ".join(DTYPES))
   _range("cell", c.cell, lambda v: v in CELLS, "one of " + ", ".join(sorted(CELLS)))
-  if c.epochs is not None and not c.task.startswith("seqmnist"):
-    raise ConfigError(f"config key 'epochs' applies to the sequential MNIST tasks only (task "
-                     f"{c.task!r} generates its data); use 'steps'.")
-  if (c.task.startswith("seqmnist") and c.batch_size is not None
-      and c.batch_size > MAX_MNIST_TRAIN):
-    raise ConfigError(f"config key 'batch_size' = {c.batch_size} exceeds the {MAX_MNIST_TRAIN:,} "
-                     f"images of the largest MNIST training split; accepted: an integer in "
-                     f"[1, {MAX_MNIST_TRAIN}] (and at most the training split's size).")
+  _check_task_keys(c)
   if c.epochs is not None and c.steps is not None:
     raise ConfigError("config keys 'steps' and 'epochs' exclude each other; give one.")
-  if c.seq_len is not None and c.task not in ("toy", "plastic-toy", "line-draw"):
-    raise ConfigError(f"config key 'seq_len' applies to toy, plastic-toy and line-draw, not "
-                     f"{c.task!r}.")
-  if c.max_n is not None and c.task != "copy-repeat":
-    raise ConfigError(f"config key 'max_n' applies to copy-repeat only, not {c.task!r}.")
-  for key in ("pattern_length", "repeats"):
-    if getattr(c, key) is not None and c.task != "copy":
-      raise ConfigError(f"config key {key!r} applies to the copy task only, not {c.task!r}.")
-  if (c.data_dir or c.data_path) and not c.task.startswith("seqmnist"):
-    raise ConfigError(f"config keys 'data_dir' and 'data_path' apply to the sequential MNIST "
-                     f"tasks only, not {c.task!r}.")
   for name in ("eval_every", "checkpoint_every"):
     v = getattr(c, name)
     if v is not None and c.chunk is not None and v % c.chunk:
@@ -373,41 +371,14 @@ def _check_values(c: RunConfig):
 
 DEFAULT_EPOCHS = 50
 MAX_SEED = 2**63 - 1  # jax.random.key takes a 64-bit seed
-MAX_MNIST_TRAIN = 48_000  # 60,000 training images less the validation fifth
-_SEQMNIST = dict(cell="lstm", hidden_size=30, batch_size=50, lr_cell=3e-4, lr_readout=3e-4,
-                 lr_synth=3e-4, gamma=0.9, sg_scale=0.1, chunk=96)
-
-PRESETS = {
-    "toy": dict(cell="linear", hidden_size=30, batch_size=10, seq_len=10, lr_cell=0.0,
-                lr_readout=0.0, lr_synth=1e-3, gamma=1.0, sg_scale=1.0, steps=10_000,
-                eval_every=100, chunk=100),
-    "plastic-toy": dict(cell="linear", hidden_size=30, batch_size=10, seq_len=10, lr_cell=1e-4,
-                        lr_readout=1e-4, lr_synth=1e-3, gamma=1.0, sg_scale=1.0, steps=10_000,
-                        eval_every=100, chunk=100),
-    "line-draw": dict(cell="lstm", hidden_size=30, batch_size=10, seq_len=10, lr_cell=1e-3,
-                      lr_readout=1e-3, lr_synth=1e-3, gamma=0.9, sg_scale=0.5, steps=5_000,
-                      eval_every=500, chunk=100),
-    "copy-repeat": dict(cell="lstm", hidden_size=100, batch_size=100, max_n=10, lr_cell=1e-3,
-                        lr_readout=1e-3, lr_synth=1e-5, gamma=0.9, sg_scale=1.0, steps=150_000,
-                        eval_every=1000, chunk=100),
-    "copy": dict(cell="lstm", hidden_size=64, batch_size=16, pattern_length=48, repeats=1,
-                 lr_cell=1e-3, lr_readout=1e-3, lr_synth=1e-4, gamma=0.9, sg_scale=1.0,
-                 steps=5_000, eval_every=500, chunk=100),
-    "seqmnist-row": _SEQMNIST,
-    "seqmnist-pixel": _SEQMNIST,
-    "seqmnist-permuted": _SEQMNIST,
-}
-FAITHFUL_PRESETS = {"toy": dict(lr_synth=1e-4, steps=1_000)}
+PRESETS = {name: t.paper_preset() for name, t in RUN_TASKS.items()}  # the paper's tasks
+FAITHFUL_PRESETS = {name: dict(t.faithful) for name, t in RUN_TASKS.items() if t.faithful}
 
 
 def preset(task: str, faithful: bool = False) -> dict:
   """The preset values of a task (see the module docstring)."""
-  if task not in PRESETS:
-    raise ConfigError(f"task must be one of {', '.join(TASK_NAMES)}, got {task!r}.")
-  values = dict(PRESETS[task])
-  if faithful:
-    values.update(FAITHFUL_PRESETS.get(task, {}))
-  return values
+  t = run_task(task)
+  return {**t.paper_preset(), **(t.faithful if faithful else {})}
 
 
 def parse_set(config: RunConfig, *assignments: str) -> RunConfig:

@@ -14,6 +14,7 @@ from bplambda_jax.experiments._config import RunConfig, split_rule_entry
 from bplambda_jax.experiments._runner import Interrupted, Run, RunError, train_one
 from bplambda_jax.experiments._runner import _stop_signals
 from bplambda_jax.experiments._setup import load_data, make_run_rule, make_setup
+from bplambda_jax.experiments._tasks import run_task
 
 # config keys a resumed run may change (extending its budget)
 RESUMABLE_CHANGES = ("steps", "epochs")
@@ -135,10 +136,7 @@ def _run_locked(config, out, runs, resume, progress, verbose):
       summary["rules"][r.label] = train_one(cfg, setup, r, out, log, resume=resume,
                                             progress=progress, stop=stop)
       results.write_json(path, summary)
-  figures = {"toy": ("alignment", "loss"), "plastic-toy": ("alignment", "loss"),
-             "line-draw": ("loss", "eval_loss"), "copy-repeat": ("bits", "level"),
-             "copy": ("bits", "eval_loss", "accuracy")}.get(
-                 cfg.task, ("loss", "accuracy"))
+  figures = run_task(cfg.task).figures
   notes = {}
   if cfg.lr_cell == 0 and cfg.lr_readout == 0:
     notes["loss"] = notes["bits"] = ("the network is fixed (lr_cell = lr_readout = 0), so its loss "
