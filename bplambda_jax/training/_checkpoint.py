@@ -99,7 +99,7 @@ class Checkpointer:
     fallback = (f"delete {os.path.join(self.directory, str(step))} to fall back on checkpoint "
                 f"{max(earlier)}" if earlier else "start the run again")
     return ConfigError(f"checkpoint {step} in {self.directory} cannot be read: it is damaged or "
-                      f"incomplete ({type(error).__name__}: {detail}); {fallback}.")
+                       f"incomplete ({type(error).__name__}: {detail}); {fallback}.")
 
   def check(self, step: int, template) -> None:
     """ValueError naming the first leaf where checkpoint ``step`` differs from ``template``."""
@@ -117,18 +117,18 @@ class Checkpointer:
       name = name_of(path)
       if name not in got:
         raise ConfigError(f"checkpoint {step} in {self.directory} has no leaf {name} (the run "
-                         f"expects {w.dtype}{list(w.shape)}); it was written by another run "
-                         f"configuration.")
+                          f"expects {w.dtype}{list(w.shape)}); it was written by another run "
+                          f"configuration.")
       g = got[name]
       if tuple(g.shape) != tuple(w.shape) or np.dtype(g.dtype) != np.dtype(w.dtype):
         raise ConfigError(f"checkpoint {step} in {self.directory}: leaf {name} is "
-                         f"{np.dtype(g.dtype)}{list(g.shape)} but the run expects "
-                         f"{np.dtype(w.dtype)}{list(w.shape)}; it was written by another run "
-                         f"configuration.")
+                          f"{np.dtype(g.dtype)}{list(g.shape)} but the run expects "
+                          f"{np.dtype(w.dtype)}{list(w.shape)}; it was written by another run "
+                          f"configuration.")
     extra = sorted(set(got) - {name_of(p) for p, _ in want_leaves})
     if extra:
       raise ConfigError(f"checkpoint {step} in {self.directory} has leaves the run does not "
-                       f"expect: {extra[:5]}; it was written by another run configuration.")
+                        f"expect: {extra[:5]}; it was written by another run configuration.")
 
   def restore(self, step: int, template) -> tuple[Any, dict]:
     """(state, meta) of checkpoint ``step``, checked against ``template`` (see :meth:`check`)."""
