@@ -304,9 +304,9 @@ def _check_used(c: RunConfig):
       spec = lacking[0]
       raise ConfigError(
           f"config key {key!r} is an option of {owners}, and rule {spec!r} "
-          + (f"sets it itself" if key in rule_options(spec) else
+          + ("sets it itself" if key in rule_options(spec) else
              f"does not take it (its options: {list(rule_options(spec)) or 'none'})")
-          + f"; remove the key, or set it per rule, e.g. "
+          + "; remove the key, or set it per rule, e.g. "
           f"'{rules_with_option(key)[0].partition(':')[0]}({key}=true)'.")
     if not takers:
       raise ConfigError(f"config key {key!r} is an option of {owners}, and none of the rules "

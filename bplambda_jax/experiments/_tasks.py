@@ -50,7 +50,8 @@ class RunTask(NamedTuple):
   Attributes:
     name: the task's name (``bplambda run NAME``).
     describe: ``describe(config) -> tasks.Task``: shapes, loss, metrics and the paper's cell,
-      hidden size and batch size, for the config's task keys.
+      hidden size and batch size, for the config's task keys (``describe(None)``: the task's
+      defaults, which give the preset's model size).
     preset: the run's preset values beyond the paper's model size (learning rates, γ, sg_scale,
       budget, ``eval_every``, ``chunk``, and the defaults of the task's own keys).
     build: ``build(config, task, model, data) -> Parts`` for a resolved config.
