@@ -63,21 +63,30 @@ def integer(name: str, value: Any, *, minimum: Optional[int] = None,
 
 
 def number(name: str, value: Any, *, minimum: float = -math.inf, maximum: float = math.inf,
+           above: Optional[float] = None, below: Optional[float] = None,
            what: Optional[str] = None) -> float:
   """``value`` as a float; ValueError naming ``name`` unless it is a finite number in
-  [minimum, maximum] (see the module docstring)."""
+  [minimum, maximum] (see the module docstring), and, where given, strictly greater than
+  ``above`` and strictly less than ``below``."""
   v = _scalar(value, "if")
   if what is None:
     bounds = ([f">= {minimum:g}"] if minimum > -math.inf else []) + (
-        [f"<= {maximum:g}"] if maximum < math.inf else [])
+        [f"> {above:g}"] if above is not None else []) + (
+        [f"<= {maximum:g}"] if maximum < math.inf else []) + (
+        [f"< {below:g}"] if below is not None else [])
     what = "a finite number" + (" " + " and ".join(bounds) if bounds else "")
-  if v is None or not math.isfinite(v) or not minimum <= v <= maximum:
+  if (v is None or not math.isfinite(v) or not minimum <= v <= maximum
+      or (above is not None and not v > above) or (below is not None and not v < below)):
     raise ValueError(f"{name} must be {what}, got {_describe(value)}{_traced_hint(value)}.")
   return float(v)
 
 
-def flag(name: str, value: Any) -> bool:
-  """``value`` as a bool; ValueError naming ``name`` unless it is True or False."""
+def flag(name: str, value: Any, *, allow_none: bool = False) -> Optional[bool]:
+  """``value`` as a bool; ValueError naming ``name`` unless it is True or False (or None, with
+  ``allow_none``)."""
+  if allow_none and value is None:
+    return None
   if not isinstance(value, (bool, np.bool_)):
-    raise ValueError(f"{name} must be True or False, got {_describe(value)}.")
+    accepted = "None, True or False" if allow_none else "True or False"
+    raise ValueError(f"{name} must be {accepted}, got {_describe(value)}.")
   return bool(value)

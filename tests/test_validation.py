@@ -2,11 +2,13 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import bplambda_jax as bl
 from bplambda_jax import bp_lambda, bptt, make_rule
 from bplambda_jax import credit as sensitivity
+from bplambda_jax import tasks
 from bplambda_jax import model as cells
 from bplambda_jax import model as synthesisers
 from bplambda_jax.model import get_loss, make_model
@@ -278,3 +280,54 @@ def test_eprop_sensitivity_needs_a_split():
 def test_from_flax_rejects_non_cells():
   with pytest.raises(TypeError, match=r"from_flax expects a flax\.linen recurrent cell"):
     cells.from_flax(object())
+
+
+# ----------------------------------------------------------------------------- integers and flags
+# One rule everywhere (bplambda_jax._validation): a bool is not an integer, a numpy integer is.
+
+
+def _integer_arguments():
+  """(label, call taking the value) for integer arguments across the layers."""
+  lstm = lambda: bl.make_model("lstm", "mse", 3, 2, hidden_size=4)
+  key = jax.random.key(0)
+  return [
+      ("tasks.toy_batch batch_size", lambda v: tasks.toy_batch(batch_size=v)),
+      ("tasks.toy_model hidden_size", lambda v: tasks.toy_model(hidden_size=v)),
+      ("tasks.line_draw_batch batch_size", lambda v: tasks.line_draw_batch(key, v, npoints=3)),
+      ("tasks.mnist_permutation perm_seed", lambda v: tasks.mnist_permutation(v)),
+      ("tasks.curriculum_step batch_size",
+       lambda v: tasks.curriculum_step(lambda s, b: (s, {}), batch_size=v, max_len=20)),
+      ("make_model hidden_size", lambda v: bl.make_model("lstm", "mse", 3, 2, hidden_size=v)),
+      ("mlp_synthesiser hidden_layers",
+       lambda v: bl.model.mlp_synthesiser(hidden_layers=v, hidden_size=4)),
+      ("tbptt n", lambda v: bl.tbptt(lstm(), v)),
+      ("credit.snap n", lambda v: bl.credit.snap(lstm().cell, v)),
+      ("credit.eprop_m m", lambda v: bl.credit.eprop_m(lstm().cell, v)),
+      ("training.seed_mesh batch_axis", lambda v: bl.training.seed_mesh(batch_axis=v)),
+  ]
+
+
+def _ids(x):
+  return x if isinstance(x, str) else ""
+
+
+@pytest.mark.parametrize("label,call", _integer_arguments(), ids=_ids)
+def test_integers_refuse_bool_and_accept_numpy(label, call):
+  name = label.split()[-1]
+  with pytest.raises(ValueError, match=rf"{name}.* must be .*got True"):
+    call(True)
+  call(np.int64(1))  # a numpy integer is an integer
+
+
+@pytest.mark.parametrize("label,call", [
+    ("linear_synthesiser bias", lambda v: bl.model.linear_synthesiser(bias=v)),
+    ("mlp_synthesiser train_last_only",
+     lambda v: bl.model.mlp_synthesiser(1, 4, train_last_only=v)),
+    ("seed_mesh pad", lambda v: bl.training.shard_seeds(lambda k: k, bl.training.seed_mesh(),
+                                                       pad=v)),
+], ids=_ids)
+def test_flags_refuse_integers(label, call):
+  name = label.split()[-1]
+  with pytest.raises(ValueError, match=rf"{name} must be True or False, got 1"):
+    call(1)
+  call(np.bool_(True))

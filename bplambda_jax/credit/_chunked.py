@@ -41,6 +41,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from bplambda_jax import _validation
 from bplambda_jax import kernels
 
 DEFAULT_CHUNK = 64
@@ -82,8 +83,7 @@ def chunked_init(ctx, d: int, n: int, *, bias: bool, chunk: int, steps: Optional
       no fold ever happens and E⁰ is not stored. None: unbounded (streaming), E⁰ is stored.
     dtype: float dtype of the trace.
   """
-  if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
-    raise ValueError(f"chunk must be an int >= 1, got {chunk!r}.")
+  chunk = _validation.integer("chunk", chunk, minimum=1, what="an int >= 1")
   L = chunk if steps is None else min(chunk, steps)
   n_cols = n + int(bias)
   leaves = jax.tree.leaves(ctx)

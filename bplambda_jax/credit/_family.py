@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bplambda_jax import _validation
 from bplambda_jax.credit._jacobians import (explicit_jacobian, immediate_credit,
                                             immediate_jacobian, implicit_jacobian, implicit_vjp,
                                             require_split, state_jacobian, state_vjp)
@@ -21,9 +22,7 @@ from bplambda_jax.model import Cell
 
 
 def _check_int(name, value, minimum):
-  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-  return int(value)
+  return _validation.integer(name, value, minimum=minimum, what=f"an integer >= {minimum}")
 
 
 def _vjp_reverse(vjp: Callable) -> Reverse:

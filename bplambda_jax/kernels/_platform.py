@@ -28,6 +28,8 @@ import jax.numpy as jnp
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as pltriton
 
+from bplambda_jax import _validation
+
 IMPLS = ("pallas", "xla")
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 GPU_PLATFORMS = ("cuda", "rocm")
@@ -113,8 +115,7 @@ def note_fallback(kernel: str, platform: str, shape: tuple, reason: str, *, forc
 
 def check_interpret(interpret):
   """ValueError unless ``interpret`` is None, True or False."""
-  if interpret is not None and not isinstance(interpret, bool):
-    raise ValueError(f"interpret must be None, True or False, got {interpret!r}.")
+  _validation.flag("interpret", interpret, allow_none=True)
 
 
 def select_impl(backend: Optional[str] = None, dtype: Any = None) -> str:

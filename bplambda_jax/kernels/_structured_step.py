@@ -58,6 +58,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from bplambda_jax import _validation
 from bplambda_jax.kernels import _platform
 from bplambda_jax.kernels._platform import IMPLS, check_impl, check_interpret, dispatch
 
@@ -382,7 +383,7 @@ def _run_fused_jvp(pattern, tiles, primals, tangents):
 
 
 def _check_block(name, value):
-  if not isinstance(value, int) or isinstance(value, bool) or value < 1 or value & (value - 1):
+  if _validation.integer(name, value, minimum=1, what="a positive power of two") & (value - 1):
     raise ValueError(f"{name} must be a positive power of two, got {value!r}.")
 
 

@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from bplambda_jax import _validation
 from bplambda_jax.kernels import _platform
 from bplambda_jax.kernels._platform import check_impl, check_interpret, dispatch
 
@@ -107,10 +108,9 @@ def _float_dtype(*args):
 
 
 def _check_block_p(block_p):
-  if not isinstance(block_p, int) or isinstance(block_p, bool) or block_p < 1 or (
-      block_p & (block_p - 1)):
-    raise ValueError(f"block_p must be a positive power of two (a multiple of 128 on TPU), got "
-                     f"{block_p!r}.")
+  what = "a positive power of two (a multiple of 128 on TPU)"
+  if _validation.integer("block_p", block_p, minimum=1, what=what) & (block_p - 1):
+    raise ValueError(f"block_p must be {what}, got {block_p!r}.")
 
 
 # --------------------------------------------------------------------------------- references

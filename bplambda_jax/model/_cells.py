@@ -51,6 +51,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bplambda_jax import _validation
+
 Params = Any
 Array = jax.Array
 
@@ -153,9 +155,7 @@ class Cell(NamedTuple):
 
 def check_size(name: str, value: Any) -> int:
   """``value`` as an int; ValueError naming ``name`` unless it is a positive integer (not bool)."""
-  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-    raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-  return int(value)
+  return _validation.integer(name, value, minimum=1)
 
 
 def float_dtype(dtype=None, name: str = "dtype"):

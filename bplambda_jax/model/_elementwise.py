@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bplambda_jax import _validation
 from bplambda_jax.model._cells import (_ACTIVATIONS, Cell, _uniform, _weight_units, check_size,
                                        columnar_lstm, float_dtype, gru, linear_rnn, lstm,
                                        tanh_rnn, zeros_state)
@@ -25,9 +26,7 @@ LRU_ACTIVATIONS = {**_ACTIVATIONS, "gelu": jax.nn.gelu}
 
 
 def _check_radius(name, value):
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-    raise ValueError(f"{name} must be a number in (0, 1), got {value!r}.")
-  return float(value)
+  return _validation.number(name, value, above=0.0, below=1.0, what="a number in (0, 1)")
 
 
 def lru(hidden_size: int, activation: str = "gelu", *, r_min: float = 0.9,

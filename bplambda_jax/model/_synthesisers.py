@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bplambda_jax import _validation
 from bplambda_jax.model._cells import check_size, float_dtype
 
 Params = Any
@@ -47,8 +48,7 @@ def linear_synthesiser(bias: bool = True) -> Synthesiser:
   Args:
     bias: whether ĝ has the bias β.
   """
-  if not isinstance(bias, bool):
-    raise ValueError(f"bias must be True or False, got {bias!r}.")
+  bias = _validation.flag("bias", bias)
 
   def init(key, d_in, d_out, dtype=None):
     del key
@@ -80,13 +80,12 @@ def mlp_synthesiser(hidden_layers: int, hidden_size: int, train_last_only: bool 
     train_last_only: keep the hidden layers frozen at init ("random features").
     bias: use biases in every layer.
   """
-  if isinstance(hidden_layers, bool) or not isinstance(hidden_layers, int) or hidden_layers < 1:
-    raise ValueError(f"hidden_layers must be an integer >= 1 (use linear_synthesiser() for 0), "
-                     f"got {hidden_layers!r}.")
+  hidden_layers = _validation.integer(
+      "hidden_layers", hidden_layers, minimum=1,
+      what="an integer >= 1 (use linear_synthesiser() for 0)")
   check_size("hidden_size", hidden_size)
-  for name, v in (("train_last_only", train_last_only), ("bias", bias)):
-    if not isinstance(v, bool):
-      raise ValueError(f"{name} must be True or False, got {v!r}.")
+  train_last_only = _validation.flag("train_last_only", train_last_only)
+  bias = _validation.flag("bias", bias)
 
   def init(key, d_in, d_out, dtype=None):
     check_size("d_in", d_in)

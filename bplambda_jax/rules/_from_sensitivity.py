@@ -39,6 +39,7 @@ from typing import Any, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from bplambda_jax import _validation
 from bplambda_jax import credit
 from bplambda_jax.model import Batch, Model, objective, step_weights, validate_batch
 from bplambda_jax.rules import _base as base
@@ -61,9 +62,7 @@ class OnlineState(NamedTuple):
 
 
 def check_batch_size(batch_size) -> int:
-  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-    raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-  return batch_size
+  return _validation.integer("batch_size", batch_size, minimum=1)
 
 
 def param_dtype(params):

@@ -26,8 +26,8 @@ from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from bplambda_jax import _validation
 from bplambda_jax.model import Batch, Model, step_weights, validate_batch
 from bplambda_jax.rules import _base as base
 from bplambda_jax.rules._from_sensitivity import check_batch_size
@@ -47,9 +47,7 @@ class ChunkState(NamedTuple):
 
 def check_chunk_length(n) -> int:
   """Return n as an int; raise ValueError unless it is a positive integer."""
-  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-    raise ValueError(f"n (the truncation length) must be a positive integer, got {n!r}.")
-  return int(n)
+  return _validation.integer("n (the truncation length)", n, minimum=1)
 
 
 def chunk_vjp(model: Model, net, s_start: jax.Array, x, y, w):

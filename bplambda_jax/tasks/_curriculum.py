@@ -38,6 +38,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from bplambda_jax import _validation
 from bplambda_jax.model import Batch
 from bplambda_jax.tasks._copy_repeat import copy_repeat_batch, next_level, seq_len
 
@@ -65,16 +66,12 @@ class CurriculumState(NamedTuple):
 
 
 def _check_max_len(max_len) -> int:
-  if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < seq_len(1, 1):
-    raise ValueError(f"max_len must be an integer >= {seq_len(1, 1)} (the length of level "
-                     f"(1, 1)), got {max_len!r}.")
-  return max_len
+  return _validation.integer("max_len", max_len, minimum=seq_len(1, 1),
+                             what=f"an integer >= {seq_len(1, 1)} (the length of level (1, 1))")
 
 
 def _check_batch_size(batch_size) -> int:
-  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-    raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-  return batch_size
+  return _validation.integer("batch_size", batch_size, minimum=1)
 
 
 def curriculum_init() -> CurriculumState:

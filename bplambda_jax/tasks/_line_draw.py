@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bplambda_jax import _validation
 from bplambda_jax.model import Batch
 
 OUTPUT_SIZE = 2
@@ -34,9 +35,7 @@ MAX_CODE_BITS = 20
 
 
 def _positive_int(name, value, minimum=1):
-  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-  return value
+  return _validation.integer(name, value, minimum=minimum, what=f"an integer >= {minimum}")
 
 
 def line_draw_codes(npoints: int, input_size: int = 10) -> np.ndarray:
@@ -91,10 +90,8 @@ def line_draw_batch(key, batch_size: int = 10, seq_len: int = 10, *, npoints: in
   """
   _positive_int("batch_size", batch_size)
   _positive_int("seq_len", seq_len, 2)
-  if not (isinstance(radius, (int, float)) and 0 < radius < float("inf")):
-    raise ValueError(f"radius must be a finite number > 0, got {radius!r}.")
-  if not (isinstance(noise, (int, float)) and 0 <= noise < float("inf")):
-    raise ValueError(f"noise must be a finite number >= 0, got {noise!r}.")
+  radius = _validation.number("radius", radius, above=0.0)
+  noise = _validation.number("noise", noise, minimum=0.0)
   line_draw_codes(npoints, input_size)  # validates npoints and input_size
   dtype = jnp.dtype(dtype or jnp.result_type(float))
   return _line_draw(key, batch_size, seq_len, npoints, input_size, float(radius), float(noise),

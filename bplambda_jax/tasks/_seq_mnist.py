@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bplambda_jax import _validation
 from bplambda_jax.model import Batch
 from bplambda_jax.tasks import _mnist_sources as sources
 from bplambda_jax.tasks._mnist_sources import MnistSource
@@ -115,8 +116,7 @@ def load_mnist(path=None, *, data_dir=None, source: str = "auto", seed: int = 0,
       IDX magic number, images not 28 × 28, image and label counts that differ, labels outside
       0 … 9; or a bad argument.
   """
-  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-    raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+  seed = _validation.integer("seed", seed, minimum=0, what="a non-negative integer")
   name, location, arrays = sources.read_source(path, data_dir, source)
   train, val, test, reduced = sources.split_arrays(name, arrays, int(seed))
   record = MnistSource(name, location, len(train[1]), len(val[1]), len(test[1]), reduced,
@@ -135,8 +135,7 @@ def _check_layout(layout: str):
 
 def mnist_permutation(seed: int = 0) -> np.ndarray:
   """The fixed pixel order of the permuted layout: a permutation of 0 … 783 drawn from ``seed``."""
-  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-    raise ValueError(f"perm_seed must be a non-negative integer, got {seed!r}.")
+  seed = _validation.integer("perm_seed", seed, minimum=0, what="a non-negative integer")
   return np.random.default_rng(int(seed)).permutation(28 * 28).astype(np.int32)
 
 
@@ -198,9 +197,8 @@ def _batch(data: SeqMnist, idx, valid, layout, perm_seed, dtype) -> Batch:
 
 
 def _check_batch_size(batch_size, n):
-  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= n:
-    raise ValueError(f"batch_size must be an integer in [1, {n}] (the split's size), got "
-                     f"{batch_size!r}.")
+  return _validation.integer("batch_size", batch_size, minimum=1, maximum=n,
+                             what=f"an integer in [1, {n}] (the split's size)")
 
 
 def _check_index(index, limit, what):
@@ -245,8 +243,7 @@ def mnist_eval_batch(data: SeqMnist, index, batch_size: int, layout: str = "row"
   """
   _check_layout(layout)
   n = data.num_examples
-  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-    raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+  batch_size = _validation.integer("batch_size", batch_size, minimum=1)
   _check_index(index, mnist_num_batches(data, batch_size, padded=True), "evaluation batches")
   positions = index * batch_size + jnp.arange(batch_size)
   valid = positions < n
@@ -256,8 +253,7 @@ def mnist_eval_batch(data: SeqMnist, index, batch_size: int, layout: str = "row"
 def mnist_num_batches(data: SeqMnist, batch_size: int, *, padded: bool = False) -> int:
   """Batches per epoch: ⌊N/B⌋ for training (:func:`mnist_batch`), ⌈N/B⌉ with ``padded``
   (:func:`mnist_eval_batch`)."""
-  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-    raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+  batch_size = _validation.integer("batch_size", batch_size, minimum=1)
   n = data.num_examples
   return -(-n // batch_size) if padded else n // batch_size
 

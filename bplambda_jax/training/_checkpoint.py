@@ -29,6 +29,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from bplambda_jax import _validation
 from bplambda_jax._errors import ConfigError
 
 
@@ -68,8 +69,7 @@ class Checkpointer:
   """
 
   def __init__(self, directory: str, max_to_keep: int = 3):
-    if isinstance(max_to_keep, bool) or not isinstance(max_to_keep, int) or max_to_keep < 1:
-      raise ValueError(f"max_to_keep must be a positive integer, got {max_to_keep!r}.")
+    max_to_keep = _validation.integer("max_to_keep", max_to_keep, minimum=1)
     # a local path is made absolute; a URL (gs://...) is left as it is for orbax
     self.directory = directory if "://" in str(directory) else os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)

@@ -44,6 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from bplambda_jax import _validation
+
 SEED_AXIS = "seed"
 BATCH_AXIS = "batch"
 
@@ -65,9 +67,7 @@ def seed_mesh(devices: Optional[Sequence[Any]] = None, batch_axis: int = 1) -> M
     ValueError: if ``batch_axis`` is not a positive integer, ``devices`` is empty, or the
       device count is not a multiple of ``batch_axis``.
   """
-  if (isinstance(batch_axis, bool) or not isinstance(batch_axis, (int, np.integer))
-      or batch_axis < 1):
-    raise ValueError(f"batch_axis must be a positive integer, got {batch_axis!r}.")
+  batch_axis = _validation.integer("batch_axis", batch_axis, minimum=1)
   devices = list(jax.devices() if devices is None else devices)
   n = len(devices)
   if n == 0:
@@ -106,8 +106,7 @@ def shard_seeds(fn: Callable, mesh: Mesh, *, pad: bool = False) -> Callable:
   """
   if not callable(fn):
     raise ValueError(f"fn must be callable, got {fn!r}.")
-  if not isinstance(pad, bool):
-    raise ValueError(f"pad must be True or False, got {pad!r}.")
+  pad = _validation.flag("pad", pad)
   sharding = seed_sharding(mesh)
   n_seed = mesh.shape[SEED_AXIS]
   # spmd_axis_name: sharding constraints inside fn (constrain_batch) keep the seed axis split.

@@ -35,6 +35,7 @@ stays at its last good value). ``step`` and ``run`` called outside ``jit`` then 
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -90,21 +91,8 @@ class Stream(NamedTuple):
   run: Callable[..., tuple]
 
 
-def stream(rule: Rule, opt: optax.GradientTransformation, *, every: Optional[int] = 1,
-           synth_sgd: Optional[float] = None, checked: bool = True,
-           divergence: Optional[guards.Divergence] = guards.Divergence()) -> Stream:
-  """A streaming driver for an online rule.
-
-  Args:
-    rule: a rule with a step-level protocol (every online rule, truncated BPTT, DNI).
-    opt: the optimiser, e.g. :func:`bplambda_jax.training.optimiser`.
-    every: apply ``opt`` after this many steps (chunks); None: only at the last step of each
-      sequence. A sequence's last step always applies it.
-    synth_sgd: per-step SGD rate on the synthesiser (the authors' ``alpha_learning``), a finite
-      number >= 0, or None.
-    checked: check every step on device (see the module docstring); False opts out.
-    divergence: the divergence limits (see :func:`bplambda_jax.training.make_update`).
-  """
+def _check_arguments(rule, every, synth_sgd, checked, divergence):
+  """The stream's arguments checked: (checked, divergence, every, synth_sgd)."""
   if rule.step is None or rule.init_state is None:
     raise ValueError(f"rule {rule.name!r} has no step-level protocol (it needs whole sequences); "
                      f"use training.make_update.")
@@ -120,6 +108,33 @@ def stream(rule: Rule, opt: optax.GradientTransformation, *, every: Optional[int
       raise ValueError(f"synth_sgd is per-step learning of a BP(λ) synthesiser; rule "
                        f"{rule.name!r} has none.")
     synth_sgd = _validation.number("synth_sgd", synth_sgd, minimum=0.0)
+  return bool(checked), divergence, every, synth_sgd
+
+
+def _apply(opt, args):
+  """One optimiser update with the accumulated gradients; the accumulator restarts at zero."""
+  params, opt_state, acc = args
+  updates, opt_state = opt.update(acc, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state, jax.tree.map(jnp.zeros_like, acc)
+
+
+def stream(rule: Rule, opt: optax.GradientTransformation, *, every: Optional[int] = 1,
+           synth_sgd: Optional[float] = None, checked: bool = True,
+           divergence: Optional[guards.Divergence] = guards.Divergence()) -> Stream:
+  """A streaming driver for an online rule.
+
+  Args:
+    rule: a rule with a step-level protocol (every online rule, truncated BPTT, DNI).
+    opt: the optimiser, e.g. :func:`bplambda_jax.training.optimiser`.
+    every: apply ``opt`` after this many steps (chunks); None: only at the last step of each
+      sequence. A sequence's last step always applies it.
+    synth_sgd: per-step SGD rate on the synthesiser (the authors' ``alpha_learning``), a finite
+      number >= 0, or None.
+    checked: check every step on device (see the module docstring); False opts out.
+    divergence: the divergence limits (see :func:`bplambda_jax.training.make_update`).
+  """
+  checked, divergence, every, synth_sgd = _check_arguments(rule, every, synth_sgd, checked,
+                                                          divergence)
   kw = {} if synth_sgd is None else {"synth_sgd": synth_sgd}
 
   def init(params, batch_size):
@@ -162,13 +177,7 @@ def stream(rule: Rule, opt: optax.GradientTransformation, *, every: Optional[int
     acc = jax.tree.map(lambda a, g: a + g.astype(a.dtype), state.acc, grads)
     count = state.count + 1
     do = jnp.asarray(last) if every is None else (count >= every) | jnp.asarray(last)
-
-    def apply(args):
-      p, o, a = args
-      upd, o = opt.update(a, o, p)
-      return optax.apply_updates(p, upd), o, jax.tree.map(jnp.zeros_like, a)
-
-    params, opt_state, acc = jax.lax.cond(do, apply, lambda args: args,
+    params, opt_state, acc = jax.lax.cond(do, functools.partial(_apply, opt), lambda args: args,
                                           (params, state.opt_state, acc))
     fresh = rule.init_state(params, x_t.shape[-2])  # B: x_t is [B, D_in] or a chunk [n, B, D_in]
     rule_state = jax.tree.map(lambda f, r: jnp.where(last, f, r), fresh, rule_state)

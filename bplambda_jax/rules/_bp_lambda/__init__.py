@@ -45,6 +45,7 @@ from typing import Optional
 import jax
 import numpy as np
 
+from bplambda_jax import _validation
 from bplambda_jax import credit
 from bplambda_jax.model import Model, Synthesiser, linear_synthesiser, step_weights, validate_batch
 from bplambda_jax.model import objective
@@ -219,14 +220,11 @@ def _check_choices(*, flavour, mode, faithful, clip_increments, readout_scale,
     raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}.")
   if mode not in base.MODES:
     raise ValueError(f"mode must be one of {base.MODES}, got {mode!r}.")
-  if not isinstance(faithful, bool):
-    raise ValueError(f"faithful must be True or False, got {faithful!r}.")
-  if clip_increments is not None and not isinstance(clip_increments, bool):
-    raise ValueError(f"clip_increments must be None, True or False, got {clip_increments!r}.")
+  _validation.flag("faithful", faithful)
+  _validation.flag("clip_increments", clip_increments, allow_none=True)
   for name, v in (("readout_scale", readout_scale), ("bias_grad_scale", bias_grad_scale)):
-    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
-                          or not np.isfinite(v) or v <= 0):
-      raise ValueError(f"{name} must be None or a finite number > 0, got {v!r}.")
+    if v is not None:
+      _validation.number(name, v, above=0.0, what="None or a finite number > 0")
 
 
 def _check_has_biases(model: Model) -> None:
@@ -309,9 +307,8 @@ def _resolve_trace(trace, trace_chunk, synthesiser) -> str:
   if trace not in TRACES:
     raise ValueError(f"trace must be one of {TRACES}, got {trace!r}.")
   if trace_chunk is not None:
-    if not isinstance(trace_chunk, int) or isinstance(trace_chunk, bool) or trace_chunk < 0:
-      raise ValueError(f"trace_chunk must be None or an int >= 0 (0: dense trace), got "
-                       f"{trace_chunk!r}.")
+    trace_chunk = _validation.integer("trace_chunk", trace_chunk, minimum=0,
+                                      what="None or an int >= 0 (0: dense trace)")
     if trace == "auto":
       trace = "chunked" if trace_chunk else "dense"
     elif trace != ("chunked" if trace_chunk else "dense"):
