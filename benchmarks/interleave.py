@@ -101,7 +101,8 @@ def main(argv: Optional[list] = None) -> int:
   wall, cpu = interleave(calls, args.rounds, args.calls)
   load1 = harness.loadavg()
   for row, w, c in zip(rows, wall, cpu):
-    others = ", ".join(n for n in names if n != row["name"])
+    others = [n for n in names if n != row["name"]]
+    others = ", ".join(others) if len(others) <= 3 else f"{len(others)} other rows ({names[0]}, …)"
     note = (f"timed interleaved with {others} (python -m benchmarks.interleave: {args.rounds} "
             f"rounds of {args.calls} calls, order reversed every other round; load average "
             f"{load0:.1f} at the start, {load1:.1f} at the end; CPU seconds per call "
