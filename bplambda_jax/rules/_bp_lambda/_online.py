@@ -320,10 +320,10 @@ def eprop_flush(eng: Engine, params, state: BPLambdaState, hp):
   cfg, lag = eng.cfg, state.lag
   cp = params["cell"]
   pi, f, _ = jax.vmap(cfg.model.cell.lstm.c_partials, in_axes=(None, 0, 0))(cp, lag.s, lag.x)
-  zeros = TDResult(state.td, params["synth"]["train"],
-                   base.zeros_like_tree(params["synth"]["train"]), state.td.g,
-                   jnp.zeros((), lag.x.dtype))
-  fin = _eprop_final(eng, hp, params, state, zeros, base.zeros_like_tree(cp), (pi, f), True,
+  theta = params["synth"]["train"]  # no per-step SGD on θ within grads
+  before = TDResult(state.td, theta, base.zeros_like_tree(theta), state.td.g,
+                    jnp.zeros((), lag.x.dtype))
+  fin = _eprop_final(eng, hp, params, state, before, base.zeros_like_tree(cp), (pi, f), True,
                      None)
   B = state.s.shape[0]
   grads = {
