@@ -23,7 +23,9 @@ row *interleaved*, in the same process:
 
 Per row: the median of each side, ``ratio`` = new median / old median, ``pair_ratio`` = the
 median of the per-pair ratios (each pair ran within seconds, so it is the least sensitive to load
-drift), and both sides' compile time and peak bytes. Rows are written to ``--json`` after every
+drift), ``cpu_ratio`` = the same ratio of the process's CPU seconds per call (the wall time of a
+call on a machine shared with other jobs also counts the time it waited for a core), and both
+sides' compile time and peak bytes. Rows are written to ``--json`` after every
 case. ``--table FILE`` prints the markdown table of a results file. This script is a tool, not a
 module: nothing imports it.
 """
@@ -122,12 +124,25 @@ def _log(s: str) -> None:
   print(s, flush=True)
 
 
+def _run_new(case, repeats, timer):
+  return harness.Runner(repeats=repeats, log=_log, timer=timer).run_case(case)
+
+
 def load_sides(tree: str, workdir: str) -> tuple[Side, Side]:
-  """The old side (the copied tree, its harness timed through a patched ``_timed_calls``, the
-  only way in without changing its code) and the new side (``harness.Runner``'s ``timer``)."""
+  """The old side and the new side (``harness.Runner``'s ``timer``). An old tree with the same
+  harness API (``benchmarks/harness.py``'s ``Runner(timer=...)``) is timed like the new side;
+  an older one (its Runner in ``benchmarks/run.py``) through a patched ``_timed_calls``, the only
+  way in without changing its code."""
   copy_old_tree(tree, workdir)
   sys.path.insert(0, workdir)
   old_cases = importlib.import_module("benchmarks" + OLD_SUFFIX + ".cases")
+  if os.path.isfile(os.path.join(tree, "benchmarks", "harness.py")):
+    old_harness = importlib.import_module("benchmarks" + OLD_SUFFIX + ".harness")
+
+    def run_old_harness(case, repeats, timer):
+      return old_harness.Runner(repeats=repeats, log=_log, timer=timer).run_case(case)
+
+    return Side("old", old_cases, run_old_harness), Side("new", cases_lib, _run_new)
   old_run = importlib.import_module("benchmarks" + OLD_SUFFIX + ".run")
 
   def run_old(case, repeats, timer):
@@ -138,24 +153,24 @@ def load_sides(tree: str, workdir: str) -> tuple[Side, Side]:
     finally:
       old_run._timed_calls = original
 
-  def run_new(case, repeats, timer):
-    return harness.Runner(repeats=repeats, log=_log, timer=timer).run_case(case)
-
-  return Side("old", old_cases, run_old), Side("new", cases_lib, run_new)
+  return Side("old", old_cases, run_old), Side("new", cases_lib, _run_new)
 
 
 # ------------------------------------------------------------------------------ timing
 
 
-def alternate(calls: list[Callable], pairs: int) -> list[list[float]]:
-  """Seconds of ``pairs`` rounds of calls, each round calling every closure once in order."""
+def alternate(calls: list[Callable], pairs: int) -> tuple[list[list[float]], list[list[float]]]:
+  """(wall seconds, CPU seconds of this process) of ``pairs`` rounds of calls, each round
+  calling every closure once in order."""
   times = [[] for _ in calls]
+  cpu = [[] for _ in calls]
   for _ in range(pairs):
     for i, call in enumerate(calls):
-      t0 = time.perf_counter()
+      t0, c0 = time.perf_counter(), time.process_time()
       jax.block_until_ready(call())
       times[i].append(time.perf_counter() - t0)
-  return times
+      cpu[i].append(time.process_time() - c0)
+  return times, cpu
 
 
 def compare_case(name: str, old: Side, new: Side, old_case, new_case, args) -> dict:
@@ -184,8 +199,12 @@ def compare_case(name: str, old: Side, new: Side, old_case, new_case, args) -> d
     pairs = min(args.repeats, args.slow_repeats)
     row["note"] = (f"{pairs} pairs instead of {args.repeats}: one call ≈ {slowest:.3g} s "
                    f"(> {args.slow_s:g} s)")
-  old_t, new_t = alternate([old_call, new_call], pairs)
+  (old_t, new_t), (old_c, new_c) = alternate([old_call, new_call], pairs)
   del old_call, new_call
+  # CPU seconds of this process per call: on a machine shared with other jobs the wall time
+  # also counts the time the call waited for a core, the CPU time mostly does not.
+  row.update(old_cpu_median_s=statistics.median(old_c), new_cpu_median_s=statistics.median(new_c))
+  row["cpu_ratio"] = row["new_cpu_median_s"] / row["old_cpu_median_s"]
   row.update(repeats=pairs, old_times=old_t, new_times=new_t,
              old_median_s=statistics.median(old_t), new_median_s=statistics.median(new_t),
              old_min_s=min(old_t), new_min_s=min(new_t))
@@ -202,18 +221,19 @@ def compare_case(name: str, old: Side, new: Side, old_case, new_case, args) -> d
 
 def table(result: dict, threshold: float = 1.15) -> str:
   """Markdown: one line per compared row (ratio = new/old medians; pair = median pair ratio)."""
-  out = ["| case | old median s | new median s | new/old | pair ratio | min ratio | pairs | "
-         "load | note |", "|" + "---|" * 9]
+  out = ["| case | old median s | new median s | new/old | pair ratio | min ratio | CPU ratio | "
+         "pairs | load | note |", "|" + "---|" * 10]
   for r in result["rows"]:
     if r["status"] != "ok":
-      out.append(f"| {r['name']} | – | – | – | – | – | – | – | **{r['status']}**: "
+      out.append(f"| {r['name']} | – | – | – | – | – | – | – | – | **{r['status']}**: "
                  f"{r['note']} |".replace("\n", " "))
       continue
     flag = "**" if r["ratio"] > threshold else ""
     load = f"{r['loadavg_start']:.1f}" if r["loadavg_start"] is not None else "–"
+    cpu = f"{r['cpu_ratio']:.2f}" if r.get("cpu_ratio") is not None else "–"  # older files: none
     out.append(f"| {r['name']} | {r['old_median_s']:.4g} | {r['new_median_s']:.4g} | "
                f"{flag}{r['ratio']:.2f}{flag} | {r['pair_ratio']:.2f} | {r['min_ratio']:.2f} | "
-               f"{r['repeats']} | {load} | {r['note']} |")
+               f"{cpu} | {r['repeats']} | {load} | {r['note']} |")
   return "\n".join(out)
 
 

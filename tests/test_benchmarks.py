@@ -208,6 +208,32 @@ def test_list_and_only(capsys, tmp_path):
   assert [c.name for c in cases_lib.select(["seeds4_loop"], with_refs=False)] == ["seeds4_loop"]
 
 
+def test_interleave_times_rows_together(tmp_path, capsys):
+  """benchmarks.interleave: rows in the suite's format, timed in the same rounds, ratio_to_bptt
+  from the interleaved medians, rendered by --table; bad arguments are refused."""
+  from benchmarks import interleave
+  from benchmarks import profile_row
+  out = tmp_path / "rows.json"
+  names = ["scale_h32_t28_bptt", "scale_h32_t28_bplambda_sequence"]
+  assert interleave.main([",".join(names), "--tiny", "--rounds", "2", "--calls", "1", "--json",
+                          str(out)]) == 0
+  rows = json.loads(out.read_text())
+  assert [r["name"] for r in rows] == names
+  for r in rows:
+    harness.check_row(r)
+    assert r["repeats"] == 2 and r["min_s"] <= r["median_s"] <= r["max_s"]
+    assert "timed interleaved with" in r["note"] and "CPU seconds per call" in r["note"]
+  assert rows[1]["ratio_to_bptt"] == pytest.approx(rows[1]["median_s"] / rows[0]["median_s"])
+  assert run.main(["--table", str(out)]) == 0
+  assert "| scale_h32_t28_bplambda_sequence |" in capsys.readouterr().out
+  with pytest.raises(SystemExit, match="at least two distinct rows"):
+    interleave.main(["scale_h32_t28_bptt", "--tiny"])
+  with pytest.raises(SystemExit, match="unknown case"):
+    interleave.main(["scale_h32_t28_bptt,no_such_case", "--tiny"])
+  with pytest.raises(SystemExit, match="not an update row"):
+    profile_row.main(["floor_matmul"])
+
+
 def test_bad_arguments(tmp_path):
   with pytest.raises(SystemExit, match="unknown case"):
     run.main(["--only", "no_such_case", "--tiny", "--json", str(tmp_path / "x.json")])

@@ -136,14 +136,14 @@ def bp_lambda(model: Model,
                    clip_increments=clip_increments, readout_scale=readout_scale,
                    bias_grad_scale=bias_grad_scale, trace=trace, trace_chunk=trace_chunk,
                    trace_dtype=trace_dtype)
-  init_state_steps, step = make_online(cfg)
+  init_state_steps, step, flush = make_online(cfg)
   init = base.init_with_synthesiser(model, cfg.synthesiser, cfg.d_in, cfg.d_out)
 
   def init_state(params, batch_size):
     _check_params(params)
     return init_state_steps(params, batch_size)
 
-  grads = _make_grads(cfg, mode, init_state_steps, step)
+  grads = _make_grads(cfg, mode, init_state_steps, step, flush)
   return base.Rule("bp_lambda", init, grads, cfg.defaults, mode, init_state, step, model=model)
 
 
@@ -269,8 +269,10 @@ def _check_params(params):
     raise ValueError("params has no 'synth' entry; build params with rule.init(key).")
 
 
-def _make_grads(cfg: Config, mode: str, init_state_steps, step):
-  """The rule's ``grads``: a scan of ``step`` (online) or the reverse recursion (sequence)."""
+def _make_grads(cfg: Config, mode: str, init_state_steps, step, flush):
+  """The rule's ``grads``: a scan of ``step`` (online) or the reverse recursion (sequence). In
+  the e-prop flavour the scan takes every step with ``last=False`` and ``flush`` ends the
+  sequence after it (the numbers of a last step taken with ``last=True``)."""
   model, eprop = cfg.model, cfg.flavour == "eprop"
   sequence_grads = make_sequence(cfg)
 
@@ -287,8 +289,14 @@ def _make_grads(cfg: Config, mode: str, init_state_steps, step):
       return sequence_grads(params, batch, hp, weights, w)
     T, B = batch.x.shape[:2]
     state0 = init_state_steps(params, B, steps=T + 1 if eprop else T)
-    acc, state, m = scan_steps(step, params, state0, batch, hp, weights,
-                               base.zeros_like_tree(params))
+    acc0 = base.zeros_like_tree(params)
+    if eprop:
+      acc, state, m = _scan_all(step, params, state0, batch, hp, weights, acc0)
+      g, state, final_norm = flush(params, state, hp)
+      acc = base.add_trees(acc, g)
+      m["final_td_error_norm"] = m["final_td_error_norm"].at[-1].set(final_norm)
+    else:
+      acc, state, m = scan_steps(step, params, state0, batch, hp, weights, acc0)
     aux = {"loss": objective(w, m["example_loss"]), "learning_signal": m["learning_signal"],
            "td_error_norm": m["td_error_norm"]}
     if eprop:  # the signals are one step late; the last one is ℓ_{T−1} alone
@@ -300,6 +308,17 @@ def _make_grads(cfg: Config, mode: str, init_state_steps, step):
     return acc, aux
 
   return grads
+
+
+def _scan_all(step, params, state, batch, hparams, weights, acc0):
+  """Σ_t of ``step`` over every step of a batch with ``last=False``: (grads, state, metrics)."""
+  def body(carry, inp):
+    st, acc = carry
+    g, st, met = step(params, st, *inp, hparams, last=False)
+    return (st, base.add_trees(acc, g)), met
+
+  (state, acc), metrics = jax.lax.scan(body, (state, acc0), (batch.x, batch.y, weights))
+  return acc, state, metrics
 
 
 def _resolve_trace(trace, trace_chunk, synthesiser) -> str:

@@ -305,6 +305,38 @@ def _eprop_final(eng: Engine, hp, params, new: BPLambdaState, r: TDResult, cell_
   return jax.lax.cond(last, flush, no_flush, (r.td, r.theta))
 
 
+def eprop_flush(eng: Engine, params, state: BPLambdaState, hp):
+  """The e-prop flavour's end of a sequence after ``state``, the state of a step taken with
+  ``last=False`` at its last step: that step's :func:`_eprop_final` part, on its own.
+
+  ``step(..., last=True)`` equals ``step(..., last=False)`` followed by this (the grads add up;
+  the TD state is this one's). The online ``grads`` runs every step in its scan and this once
+  after it, so the credit for s_{T−1} reads Z_{T−1} from the scan's result: taken at the last step
+  itself, XLA:CPU fuses Z_{T−1}'s update into that credit's reduction, several times slower than
+  the two apart.
+
+  Returns (grads, state, final_td_error_norm).
+  """
+  cfg, lag = eng.cfg, state.lag
+  cp = params["cell"]
+  pi, f, _ = jax.vmap(cfg.model.cell.lstm.c_partials, in_axes=(None, 0, 0))(cp, lag.s, lag.x)
+  theta = params["synth"]["train"]  # no per-step SGD on θ within grads
+  before = TDResult(state.td, theta, base.zeros_like_tree(theta), state.td.g,
+                    jnp.zeros((), lag.x.dtype))
+  fin = _eprop_final(eng, hp, params, state, before, base.zeros_like_tree(cp), (pi, f), True,
+                     None)
+  B = state.s.shape[0]
+  grads = {
+      "cell": jax.tree.map(lambda a, p_: a.astype(p_.dtype), network_grads(cfg, fin.credit, B),
+                           cp),
+      "readout": base.zeros_like_tree(params["readout"]),
+      "synth": {"train": jax.tree.map(jnp.negative, fin.inc),
+                "frozen": base.zeros_like_tree(params["synth"]["frozen"])},
+  }
+  new = state._replace(td=jax.tree.map(lambda a, b: a.astype(b.dtype), fin.td, state.td))
+  return grads, new, fin.delta_norm
+
+
 def _outputs(cfg: Config, params, state, new: BPLambdaState, cell_sum, synth_inc, dy, loss,
              mask_t, ls, metrics):
   """(grads_t, state, metrics_t) of a step: descent directions in the parameters' dtypes."""
@@ -342,7 +374,8 @@ def init_state(eng: Engine, params, batch_size, steps: Optional[int] = None) -> 
 
 
 def make_online(cfg: Config):
-  """(init_state, step) of the online mode: the flavour's step chosen once."""
+  """(init_state, step, flush) of the online mode: the flavour's step chosen once; ``flush``
+  is :func:`eprop_flush` in the e-prop flavour, None in the state flavour."""
   cell = cfg.model.cell
   eng = Engine(cfg, jax.vmap(cell.step, in_axes=(None, 0, 0)),
                jax.vmap(cfg.link, in_axes=(None, 0, 0)),
@@ -378,7 +411,13 @@ def make_online(cfg: Config):
       base.check_nonnegative("synth_sgd", synth_sgd)
     return flavour_step(eng, params, state, x_t, y_t, mask_t, hp, last, synth_sgd)
 
-  return functools.partial(init_state, eng), step
+  flush = None
+  if cfg.flavour == "eprop":
+    def flush(params, state, hparams=None):
+      return eprop_flush(eng, params, state, base.merge_hparams(cfg.defaults, hparams, CHECKS,
+                                                               state.s.dtype))
+
+  return functools.partial(init_state, eng), step, flush
 
 
 CHECKS = {"lambda_": base.check_unit_interval, "gamma": base.check_unit_interval,
