@@ -32,6 +32,7 @@ from bplambda_jax.training._train import init_state
 from bplambda_jax.training._train import make_update
 from bplambda_jax.training._train import optimiser
 from bplambda_jax.training._train import run
+from bplambda_jax.training._train import set_learning_rates
 from bplambda_jax.training._train import sweep
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "raise_if_failed",
     "resolve_seed_axis",
     "run",
+    "set_learning_rates",
     "save_checkpoint",
     "seed_mesh",
     "seed_sharding",
