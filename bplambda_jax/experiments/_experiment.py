@@ -10,17 +10,22 @@ import jax
 from bplambda_jax.experiments import _plots as plots
 from bplambda_jax.experiments import _results as results
 from bplambda_jax.experiments._config import RunConfig
-from bplambda_jax.experiments._runner import Interrupted, Run, RunError, train_one
+from bplambda_jax.experiments import _grid
+from bplambda_jax.experiments._runner import Interrupted, Run, RunError, group_config
+from bplambda_jax.experiments._runner import group_rule, group_runs, train_group
 from bplambda_jax.experiments._runner import _stop_signals
-from bplambda_jax.experiments._setup import load_data, make_run_rule, make_setup
+from bplambda_jax.experiments._setup import load_data, make_setup
 
 # config keys a resumed run may change (extending its budget)
 RESUMABLE_CHANGES = ("steps", "epochs")
 
 
 def runs_of(cfg: RunConfig) -> list[Run]:
-  """One :class:`Run` per rule spec of the config."""
-  return [Run(spec, spec, {}) for spec in cfg.rules]
+  """One :class:`Run` per rule spec of the config, and per point of its grid."""
+  if cfg.grid is None:
+    return [Run(spec, spec, {}) for spec in cfg.rules]
+  return [Run(_grid.label(spec, point), spec, point) for spec in cfg.rules
+          for point in _grid.points(cfg.grid)]
 
 
 def _check_resume(out: str, cfg: RunConfig, runs, log: results.MetricsLog) -> None:
@@ -47,16 +52,20 @@ def _check_resume(out: str, cfg: RunConfig, runs, log: results.MetricsLog) -> No
           f">= {done} to continue or extend it, or use --overwrite or another --out.")
 
 
-def run(config: RunConfig, out: str, *, runs: Optional[Sequence[Run]] = None,
-        resume: bool = False, overwrite: bool = False, progress: bool = True,
-        verbose: bool = True) -> dict:
+def run(config: RunConfig, out: str, *, grid: Optional[dict] = None,
+        runs: Optional[Sequence[Run]] = None, resume: bool = False, overwrite: bool = False,
+        progress: bool = True, verbose: bool = True) -> dict:
   """Train every rule of ``config`` (each with its seeds) into the results directory ``out``.
 
   Args:
     config: the run config (resolved here from the task's presets).
     out: the results directory (see :mod:`bplambda_jax.experiments._results`).
-    runs: what to compare (default: one run per rule spec of the config; ``bplambda toy`` passes
-      one run per λ).
+    grid: a hyper-parameter grid {key: [values]} (replaces ``config.grid``): every rule at every
+      point, the points of one rule and structural configuration in one compiled program (see
+      :mod:`bplambda_jax.experiments._grid`); the summary gains ``'grid'`` (per point and the
+      best point) and a figure per grid axis.
+    runs: what to compare (default: one run per rule spec of the config and grid point). Runs
+      of one rule spec that differ only in traced hyper-parameters share one compiled program.
     resume: continue the run in ``out`` from its checkpoints: finished rules are kept; with a
       larger ``steps`` than the run was made for, every rule is extended to it (to the numbers of
       an uninterrupted run of that budget) and config.json is rewritten; a ``steps`` smaller
@@ -76,6 +85,8 @@ def run(config: RunConfig, out: str, *, runs: Optional[Sequence[Run]] = None,
       checkpointed.
     Interrupted: SIGINT or SIGTERM; a checkpoint was saved.
   """
+  if grid is not None:
+    config = config.replace(grid=grid)
   new = _missing_ancestors(out)  # the directories this run creates, innermost first
   out, lock = results.prepare(out, resume=resume, overwrite=overwrite)
   try:
@@ -111,12 +122,17 @@ def _run_locked(config, out, runs, resume, progress, verbose):
   # everything that can be checked is checked before anything is written or compiled
   data, source = load_data(config, verbose=verbose)
   cfg = config.resolve(None if data is None else data.train.num_examples)
+  if runs is not None and cfg.grid is not None:
+    raise ValueError("give a grid or explicit runs, not both (a grid makes the runs).")
   runs = list(runs or runs_of(cfg))
   if len({r.label for r in runs}) != len(runs):
     raise ValueError(f"two runs have the same label: {[r.label for r in runs]}.")
-  setup = make_setup(cfg, data, source)
   for r in runs:
-    make_run_rule(cfg.replace(**r.changes), r.spec, setup.model)
+    cfg.replace(**r.changes)  # every value checked
+  groups = [(group, make_setup(group_config(cfg, group), data, source))
+            for group in group_runs(runs)]
+  for group, setup in groups:
+    group_rule(cfg, setup, group)  # a traced key that a rule does not take: refused here
   log_path = os.path.join(out, "metrics.jsonl")
   if resume:
     _check_resume(out, cfg, runs, results.MetricsLog(log_path))
@@ -128,12 +144,16 @@ def _run_locked(config, out, runs, resume, progress, verbose):
       "task": cfg.task, "data": source, "rules": {}}
   summary["provenance"] = results.provenance()
   with _stop_signals() as stop:
-    for r in runs:
-      if summary["rules"].get(r.label, {}).get("budget") == cfg.steps:
+    for group, setup in groups:
+      if all(summary["rules"].get(r.label, {}).get("budget") == cfg.steps for r in group):
         continue  # finished before: never recomputed, never lost
-      summary["rules"][r.label] = train_one(cfg, setup, r, out, log, resume=resume,
-                                            progress=progress, stop=stop)
+      summary["rules"].update(train_group(cfg, setup, group, out, log, resume=resume,
+                                          progress=progress, stop=stop))
       results.write_json(path, summary)
+  written = []
+  if cfg.grid is not None:
+    summary["grid"] = _grid.summarize(cfg.grid, runs, summary, groups[0][1].task.score)
+    written = plots.plot_grid(out, summary["grid"], f"{cfg.task}: grid")
   figures = {"toy": ("alignment", "loss"), "plastic-toy": ("alignment", "loss"),
              "line-draw": ("loss", "eval_loss"), "copy-repeat": ("bits", "level"),
              "copy": ("bits", "eval_loss", "accuracy")}.get(
@@ -142,7 +162,7 @@ def _run_locked(config, out, runs, resume, progress, verbose):
   if cfg.lr_cell == 0 and cfg.lr_readout == 0:
     notes["loss"] = notes["bits"] = ("the network is fixed (lr_cell = lr_readout = 0), so its loss "
                                      "cannot change; only the synthesiser learns")
-  summary["figures"] = [os.path.basename(p) for p in plots.plot(
+  summary["figures"] = [os.path.basename(p) for p in written + plots.plot(
       out, log.lines(), figures, f"{cfg.task}: {', '.join(r.label for r in runs)}", notes)]
   results.write_json(path, summary)
   return summary
