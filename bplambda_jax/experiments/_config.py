@@ -380,6 +380,7 @@ def parse_grid(*assignments: str) -> dict:
       raise ValueError(f"--grid expects key=v1,v2,..., got {assignment!r}.")
     if key in grid:
       raise ValueError(f"--grid names {key!r} twice; give its values in one --grid.")
+    _grid.check_key(key, _HINTS)
     grid[key] = [_parse_assignment(f"{key}={v}", "--grid")[1] for v in text.split(",")
                  if v.strip()]
   return grid

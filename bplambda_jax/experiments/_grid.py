@@ -52,14 +52,7 @@ def check_grid(grid, accepted_keys) -> dict:
                      f"{grid!r}.")
   out = {}
   for key, values in grid.items():
-    if key not in accepted_keys:
-      raise ValueError(f"grid key {key!r} is not a config key; a grid axis is a traced "
-                       f"hyper-parameter ({', '.join(TRACED)}) or a structural key "
-                       f"({', '.join(STRUCTURAL)}).")
-    if key not in TRACED + STRUCTURAL:
-      raise ValueError(f"grid key {key!r} cannot be a grid axis: it is neither a traced "
-                       f"hyper-parameter ({', '.join(TRACED)}) nor a structural key "
-                       f"({', '.join(STRUCTURAL)}).")
+    check_key(key, accepted_keys)
     if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
       raise ValueError(f"grid key {key!r} needs a list of values, got {values!r}.")
     if not values:
@@ -68,6 +61,18 @@ def check_grid(grid, accepted_keys) -> dict:
       raise ValueError(f"grid key {key!r} repeats a value: {list(values)}; give each once.")
     out[key] = tuple(values)
   return out
+
+
+def check_key(key, accepted_keys) -> None:
+  """ValueError unless ``key`` (a config key among ``accepted_keys``) can be a grid axis."""
+  if key not in accepted_keys:
+    raise ValueError(f"grid key {key!r} is not a config key; a grid axis is a traced "
+                     f"hyper-parameter ({', '.join(TRACED)}) or a structural key "
+                     f"({', '.join(STRUCTURAL)}).")
+  if key not in TRACED + STRUCTURAL:
+    raise ValueError(f"grid key {key!r} cannot be a grid axis: it is neither a traced "
+                     f"hyper-parameter ({', '.join(TRACED)}) nor a structural key "
+                     f"({', '.join(STRUCTURAL)}).")
 
 
 def points(grid: dict) -> list[dict]:

@@ -170,8 +170,10 @@ def plot_grid(out: str, grid: dict, title: str) -> list[str]:
       ax.set_yticks(range(len(va)), [str(v) for v in va])
       ax.set_xlabel(b)
       ax.set_ylabel(a)
-      for (j, k), m in np.ndenumerate(mean):
-        ax.text(k, j, f"{m:.3g}", ha="center", va="center", fontsize=7, color="w")
+      mid = np.nanmean(mean) if np.isfinite(mean).any() else 0.0
+      for (j, k), m in np.ndenumerate(mean):  # dark text on the bright cells
+        ax.text(k, j, f"{m:.3g}", ha="center", va="center", fontsize=8,
+                color="k" if m > mid else "w")
       fig.colorbar(im, ax=ax, label=f"{score} (mean over seeds)")
       ax.set_title(f"{title}: {spec}", fontsize=10)
       save(fig, f"grid_{a}_{b}" + (f"_{i}" if len(specs) > 1 else "") + ".png")
