@@ -207,7 +207,10 @@ for _id in ("cli-unknown-task", "cli-seeds-not-int", "cli-unknown-rule", "cli-ru
             "cli-out-proc", "cli-resume-no-run",
             "cli-resume-and-overwrite", "cli-mnist-missing-path", "cli-toy-lambda-range",
             "cli-toy-lambdas-not-numbers", "cli-align-unknown-task", "cli-align-rule-missing-k",
-            "cli-unused-lambda", "cli-toy-duplicate-lambdas", "cli-align-synth-steps"):
+            "cli-unused-lambda", "cli-toy-duplicate-lambdas", "cli-align-synth-steps",
+            "cli-grid-not-axis", "cli-grid-unknown-key", "cli-grid-empty", "cli-grid-duplicate",
+            "cli-grid-twice", "cli-grid-out-of-range", "cli-grid-rule-does-not-take",
+            "cli-grid-rate-without-group"):
   case(_id)(run_cli)
 
 

@@ -11,6 +11,7 @@ from bplambda_jax import cli
 from bplambda_jax import experiments
 from bplambda_jax.experiments import _grid
 from helpers import counting_traces
+from test_readme_commands import COMMANDS as README_COMMANDS
 
 TINY = ["--seeds", "2", "--steps", "4", "--no-progress", "--set", "batch_size=4",
         "--set", "seq_len=4", "--set", "chunk=2", "--set", "eval_every=2"]
@@ -114,3 +115,19 @@ def test_the_toy_experiment_gives_the_same_numbers_through_every_entry_point(tmp
 def test_a_bad_grid_is_refused_when_the_config_is_built(grid, match):
   with pytest.raises(ValueError, match=match):
     experiments.RunConfig(grid=grid)
+
+
+@pytest.mark.slow  # two documented commands at a tiny budget, an LSTM among them: ~20 s
+@pytest.mark.parametrize("command", [c for _, c in README_COMMANDS if "--grid" in c])
+def test_the_documented_grids_compile_once(command, tmp_path, monkeypatch, capsys):
+  traces = counting_traces(monkeypatch)
+  small = {"toy": ["--set", "hidden_size=4"],
+           "copy-repeat": ["--set", "hidden_size=4", "--set", "batch_size=4", "--set", "max_n=2"]}
+  argv = command.split()[1:]
+  assert cli.main(argv + small[argv[1]] + ["--steps", "2", "--set", "chunk=2", "--seeds", "2",
+                                           "--no-progress", "--out", str(tmp_path / "out")]) == 0
+  capsys.readouterr()
+  assert traces["chunk_one"] == 1
+  summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+  n = np.prod([len(v) for v in summary["grid"]["axes"].values()])
+  assert len(summary["grid"]["points"]) == len(summary["rules"]) == n >= 5

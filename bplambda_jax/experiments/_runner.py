@@ -43,7 +43,12 @@ from bplambda_jax.training import _guards as guards
 
 
 class RunError(RuntimeError):
-  """A run stopped: a guard fired (the message names the quantity, update and seed)."""
+  """A run stopped: a guard fired (the message names the quantity, update and seed, and where the
+  last good state is saved; ``reason``: the same without the checkpoint)."""
+
+  def __init__(self, message: str, reason: Optional[str] = None):
+    super().__init__(message)
+    self.reason = message if reason is None else reason
 
 
 class Interrupted(RuntimeError):
@@ -363,10 +368,11 @@ def train_group(cfg: RunConfig, setup: Setup, runs, out: str, log: results.Metri
       if bad.size:
         ckpt.save(done, states, {"rule": name, "stopped": "guard"})
         e = int(bad[0])
-        raise RunError(guards.guard_message(int(guard[e, 0]), step=int(guard[e, 1]) + 1,
-                                            seed=cfg.seed + e % S, rule=runs[e // S].label)
-                       + f" Every seed is saved at its last good state (the failed ones before "
-                       f"their failing update) in checkpoint {done} of {ckpt.directory}.")
+        reason = guards.guard_message(int(guard[e, 0]), step=int(guard[e, 1]) + 1,
+                                      seed=cfg.seed + e % S, rule=runs[e // S].label)
+        raise RunError(reason + f" Every seed is saved at its last good state (the failed ones "
+                       f"before their failing update) in checkpoint {done} of {ckpt.directory}.",
+                       reason)
       if stop["signal"] or done % cfg.checkpoint_every == 0 or done == cfg.steps:
         ckpt.save(done, states, {"rule": name, "config": cfg.to_dict()})
       if stop["signal"] and done < cfg.steps:

@@ -17,6 +17,7 @@ import numpy as np
 
 from bplambda_jax.experiments._config import RunConfig
 from bplambda_jax.experiments._experiment import run
+from bplambda_jax.experiments._runner import RunError
 
 
 def run_toy(lambdas=(0.0, 0.5, 0.9, 1.0), seeds=(0, 1, 2, 3, 4), *, steps: int = 10000,
@@ -61,7 +62,12 @@ def run_toy(lambdas=(0.0, 0.5, 0.9, 1.0), seeds=(0, 1, 2, 3, 4), *, steps: int =
                   mode=mode, faithful=faithful, chunk=record_every, eval_every=record_every,
                   grid={"lambda_": lambdas})
   with tempfile.TemporaryDirectory() as out:
-    summary = run(cfg, out, progress=False, verbose=False)
+    try:
+      summary = run(cfg, out, progress=False, verbose=False)
+    except RunError as e:  # its checkpoint goes with the temporary directory
+      raise RunError(f"{e.reason} (run_toy keeps no results: run 'bplambda toy' or "
+                     f"experiments.run for a checkpoint of the last good state)",
+                     e.reason) from None
     with open(os.path.join(out, "metrics.jsonl")) as f:
       lines = [json.loads(l) for l in f if l.strip()]
   labels = [p["label"] for p in summary["grid"]["points"]]
