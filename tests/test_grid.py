@@ -83,17 +83,19 @@ def test_the_best_point_is_selected_on_validation_with_its_test_metrics():
   assert best["test"]["accuracy"]["values"] == [1e-2, 1e-2]  # the test at the best point
 
 
-@pytest.mark.slow  # three entry points, each compiling its own programs: ~15 s
+@pytest.mark.slow  # four entry points, each compiling its own programs: ~20 s
 def test_the_toy_experiment_gives_the_same_numbers_through_every_entry_point(tmp_path, capsys):
-  common = ["--seeds", "2", "--steps", "4", "--no-progress", "--set", "batch_size=4",
-            "--set", "hidden_size=4", "--set", "seq_len=4", "--set", "chunk=2",
-            "--set", "eval_every=2"]
+  common = ["--seeds", "2", "--steps", "4", "--no-progress", "--set", "hidden_size=4",
+            "--set", "chunk=2", "--set", "eval_every=2"]
   assert cli.main(["toy", "--lambdas", "0,1", *common, "--out", str(tmp_path / "toy")]) == 0
   assert cli.main(["run", "toy", "--grid", "lambda_=0,1", *common,
                    "--out", str(tmp_path / "run")]) == 0
+  assert cli.main(["align", "--task", "toy", "--rules", "bp_lambda", "--seeds", "2",
+                   "--synth-steps", "4", "--hidden", "4", "--no-progress",
+                   "--out", str(tmp_path / "align")]) == 0
   capsys.readouterr()
-  res = experiments.run_toy(lambdas=(0.0, 1.0), seeds=(0, 1), steps=4, seq_len=4, hidden_size=4,
-                            batch_size=4, record_every=2)
+  res = experiments.run_toy(lambdas=(0.0, 1.0), seeds=(0, 1), steps=4, hidden_size=4,
+                            record_every=2)
   toy = _by_label(tmp_path / "toy", "eval", "alignment")
   assert toy == _by_label(tmp_path / "run", "eval", "alignment")
   assert res["steps"] == [0, 2, 4]
@@ -102,6 +104,12 @@ def test_the_toy_experiment_gives_the_same_numbers_through_every_entry_point(tmp
       np.testing.assert_array_equal(res["alignment"][seed, j], toy[(f"bp_lambda lambda_={lam}",
                                                                      seed)])
   assert np.all(res["alignment"][:, 1, -1] > res["alignment"][:, 1, 0])  # ĝ learns at λ = 1
+  # align measures λ = 1 after its synthesiser's 4 updates (BP(λ)'s online mode there, the
+  # sequence mode here: the same numbers to rounding)
+  aligned = _by_label(tmp_path / "align", "eval", "learning_signal")
+  for seed in (0, 1):
+    np.testing.assert_allclose(aligned[("bp_lambda", seed)][-1], res["alignment"][seed, 1, -1],
+                               rtol=1e-5)
 
 
 @pytest.mark.parametrize("grid, match", [
