@@ -2,7 +2,9 @@
 
 For every rule of the config (each with its own seeds, all starting from the same per-seed
 initialisations), the runner compiles one *chunk* program — a ``lax.scan`` of ``chunk`` checked
-updates, vmapped over the seeds — and calls it until the budget is spent. Between chunks, on the
+updates, mapped over the seeds (and over the points of a hyper-parameter grid that share the
+rule's structure: :mod:`~bplambda_jax.experiments._grid`) — and calls it until the budget is
+spent. Between chunks, on the
 host: the progress bar, a line per seed in ``metrics.jsonl``, evaluations every ``eval_every``
 updates (model selection on the validation split for sequential MNIST), orbax checkpoints every
 ``checkpoint_every`` updates, and the guards: a seed whose update failed a check (non-finite data,
@@ -282,19 +284,19 @@ def group_config(cfg: RunConfig, runs) -> RunConfig:
 
 
 def group_rule(cfg: RunConfig, setup: Setup, runs):
-  """(rule, traced keys, optimiser) of a group of runs (:func:`group_runs`); ValueError for a
-  traced key the rule does not take, before anything is compiled. The optimiser freezes a group
-  whose learning rate is 0 at every point."""
+  """(rule, traced keys, optimiser, {parameter group: largest learning rate}) of a group of runs
+  (:func:`group_runs`); ValueError for a traced key the rule does not take, before anything is
+  compiled. The optimiser freezes a parameter group whose learning rate is 0 at every point."""
   spec = runs[0].spec
   cfg = group_config(cfg, runs)
   rule = make_run_rule(cfg, spec, setup.model)
   keys = list(dict.fromkeys(k for r in runs for k in _grid.traced(r.changes)))
-  rate = lambda key: max(r.changes.get(key, getattr(cfg, key)) for r in runs)
-  opt = training.optimiser(rate("lr_cell"), rate("lr_readout"), rate("lr_synth"))
+  top = {g: max(r.changes.get(k, getattr(cfg, k)) for r in runs) for k, g in _grid.RATES.items()}
+  opt = training.optimiser(top["cell"], top["readout"], top["synth"])
   groups = jax.eval_shape(lambda k: _init_seed(setup, rule, opt, k, {}),
                           seed_keys(cfg)[0]).train.params
   _grid.check_rule_keys(spec, keys, rule.hparams, groups)
-  return rule, keys, opt
+  return rule, keys, opt, top
 
 
 def train_one(cfg: RunConfig, setup: Setup, run: Run, out: str, log: results.MetricsLog,
@@ -308,7 +310,7 @@ def train_group(cfg: RunConfig, setup: Setup, runs, out: str, log: results.Metri
                 *, resume: bool, progress: bool, stop) -> dict:
   """Train a group of runs (one rule spec and structural config; :func:`group_runs`), every run
   with every seed, as one program over P·S (run, seed) elements; {label: summary}."""
-  rule, keys, opt = group_rule(cfg, setup, runs)
+  rule, keys, opt, lrs = group_rule(cfg, setup, runs)
   cfg = group_config(cfg, runs)
   S, P = cfg.seeds, len(runs)
   dtype = jnp.dtype(cfg.dtype)
@@ -323,7 +325,6 @@ def train_group(cfg: RunConfig, setup: Setup, runs, out: str, log: results.Metri
       f"{k}={v}" for k, v in _grid.structural(runs[0].changes)])
   ckpt = training.Checkpointer(os.path.join(out, "checkpoints", name.replace("/", "_")),
                                max_to_keep=cfg.max_to_keep)
-  lrs = {g: max(r.changes.get(k, getattr(cfg, k)) for r in runs) for k, g in _grid.RATES.items()}
   learns = any(lrs[g] > 0 for g in params1)
   done = 0 if learns else cfg.steps  # nothing learns: no update to run
   if not learns and progress:
