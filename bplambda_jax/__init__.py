@@ -14,6 +14,7 @@ from bplambda_jax import oracles
 from bplambda_jax import rules
 from bplambda_jax import tasks
 from bplambda_jax import training
+from bplambda_jax._errors import ConfigError
 from bplambda_jax.credit import Sensitivity
 from bplambda_jax.credit import check_structure
 from bplambda_jax.credit import get_sensitivity
@@ -80,6 +81,7 @@ __all__ = [
     "Batch",
     "Cell",
     "ChunkState",
+    "ConfigError",
     "DNIState",
     "LSTMParts",
     "Loss",

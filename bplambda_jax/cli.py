@@ -20,8 +20,9 @@ import os
 import sys
 import traceback
 
+from bplambda_jax._errors import ConfigError
 from bplambda_jax.rules import RULE_NAMES
-from bplambda_jax.tasks import TASK_NAMES
+from bplambda_jax.experiments._tasks import RUN_TASKS
 
 EXIT_STOPPED = 1
 EXIT_ERROR = 2
@@ -34,11 +35,16 @@ def _floats(text: str, name: str) -> list[float]:
   try:
     return [float(v) for v in text.split(",") if v.strip()]
   except ValueError:
-    raise ValueError(f"--{name} must be a comma-separated list of numbers, got {text!r}") from None
+    raise ConfigError(f"--{name} must be a comma-separated list of numbers, got {text!r}") from None
 
 
-def _specs(text: str) -> tuple:
-  return tuple(s.strip() for s in text.split(",") if s.strip())
+def _specs(texts, flag: str = "--rule") -> tuple:
+  """Rule specs from one or more comma-separated lists (commas inside parentheses separate
+  options, not rules)."""
+  from bplambda_jax._spec import split_top
+
+  texts = [texts] if isinstance(texts, str) else texts
+  return tuple(spec for text in texts for spec in split_top(text, flag))
 
 
 def build_config(args):
@@ -51,15 +57,15 @@ def build_config(args):
       with open(args.config) as f:
         values = json.load(f)
     except OSError as e:
-      raise ValueError(f"--config {args.config}: {e.strerror}.") from None
+      raise ConfigError(f"--config {args.config}: {e.strerror}.") from None
     except json.JSONDecodeError as e:
-      raise ValueError(f"--config {args.config} is not valid JSON: {e}.") from None
+      raise ConfigError(f"--config {args.config} is not valid JSON: {e}.") from None
     if not isinstance(values, dict):
-      raise ValueError(f"--config {args.config} must hold a JSON object of config keys.")
+      raise ConfigError(f"--config {args.config} must hold a JSON object of config keys.")
     values.pop("runs", None)  # a saved config.json also lists its runs
     if values.get("task", args.task) != args.task:
-      raise ValueError(f"--config {args.config} is for task {values['task']!r} but the command "
-                       f"runs task {args.task!r}; pass that task or remove the key.")
+      raise ConfigError(f"--config {args.config} is for task {values['task']!r} but the command "
+                        f"runs task {args.task!r}; pass that task or remove the key.")
   values["task"] = args.task
   for key, flag in (("rules", "rule"), ("seeds", "seeds"), ("steps", "steps"),
                     ("epochs", "epochs"), ("data_dir", "data_dir"), ("data_path", "data_path")):
@@ -108,14 +114,24 @@ def _print_summary(summary: dict) -> None:
           + (f"; {test}" if test else ""))
 
 
+def _checked_config(cfg):
+  """The resolved config, once its rules are built at every point of its grid (every option and
+  grid key checked; nothing compiled)."""
+  from bplambda_jax.experiments._experiment import prepare, runs_of
+  from bplambda_jax.experiments._setup import load_data
+
+  data, source = load_data(cfg, verbose=False)
+  cfg = cfg.resolve(None if data is None else data.train.num_examples)
+  prepare(cfg, runs_of(cfg), data, source)
+  return cfg
+
+
 def cmd_run(args) -> int:
   from bplambda_jax.experiments import run
 
   cfg = build_config(args)
   if args.print_config:
-    from bplambda_jax.experiments._setup import load_data
-    data, _ = load_data(cfg, verbose=False)
-    print(cfg.resolve(None if data is None else data.train.num_examples).to_json())
+    print(_checked_config(cfg).to_json())
     return 0
   _use_dtype(cfg.dtype)
   out = os.path.join("results", cfg.task) if args.out is None else args.out
@@ -132,12 +148,12 @@ def cmd_toy(args) -> int:
   lambdas = _floats(args.lambdas, "lambdas")
   cfg = RunConfig(task="plastic-toy" if args.plastic else "toy", rules=("bp_lambda",),
                   seeds=args.seeds, seed=args.seed, steps=args.steps, gamma=args.gamma,
-                  seq_len=args.T, hidden_size=args.hidden, batch_size=args.batch,
-                  lr_synth=args.lr_synth, mode=args.mode, faithful=args.faithful,
-                  grid={"lambda_": lambdas})
+                  seq_len=args.seq_len, hidden_size=args.hidden_size,
+                  batch_size=args.batch_size, lr_synth=args.lr_synth, mode=args.mode,
+                  faithful=args.faithful, grid={"lambda_": lambdas})
   cfg = parse_set(cfg, *(args.set or ()))
   if args.print_config:
-    print(cfg.resolve().to_json())
+    print(_checked_config(cfg).to_json())
     return 0
   _use_dtype(cfg.dtype)
   summary = run(cfg, args.out, resume=args.resume, overwrite=args.overwrite,
@@ -159,17 +175,17 @@ def cmd_align(args) -> int:
   from bplambda_jax.experiments._config import MAX_SEED
   from bplambda_jax.rules import parse_rule_spec
 
-  specs = _specs(args.rules)
+  specs = _specs(args.rule or DEFAULT_ALIGN_RULES)
   for spec in specs:
     parse_rule_spec(spec)
   if args.task not in experiments.ALIGNMENT_TASKS:
-    raise ValueError(f"--task must be one of {experiments.ALIGNMENT_TASKS}, got {args.task!r}.")
+    raise ConfigError(f"--task must be one of {experiments.ALIGNMENT_TASKS}, got {args.task!r}.")
   if args.seeds < 1:
-    raise ValueError(f"--seeds must be at least 1, got {args.seeds}.")
+    raise ConfigError(f"--seeds must be at least 1, got {args.seeds}.")
   if not 0 <= args.seed <= MAX_SEED - (args.seeds - 1):
-    raise ValueError(f"--seed must be an integer in [0, {MAX_SEED} − (seeds − 1)], "
-                     f"got {args.seed}.")
-  cell, hidden, _ = task_sizes(args.task, args.cell, args.hidden)
+    raise ConfigError(f"--seed must be an integer in [0, {MAX_SEED} − (seeds − 1)], "
+                      f"got {args.seed}.")
+  cell, hidden, _ = task_sizes(args.task, args.cell, args.hidden_size)
   config = {"task": args.task, "rules": list(specs), "cell": cell, "hidden": hidden,
             "seeds": args.seeds, "seed": args.seed, "synth_steps": args.synth_steps,
             "lr_synth": args.lr_synth, "lambda_": args.lambda_, "gamma": args.gamma}
@@ -213,6 +229,29 @@ def _common(p, out_default):
   p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+# flags renamed to the config keys they set: the old spelling is refused, naming the new one
+_RENAMED = {"run": {"--rules": "--rule"},
+            "toy": {"--T": "--seq-len", "--hidden": "--hidden-size", "--batch": "--batch-size"},
+            "align": {"--rules": "--rule", "--hidden": "--hidden-size"}}
+
+
+class _Renamed(argparse.Action):
+  """A flag's old spelling: a ConfigError naming the new one."""
+
+  def __init__(self, option_strings, dest, new, **kwargs):
+    super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS, **kwargs)
+    self.new = new
+
+  def __call__(self, parser, namespace, values, option_string=None):
+    raise ConfigError(f"{parser.prog}: {option_string} is now {self.new} (flags are named after "
+                      f"the config keys they set).")
+
+
+def _add_renamed(p, command):
+  for old, new in _RENAMED[command].items():
+    p.add_argument(old, action=_Renamed, new=new, dest=argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="bplambda", description=__doc__, formatter_class=_Formatter)
   sub = p.add_subparsers(dest="command", required=True)
@@ -221,10 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
                      description="Train rules on a task into a results directory. Rules: "
                      + ", ".join(RULE_NAMES) + ". Config keys for --set and --config: see "
                      "--print-config.")
-  r.add_argument("task", choices=TASK_NAMES, help="the task")
-  r.add_argument("--rule", default=None,
-                 help="comma-separated rule specs (default: bp_lambda); one of: "
-                 + ", ".join(RULE_NAMES))
+  r.add_argument("task", choices=sorted(RUN_TASKS), help="the task")
+  r.add_argument("--rule", action="append", default=None, metavar="SPEC[,SPEC...]",
+                 help="rules to compare, comma-separated or repeated (default: bp_lambda): a "
+                 "name with options, e.g. 'bp_lambda(flavour=state, trace=dense, lambda_=0.9)', "
+                 "'tbptt:3' (short for tbptt(n=3)), 'fast=dni:3(bootstrap=gamma)' (labelled "
+                 "'fast'); names: " + ", ".join(RULE_NAMES))
   r.add_argument("--seeds", type=int, default=None, help="seeds per rule (default 3)")
   r.add_argument("--steps", type=int, default=None, help="updates per seed (default: preset)")
   r.add_argument("--epochs", type=float, default=None,
@@ -245,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
   r.add_argument("--print-config", action="store_true",
                  help="print the resolved config as JSON and exit")
   _common(r, None)
+  _add_renamed(r, "run")
   r.set_defaults(func=cmd_run)
 
   t = sub.add_parser("toy", formatter_class=_Formatter,
@@ -255,9 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--seed", type=int, default=0, help="the first seed")
   t.add_argument("--steps", type=int, default=None,
                  help="updates (default 10,000; 1,000 with --faithful)")
-  t.add_argument("--T", type=int, default=10, help="sequence length (horizon)")
-  t.add_argument("--hidden", type=int, default=30, help="hidden size of the linear RNN")
-  t.add_argument("--batch", type=int, default=10, help="batch size")
+  t.add_argument("--seq-len", type=int, default=10, help="sequence length T (horizon)")
+  t.add_argument("--hidden-size", type=int, default=30, help="hidden size of the linear RNN")
+  t.add_argument("--batch-size", type=int, default=10, help="batch size")
   t.add_argument("--lr-synth", type=float, default=None,
                  help="Adam learning rate of ĝ (default 1e-3; 1e-4 with --faithful)")
   t.add_argument("--plastic", action="store_true",
@@ -269,17 +311,20 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--print-config", action="store_true",
                  help="print the resolved config (one run per λ) as JSON and exit")
   _common(t, os.path.join("results", "toy"))
+  _add_renamed(t, "toy")
   t.set_defaults(func=cmd_toy)
 
   a = sub.add_parser("align", formatter_class=_Formatter,
                      help="alignment of many learning rules with BPTT on one task")
   a.add_argument("--task", default="copy", help="'toy' (linear RNN, H=30) or 'copy' "
                  "(copy-repeat N=3, R=2, LSTM 16, batch 16)")
-  a.add_argument("--rules", default=DEFAULT_ALIGN_RULES,
-                 help="comma-separated rule specs, from: " + ", ".join(RULE_NAMES))
+  a.add_argument("--rule", action="append", default=None, metavar="SPEC[,SPEC...]",
+                 help="rules to measure, comma-separated or repeated, with options as in "
+                 "'bplambda run' (default: " + DEFAULT_ALIGN_RULES + "); names: "
+                 + ", ".join(RULE_NAMES))
   a.add_argument("--cell", default=None,
                  help="cell name (default: linear for toy, lstm for copy; e.g. columnar_lstm)")
-  a.add_argument("--hidden", type=int, default=None, help="hidden size (toy 30, copy 16)")
+  a.add_argument("--hidden-size", type=int, default=None, help="hidden size (toy 30, copy 16)")
   a.add_argument("--seeds", type=int, default=3, help="number of seeds")
   a.add_argument("--seed", type=int, default=0, help="the first seed")
   a.add_argument("--synth-steps", type=int, default=1000,
@@ -293,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
   a.add_argument("--no-progress", action="store_true", help="no progress bars")
   a.add_argument("--print-config", action="store_true",
                  help="print the settings that would run (sizes resolved) as JSON and exit")
+  _add_renamed(a, "align")
   a.set_defaults(func=cmd_align)
   return p
 
@@ -308,8 +354,8 @@ def _raised_here(e: BaseException) -> bool:
 def main(argv=None) -> int:
   from bplambda_jax.experiments import Interrupted, ResultsError, RunError
 
-  args = build_parser().parse_args(argv)
   try:
+    args = build_parser().parse_args(argv)
     return args.func(args)
   except RunError as e:
     print(f"stopped: {e}", file=sys.stderr)
@@ -325,9 +371,12 @@ def main(argv=None) -> int:
       sys.stderr.flush()
       os._exit(EXIT_INTERRUPTED)
     return EXIT_INTERRUPTED
+  except (ConfigError, ResultsError) as e:  # a bad input the user can fix: one line
+    print(f"error: {e}", file=sys.stderr)
+    return EXIT_ERROR
   except Exception as e:  # pylint: disable=broad-except
-    if isinstance(e, (ValueError, ResultsError, OSError, MemoryError)) and _raised_here(e):
-      print(f"error: {e}", file=sys.stderr)  # a check of the input: one line
+    if isinstance(e, (OSError, MemoryError)) and _raised_here(e):
+      print(f"error: {e}", file=sys.stderr)  # a missing file, a run that cannot fit: one line
       return EXIT_ERROR
     traceback.print_exc()
     print("internal error: the traceback above is a bug in bplambda_jax, not in your input; "

@@ -132,8 +132,9 @@ def render() -> str:
       lines += [sub.description, ""]
     lines += ["| argument | default | meaning |", "|---|---|---|"]
     for action in sub._actions:  # pylint: disable=protected-access
-      if isinstance(action, argparse._HelpAction):  # pylint: disable=protected-access
-        continue
+      if (isinstance(action, argparse._HelpAction)  # pylint: disable=protected-access
+          or action.help == argparse.SUPPRESS):
+        continue  # --help, and the old spellings of renamed flags
       lines.append(f"| {_flag(action)} | {_default(action)} | {_help(action)} |")
     lines.append("")
 

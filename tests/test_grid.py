@@ -90,8 +90,8 @@ def test_the_toy_experiment_gives_the_same_numbers_through_every_entry_point(tmp
   assert cli.main(["toy", "--lambdas", "0,1", *common, "--out", str(tmp_path / "toy")]) == 0
   assert cli.main(["run", "toy", "--grid", "lambda_=0,1", *common,
                    "--out", str(tmp_path / "run")]) == 0
-  assert cli.main(["align", "--task", "toy", "--rules", "bp_lambda", "--seeds", "2",
-                   "--synth-steps", "4", "--hidden", "4", "--no-progress",
+  assert cli.main(["align", "--task", "toy", "--rule", "bp_lambda", "--seeds", "2",
+                   "--synth-steps", "4", "--hidden-size", "4", "--no-progress",
                    "--out", str(tmp_path / "align")]) == 0
   capsys.readouterr()
   res = experiments.run_toy(lambdas=(0.0, 1.0), seeds=(0, 1), steps=4, hidden_size=4,

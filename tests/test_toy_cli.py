@@ -93,7 +93,7 @@ def test_cli_rejects_bad_arguments(argv, match, capsys):
 @pytest.mark.slow
 def test_cli_align_table(tmp_path, capsys):
   out = tmp_path / "align"
-  code = cli.main(["align", "--task", "copy", "--hidden", "3", "--rules",
+  code = cli.main(["align", "--task", "copy", "--hidden-size", "3", "--rule",
                    "bptt,tbptt:1,rtrl,columnar_rtrl", "--seeds", "1",
                    "--synth-steps", "3", "--out", str(out), "--no-progress"])
   assert code == 0
@@ -127,6 +127,6 @@ def test_cli_align_print_config_resolves_the_sizes(capsys):
 
 
 def test_cli_align_rejects_unknown_rule(capsys):
-  code, err = _exit_code_and_error(["align", "--rules", "bptt,magic"], capsys)
+  code, err = _exit_code_and_error(["align", "--rule", "bptt,magic"], capsys)
   assert code == 2
   assert "unknown rule 'magic'" in err

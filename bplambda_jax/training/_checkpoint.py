@@ -8,9 +8,9 @@
     state, meta = ckpt.restore(step, template)              # template: a state of the right shape
 
 ``restore`` compares the stored tree with ``template`` leaf by leaf (structure, shape, dtype)
-before reading anything and raises a ValueError naming the first leaf that differs, so a
+before reading anything and raises a ConfigError naming the first leaf that differs, so a
 checkpoint never loads silently into a run of another size; a damaged checkpoint (truncated or
-corrupt files) raises a ValueError naming its directory. Arrays are restored with the template's
+corrupt files) raises a ConfigError naming its directory. Arrays are restored with the template's
 shardings when the template's leaves carry them (a sharded multi-process state restores sharded).
 PRNG key arrays are stored as their key data.
 
@@ -28,6 +28,8 @@ from typing import Any, Optional
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from bplambda_jax._errors import ConfigError
 
 
 def _to_storable(tree):
@@ -90,14 +92,14 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
-  def _damaged(self, step: int, error: Exception) -> ValueError:
+  def _damaged(self, step: int, error: Exception) -> ConfigError:
     """The error for a checkpoint that orbax cannot read, naming it and what to do."""
     detail = (str(error).strip().splitlines() or [""])[0][:200]
     earlier = [s for s in self.all_steps() if s < step]
     fallback = (f"delete {os.path.join(self.directory, str(step))} to fall back on checkpoint "
                 f"{max(earlier)}" if earlier else "start the run again")
-    return ValueError(f"checkpoint {step} in {self.directory} cannot be read: it is damaged or "
-                      f"incomplete ({type(error).__name__}: {detail}); {fallback}.")
+    return ConfigError(f"checkpoint {step} in {self.directory} cannot be read: it is damaged or "
+                       f"incomplete ({type(error).__name__}: {detail}); {fallback}.")
 
   def check(self, step: int, template) -> None:
     """ValueError naming the first leaf where checkpoint ``step`` differs from ``template``."""
@@ -114,19 +116,19 @@ class Checkpointer:
     for path, w in want_leaves:
       name = name_of(path)
       if name not in got:
-        raise ValueError(f"checkpoint {step} in {self.directory} has no leaf {name} (the run "
-                         f"expects {w.dtype}{list(w.shape)}); it was written by another run "
-                         f"configuration.")
+        raise ConfigError(f"checkpoint {step} in {self.directory} has no leaf {name} (the run "
+                          f"expects {w.dtype}{list(w.shape)}); it was written by another run "
+                          f"configuration.")
       g = got[name]
       if tuple(g.shape) != tuple(w.shape) or np.dtype(g.dtype) != np.dtype(w.dtype):
-        raise ValueError(f"checkpoint {step} in {self.directory}: leaf {name} is "
-                         f"{np.dtype(g.dtype)}{list(g.shape)} but the run expects "
-                         f"{np.dtype(w.dtype)}{list(w.shape)}; it was written by another run "
-                         f"configuration.")
+        raise ConfigError(f"checkpoint {step} in {self.directory}: leaf {name} is "
+                          f"{np.dtype(g.dtype)}{list(g.shape)} but the run expects "
+                          f"{np.dtype(w.dtype)}{list(w.shape)}; it was written by another run "
+                          f"configuration.")
     extra = sorted(set(got) - {name_of(p) for p, _ in want_leaves})
     if extra:
-      raise ValueError(f"checkpoint {step} in {self.directory} has leaves the run does not "
-                       f"expect: {extra[:5]}; it was written by another run configuration.")
+      raise ConfigError(f"checkpoint {step} in {self.directory} has leaves the run does not "
+                        f"expect: {extra[:5]}; it was written by another run configuration.")
 
   def restore(self, step: int, template) -> tuple[Any, dict]:
     """(state, meta) of checkpoint ``step``, checked against ``template`` (see :meth:`check`)."""

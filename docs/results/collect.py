@@ -55,22 +55,22 @@ _R = "bp_lambda,eprop,columnar_rtrl,tbptt:10"
 
 def _toy(T, faithful=False):
   if faithful:
-    return (f"bplambda toy --faithful --T {T} --lambdas {_L} --seeds 5 "
+    return (f"bplambda toy --faithful --seq-len {T} --lambdas {_L} --seeds 5 "
             f"--set checkpoint_every=1000 --out runs/toy_T{T}_faithful --no-progress")
-  return (f"bplambda toy --T {T} --lambdas {_L} --seeds 5 --set chunk=500 "
+  return (f"bplambda toy --seq-len {T} --lambdas {_L} --seeds 5 --set chunk=500 "
           f"--set checkpoint_every=10000 --out runs/toy_T{T} --no-progress")
 
 
 def _dni(T, faithful=False):
   if faithful:
-    return (f"bplambda run toy --faithful --rule {_D} --seeds 5 --set seq_len={T} "
-            f"--set checkpoint_every=1000 --out runs/dni_T{T}_faithful --no-progress")
+    return (f"bplambda run toy --steps 1000 --set lr_synth=1e-4 --rule {_D} --seeds 5 "
+            f"--set seq_len={T} --set checkpoint_every=1000 --out runs/dni_T{T}_faithful --no-progress")
   return (f"bplambda run toy --rule {_D} --seeds 5 --set seq_len={T} --set chunk=500 "
           f"--set checkpoint_every=10000 --out runs/dni_T{T} --no-progress")
 
 
 def _plastic(T):
-  return (f"bplambda toy --plastic --T {T} --lambdas {_L} --seeds 5 --set chunk=500 "
+  return (f"bplambda toy --plastic --seq-len {T} --lambdas {_L} --seeds 5 --set chunk=500 "
           f"--set checkpoint_every=10000 --out runs/plastic_T{T} --no-progress")
 
 
