@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--faithful", action="store_true", help="the authors' conventions and quirks")
   t.add_argument("--set", action="append", metavar="KEY=VALUE", help="set a config key")
   t.add_argument("--print-config", action="store_true",
-                 help="print the resolved config (one run per λ) as JSON and exit")
+                 help="print the resolved config (with its grid over λ) as JSON and exit")
   _common(t, os.path.join("results", "toy"))
   _add_renamed(t, "toy")
   t.set_defaults(func=cmd_toy)
