@@ -5,7 +5,7 @@
                        results directory: config.json, metrics.jsonl, summary.json, plots, orbax
                        checkpoints; resumable, guarded against non-finite values.
 ``bplambda toy``       BP(λ) synthesisers on the toy task for several λ: the paper's alignment
-                       figure (a ``run`` with one rule per λ).
+                       figure (a ``run`` of the toy task with a grid over λ).
 ``bplambda align``     a table of rules and their alignment with BPTT on a task.
 
 Exit status: 0 done, 1 a guard stopped the run, 2 a usage error (one line ``error: …``), 3 an
@@ -49,7 +49,7 @@ def _specs(texts, flag: str = "--rule") -> tuple:
 
 def build_config(args):
   """The RunConfig of ``bplambda run``: defaults < --config FILE < flags < --set key=value."""
-  from bplambda_jax.experiments import RunConfig, parse_set
+  from bplambda_jax.experiments import RunConfig, parse_grid, parse_set
 
   values = {}
   if args.config:
@@ -74,6 +74,8 @@ def build_config(args):
       values[key] = _specs(v) if key == "rules" else v
   if args.faithful:
     values["faithful"] = True
+  if args.grid:  # per key, the command's values replace the config file's
+    values["grid"] = {**(values.get("grid") or {}), **parse_grid(*args.grid)}
   return parse_set(RunConfig.from_dict(values), *(args.set or ()))
 
 
@@ -102,18 +104,25 @@ def _print_summary(summary: dict) -> None:
       solved = [f"({n},{r})" for n, r in zip(s["solved"]["n"], s["solved"]["r"])]
       parts.append("largest (N, R) solved per seed: " + " ".join(solved))
     print(f"{label}: " + "; ".join(parts[:4]))
+  for spec, best in (summary.get("grid") or {}).get("best", {}).items():
+    if best is None:
+      print(f"{spec}: no grid point finished with a finite score")
+      continue
+    test = "; ".join(f"test {k} {format_mean_sd(v)}" for k, v in (best["test"] or {}).items()
+                     if k in ("loss", "accuracy"))
+    print(f"best point of {spec} by {best['score']}: {best['label']} ({best['mean']:.4g})"
+          + (f"; {test}" if test else ""))
 
 
 def _checked_config(cfg):
-  """The resolved config, once its rules are built (every option checked; nothing compiled)."""
-  from bplambda_jax.experiments._experiment import runs_of
-  from bplambda_jax.experiments._setup import load_data, make_run_rule, make_setup
+  """The resolved config, once its rules are built at every point of its grid (every option and
+  grid key checked; nothing compiled)."""
+  from bplambda_jax.experiments._experiment import prepare, runs_of
+  from bplambda_jax.experiments._setup import load_data
 
   data, source = load_data(cfg, verbose=False)
   cfg = cfg.resolve(None if data is None else data.train.num_examples)
-  setup = make_setup(cfg, data, source)
-  for r in runs_of(cfg):
-    make_run_rule(cfg, r.spec, setup.model)
+  prepare(cfg, runs_of(cfg), data, source)
   return cfg
 
 
@@ -133,32 +142,26 @@ def cmd_run(args) -> int:
 
 
 def cmd_toy(args) -> int:
-  from bplambda_jax.experiments import Run, RunConfig, format_mean_sd, parse_set, run
+  """``bplambda run toy`` (or plastic-toy) with BP(λ) and a grid over λ (``--lambdas``)."""
+  from bplambda_jax.experiments import RunConfig, format_mean_sd, parse_set, run
 
   lambdas = _floats(args.lambdas, "lambdas")
-  if not lambdas:
-    raise ConfigError("--lambdas needs at least one value.")
   cfg = RunConfig(task="plastic-toy" if args.plastic else "toy", rules=("bp_lambda",),
                   seeds=args.seeds, seed=args.seed, steps=args.steps, gamma=args.gamma,
                   seq_len=args.seq_len, hidden_size=args.hidden_size,
-                  batch_size=args.batch_size,
-                  lr_synth=args.lr_synth, mode=args.mode, faithful=args.faithful)
+                  batch_size=args.batch_size, lr_synth=args.lr_synth, mode=args.mode,
+                  faithful=args.faithful, grid={"lambda_": lambdas})
   cfg = parse_set(cfg, *(args.set or ()))
-  if len(set(lambdas)) != len(lambdas):
-    raise ConfigError(f"--lambdas repeats a value: {lambdas}.")
-  runs = [Run(f"λ={lam!r}", "bp_lambda", {"lambda_": lam}) for lam in lambdas]
-  for r in runs:
-    cfg.replace(**r.changes)  # every λ checked before anything is compiled
   if args.print_config:
-    _print_json({**cfg.resolve().to_dict(), "runs": [r._asdict() for r in runs]})
+    print(_checked_config(cfg).to_json())
     return 0
   _use_dtype(cfg.dtype)
-  summary = run(cfg, args.out, runs=runs, resume=args.resume, overwrite=args.overwrite,
+  summary = run(cfg, args.out, resume=args.resume, overwrite=args.overwrite,
                 progress=not args.no_progress)
   print(f"\n{'λ':>6}  final alignment with BPTT (mean ± sd over seeds)")
-  for r in runs:
-    stat = summary["rules"][r.label]["eval"]["alignment"]
-    print(f"{r.changes['lambda_']:>6g}  {format_mean_sd(stat)}")
+  for point in summary["grid"]["points"]:
+    stat = summary["rules"][point["label"]]["eval"]["alignment"]
+    print(f"{point['point']['lambda_']:>6g}  {format_mean_sd(stat)}")
   return 0
 
 
@@ -270,6 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
   r.add_argument("--config", default=None, help="a JSON file of config keys")
   r.add_argument("--set", action="append", metavar="KEY=VALUE",
                  help="set a config key (repeatable), e.g. --set lr_synth=1e-4")
+  r.add_argument("--grid", action="append", metavar="KEY=V1,V2,...",
+                 help="a grid axis (repeatable): every rule at every point of the grid, e.g. "
+                 "--grid lambda_=0,0.5,1 --grid lr_synth=1e-4,1e-3; traced keys (lambda_, gamma, "
+                 "sg_scale, lr_cell, lr_readout, lr_synth) share one compiled program, "
+                 "structural ones (cell, hidden_size, seq_len, mode) compile one each")
   r.add_argument("--faithful", action="store_true",
                  help="the authors' conventions, quirks and (toy) budget")
   r.add_argument("--data-dir", default=None, help="tensorflow-datasets data dir (MNIST)")
@@ -301,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--faithful", action="store_true", help="the authors' conventions and quirks")
   t.add_argument("--set", action="append", metavar="KEY=VALUE", help="set a config key")
   t.add_argument("--print-config", action="store_true",
-                 help="print the resolved config (one run per λ) as JSON and exit")
+                 help="print the resolved config (with its grid over λ) as JSON and exit")
   _common(t, os.path.join("results", "toy"))
   _add_renamed(t, "toy")
   t.set_defaults(func=cmd_toy)

@@ -99,3 +99,23 @@ def step_loop(rule, params, batch, *, faithful=False, synth_sgd=None):
   return {"cell": acc["cell"], "readout": acc["readout"], "synth": acc["synth"],
           "synth_params": params["synth"], "learning_signal": jnp.stack(ls),
           "td_error_norm": jnp.stack(td)}
+
+
+def counting_traces(monkeypatch):
+  """{function name: times traced} of every per-seed program the runner builds (by wrapping
+  ``training.map_seeds``; a traced function runs once per compilation, never per call)."""
+  import collections
+
+  from bplambda_jax import training
+
+  traces = collections.Counter()
+  real = training.map_seeds
+
+  def counting(fn, *args, **kwargs):
+    def traced(*a):
+      traces[fn.__name__] += 1  # runs once per trace (compilation), never per call
+      return fn(*a)
+    return real(traced, *args, **kwargs)
+
+  monkeypatch.setattr(training, "map_seeds", counting)
+  return traces

@@ -208,6 +208,9 @@ for _id in ("cli-unknown-task", "cli-seeds-not-int", "cli-unknown-rule", "cli-ru
             "cli-resume-and-overwrite", "cli-mnist-missing-path", "cli-toy-lambda-range",
             "cli-toy-lambdas-not-numbers", "cli-align-unknown-task", "cli-align-rule-missing-k",
             "cli-unused-lambda", "cli-toy-duplicate-lambdas", "cli-align-synth-steps",
+            "cli-grid-not-axis", "cli-grid-unknown-key", "cli-grid-empty", "cli-grid-duplicate",
+            "cli-grid-twice", "cli-grid-out-of-range", "cli-grid-rule-does-not-take",
+            "cli-grid-rate-without-group", "cli-grid-key-in-spec",
             "cli-rule-unknown-option", "cli-rule-option-of-another-rule", "cli-rule-option-value",
             "cli-rule-unbalanced", "cli-faithful-rule-without-it", "cli-old-flag-toy",
             "cli-old-flag-align"):

@@ -203,7 +203,7 @@ def test_a_diverging_run_stops_and_leaves_a_checkpoint_that_loads(tmp_path, caps
   setup = make_setup(cfg)
   rule = make_run_rule(cfg, "eprop", setup.model)
   opt = bl.optimiser(cfg.lr_cell, cfg.lr_readout, cfg.lr_synth)
-  template = _runner._programs(setup, rule, opt, cfg)[0](_runner.seed_keys(cfg))
+  template = _runner._programs(setup, rule, opt, cfg)[0](_runner.seed_keys(cfg), {})
   ckpt = bl.training.Checkpointer(str(out / "checkpoints" / "eprop"))
   state, meta = ckpt.restore(ckpt.latest_step(), template)
   ckpt.close()

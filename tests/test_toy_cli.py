@@ -10,6 +10,7 @@ import pytest
 from bplambda_jax import cli
 from bplambda_jax import experiments
 from bplambda_jax import tasks
+from helpers import counting_traces
 
 
 def test_toy_batch_matches_spec():
@@ -40,12 +41,14 @@ def _exit_code_and_error(argv, capsys):
   return code, capsys.readouterr().err
 
 
-def test_cli_toy_writes_results_and_plot(tmp_path, capsys):
+def test_cli_toy_writes_results_and_plot(tmp_path, capsys, monkeypatch):
+  traces = counting_traces(monkeypatch)
   out = tmp_path / "toy"
   code = cli.main(["toy", "--lambdas", "0,1", "--seeds", "2", "--steps", "200",
                    "--set", "chunk=50", "--set", "eval_every=50", "--out", str(out),
                    "--no-progress"])
   assert code == 0
+  assert traces["chunk_one"] == 1  # every (λ, seed) pair in one compiled program
   text = capsys.readouterr().out
   assert "final alignment" in text
   summary = json.loads((out / "summary.json").read_text())
@@ -65,6 +68,9 @@ def test_cli_toy_writes_results_and_plot(tmp_path, capsys):
   # 0.37 after these 200 updates).
   by_lambda = {r["changes"]["lambda_"]: r["eval"]["alignment"]["values"] for r in runs.values()}
   assert min(by_lambda[1.0]) > max(by_lambda[0.0]) + 0.1, by_lambda
+  best = summary["grid"]["best"]["bp_lambda"]  # by the toy's score, the final alignment
+  assert best["point"] == {"lambda_": 1.0} and best["mean"] == np.mean(by_lambda[1.0])
+  assert "grid_lambda_.png" in summary["figures"]
   assert json.loads((out / "config.json").read_text())["steps"] == 200
   image = matplotlib.image.imread(out / "alignment.png")  # a real PNG with something drawn
   assert image.ndim == 3 and min(image.shape[:2]) > 100

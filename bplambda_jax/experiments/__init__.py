@@ -7,6 +7,7 @@ from bplambda_jax.experiments._alignment import run_alignment
 from bplambda_jax.experiments._alignment import task_setup
 from bplambda_jax.experiments._config import PRESETS
 from bplambda_jax.experiments._config import RunConfig
+from bplambda_jax.experiments._config import parse_grid
 from bplambda_jax.experiments._config import parse_set
 from bplambda_jax.experiments._config import preset
 from bplambda_jax.experiments._experiment import run
@@ -53,6 +54,7 @@ __all__ = [
     "generated",
     "loss_per_step",
     "mean_sd",
+    "parse_grid",
     "parse_set",
     "predict",
     "preset",

@@ -33,6 +33,7 @@ import typing
 from typing import Optional
 
 from bplambda_jax._errors import ConfigError
+from bplambda_jax.experiments import _grid
 from bplambda_jax.model import CELLS
 from bplambda_jax.rules import parse_rule_spec, rule_options, rules_with_option
 from bplambda_jax.experiments._tasks import RUN_TASKS, run_task
@@ -96,6 +97,9 @@ class RunConfig:
     data_path: a local MNIST copy (``mnist.npz`` or a directory of IDX files).
     max_loss: a finite loss above it stops the run as diverged (``training.Divergence``).
     max_param: a parameter with |θ| above it stops the run as diverged.
+    grid: hyper-parameter grid {key: [values]}: every rule at every point of the product, each
+      with the run's seeds; traced keys (λ, γ, sg_scale, learning rates) share one compiled
+      program per rule and structural configuration (see :mod:`bplambda_jax.experiments._grid`).
   """
 
   task: str = "toy"
@@ -130,6 +134,7 @@ class RunConfig:
   data_path: Optional[str] = None
   max_loss: float = Divergence().max_loss
   max_param: float = Divergence().max_param
+  grid: Optional[dict] = None
 
   def __post_init__(self):
     if isinstance(self.rules, (list, tuple)):
@@ -141,6 +146,8 @@ class RunConfig:
   def to_dict(self) -> dict:
     d = dataclasses.asdict(self)
     d["rules"] = list(self.rules)
+    if self.grid is not None:
+      d["grid"] = {k: list(v) for k, v in self.grid.items()}
     return d
 
   def to_json(self) -> str:
@@ -276,6 +283,9 @@ def _check_type(name, value, hint):
   elif hint is bool:
     ok = isinstance(value, bool)
     want = "true or false"
+  elif hint is dict:
+    ok = isinstance(value, dict)
+    want = "a JSON object"
   else:
     ok = isinstance(value, hint)
     want = f"a {hint.__name__}"
@@ -367,6 +377,15 @@ def _check_values(c: RunConfig):
     if v is not None and c.chunk is not None and v % c.chunk:
       raise ConfigError(f"config key {name!r} = {v} must be a multiple of 'chunk' = {c.chunk} "
                         f"(evaluations and checkpoints happen between chunks).")
+  if c.grid is not None:
+    if not c.grid:
+      raise ConfigError("config key 'grid' names no key; give at least one or leave it out.")
+    object.__setattr__(c, "grid", _grid.check_grid(c.grid, _HINTS))
+    for point in _grid.points(c.grid):  # every value checked as that key's own
+      try:
+        dataclasses.replace(c, grid=None, **point)
+      except ConfigError as e:
+        raise ConfigError(f"config key 'grid': {e}") from None
 
 
 DEFAULT_EPOCHS = 50
@@ -391,13 +410,31 @@ def parse_set(config: RunConfig, *assignments: str) -> RunConfig:
   return config.replace(**changes)
 
 
-def _parse_assignment(assignment: str):
+def parse_grid(*assignments: str) -> dict:
+  """The grid of ``key=v1,v2,...`` assignments (``--grid``, repeatable): {key: [values]}, each
+  value parsed by its key's type (checked with the config, :mod:`~bplambda_jax.experiments._grid`).
+  """
+  grid = {}
+  for assignment in assignments:
+    key, eq, text = assignment.partition("=")
+    key = key.strip()
+    if not eq:
+      raise ConfigError(f"--grid expects key=v1,v2,..., got {assignment!r}.")
+    if key in grid:
+      raise ConfigError(f"--grid names {key!r} twice; give its values in one --grid.")
+    _grid.check_key(key, _HINTS)
+    grid[key] = [_parse_assignment(f"{key}={v}", "--grid")[1] for v in text.split(",")
+                 if v.strip()]
+  return grid
+
+
+def _parse_assignment(assignment: str, flag: str = "--set"):
   key, eq, text = assignment.partition("=")
   key = key.strip()
   if not eq:
-    raise ConfigError(f"--set expects key=value, got {assignment!r}.")
+    raise ConfigError(f"{flag} expects key=value, got {assignment!r}.")
   if key not in _HINTS:
-    raise ConfigError(f"--set: unknown config key {key!r}; accepted: {sorted(_HINTS)}.")
+    raise ConfigError(f"{flag}: unknown config key {key!r}; accepted: {sorted(_HINTS)}.")
   hint = _HINTS[key]
   if typing.get_origin(hint) is typing.Union:
     hint = [a for a in typing.get_args(hint) if a is not type(None)][0]
@@ -419,5 +456,5 @@ def _parse_assignment(assignment: str):
       value = text
   except ValueError:
     want = {bool: "true or false", int: "an integer", float: "a number"}[hint]
-    raise ConfigError(f"--set {key}={text!r}: {key!r} needs {want}.") from None
+    raise ConfigError(f"{flag} {key}={text!r}: {key!r} needs {want}.") from None
   return key, value

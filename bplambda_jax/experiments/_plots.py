@@ -93,3 +93,88 @@ def plot(out: str, lines, metrics, title: str, notes=None) -> list[str]:
     os.chmod(path, FILE_MODE)
     written.append(path)
   return written
+
+
+def _axis_positions(values):
+  """(x positions, tick labels, numeric?) of a grid axis's values."""
+  numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+  if numeric:
+    return np.asarray(values, float), None, True
+  return np.arange(len(values), dtype=float), [str(v) for v in values], False
+
+
+def plot_grid(out: str, grid: dict, title: str) -> list[str]:
+  """The figures of a grid (``summary['grid']``, :mod:`bplambda_jax.experiments._grid`); paths.
+
+  Per axis, ``grid_<axis>.png``: the selection score against the axis's values, one line per
+  rule and setting of the other axes, a band of ± 1 sd over seeds. With two axes, per rule, also
+  ``grid_<a>_<b>[_<i>].png``: a heatmap of the mean score.
+  """
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  axes, rows = grid["axes"], grid["points"]
+  score = rows[0]["score"]
+  specs = list(dict.fromkeys(r["rule"] for r in rows))
+  written = []
+
+  def save(fig, name):
+    fig.tight_layout()
+    path = os.path.join(out, name)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    os.chmod(path, FILE_MODE)
+    written.append(path)
+
+  for axis, values in axes.items():
+    x, ticks, numeric = _axis_positions(values)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    lines = defaultdict(dict)  # (rule, other axes) -> {value index: per-seed values}
+    for r in rows:
+      others = tuple((k, v) for k, v in r["point"].items() if k != axis)
+      lines[(r["rule"], others)][values.index(r["point"][axis])] = np.asarray(r["values"], float)
+    seeds = 0
+    for (spec, others), by_value in lines.items():
+      idx = sorted(by_value)
+      v = [by_value[i] for i in idx]
+      mean = np.asarray([np.mean(s) for s in v])
+      name = " ".join(([spec] if len(specs) > 1 else []) + [f"{k}={o}" for k, o in others])
+      line, = ax.plot(x[idx], mean, marker="o", label=name or None)
+      if all(s.size > 1 for s in v):
+        sd = np.asarray([np.std(s, ddof=1) for s in v])
+        ax.fill_between(x[idx], mean - sd, mean + sd, alpha=0.2, color=line.get_color())
+      seeds = max(seeds, *(s.size for s in v))
+    if ticks is not None:
+      ax.set_xticks(x, ticks)
+    elif numeric and min(values) > 0 and max(values) / min(values) >= 100:
+      ax.set_xscale("log")
+    ax.set_xlabel(axis)
+    ax.set_ylabel(score)
+    band = f"line: mean over {seeds} seeds; band: ± 1 sd" if seeds > 1 else "one seed"
+    ax.set_title(f"{title}\n{band}", fontsize=10)
+    if any(h.get_label() and not h.get_label().startswith("_") for h in ax.get_lines()):
+      ax.legend(fontsize=8)
+    save(fig, f"grid_{axis}.png")
+  if len(axes) == 2:
+    (a, va), (b, vb) = axes.items()
+    for i, spec in enumerate(specs):
+      mean = np.full((len(va), len(vb)), np.nan)
+      for r in rows:
+        if r["rule"] == spec:
+          mean[va.index(r["point"][a]), vb.index(r["point"][b])] = np.mean(r["values"])
+      fig, ax = plt.subplots(figsize=(6.4, 4.8))
+      im = ax.imshow(mean, origin="lower", aspect="auto", cmap="viridis")
+      ax.set_xticks(range(len(vb)), [str(v) for v in vb])
+      ax.set_yticks(range(len(va)), [str(v) for v in va])
+      ax.set_xlabel(b)
+      ax.set_ylabel(a)
+      mid = np.nanmean(mean) if np.isfinite(mean).any() else 0.0
+      for (j, k), m in np.ndenumerate(mean):  # dark text on the bright cells
+        ax.text(k, j, f"{m:.3g}", ha="center", va="center", fontsize=8,
+                color="k" if m > mid else "w")
+      fig.colorbar(im, ax=ax, label=f"{score} (mean over seeds)")
+      ax.set_title(f"{title}: {spec}", fontsize=10)
+      save(fig, f"grid_{a}_{b}" + (f"_{i}" if len(specs) > 1 else "") + ".png")
+  return written

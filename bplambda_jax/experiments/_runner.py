@@ -2,7 +2,9 @@
 
 For every rule of the config (each with its own seeds, all starting from the same per-seed
 initialisations), the runner compiles one *chunk* program — a ``lax.scan`` of ``chunk`` checked
-updates, vmapped over the seeds — and calls it until the budget is spent. Between chunks, on the
+updates, mapped over the seeds (and over the points of a hyper-parameter grid that share the
+rule's structure: :mod:`~bplambda_jax.experiments._grid`) — and calls it until the budget is
+spent. Between chunks, on the
 host: the progress bar, a line per seed in ``metrics.jsonl``, evaluations every ``eval_every``
 updates (model selection on the validation split for sequential MNIST), orbax checkpoints every
 ``checkpoint_every`` updates, and the guards: a seed whose update failed a check (non-finite data,
@@ -35,14 +37,21 @@ import numpy as np
 import tqdm
 
 from bplambda_jax import training
+from bplambda_jax.experiments import _grid
 from bplambda_jax.experiments import _results as results
 from bplambda_jax.experiments._config import RunConfig
 from bplambda_jax.experiments._setup import Setup, make_run_rule
+from bplambda_jax.rules import parse_rule_spec
 from bplambda_jax.training import _guards as guards
 
 
 class RunError(RuntimeError):
-  """A run stopped: a guard fired (the message names the quantity, update and seed)."""
+  """A run stopped: a guard fired (the message names the quantity, update and seed, and where the
+  last good state is saved; ``reason``: the same without the checkpoint)."""
+
+  def __init__(self, message: str, reason: Optional[str] = None):
+    super().__init__(message)
+    self.reason = message if reason is None else reason
 
 
 class Interrupted(RuntimeError):
@@ -72,6 +81,8 @@ class SeedState(NamedTuple):
     level: the curriculum state (copy-repeat), or None.
     best: the model-selection state (sequential MNIST), or None.
     guard: (code, update) of the first failed check; (0, −1) when all is well. [2] int32.
+    hparams: the rule's traced hyper-parameters at this seed's grid point ({} without a grid;
+      the learning rates are in the optimiser state).
   """
 
   train: training.TrainState
@@ -79,6 +90,7 @@ class SeedState(NamedTuple):
   level: Any
   best: Any
   guard: jax.Array
+  hparams: dict
 
 
 class Run(NamedTuple):
@@ -165,21 +177,38 @@ def seed_keys(cfg: RunConfig):
   return jnp.stack([jax.random.key_data(jax.random.key(cfg.seed + i)) for i in range(cfg.seeds)])
 
 
-def _init_seed(setup: Setup, rule, opt, key_data) -> SeedState:
-  """A seed's state: the network from the seed alone (the same for every rule), ĝ from the rule."""
+def _init_seed(setup: Setup, rule, opt, key_data, point) -> SeedState:
+  """A seed's state at a grid point ({key: traced value}; {} without a grid): the network from
+  the seed alone (the same for every rule and point), ĝ from the rule."""
   k_model, k_rule, k_data = jax.random.split(jax.random.wrap_key_data(key_data), 3)
   params = {**rule.init(k_rule), **setup.model.init(k_model)}
-  train = training.TrainState(params, opt.init(params), jnp.zeros((), jnp.int32))
+  rates = {_grid.RATES[k]: v for k, v in point.items() if k in _grid.RATES}
+  opt_state = training.set_learning_rates(opt.init(params), rates)
+  train = training.TrainState(params, opt_state, jnp.zeros((), jnp.int32))
   best = None
   if setup.select:
     best = BestState(train.params, jnp.asarray(jnp.inf, train.params["readout"]["w"].dtype),
                      jnp.asarray(-1, jnp.int32))
-  return SeedState(train, k_data, setup.level0, best, jnp.asarray([0, -1], jnp.int32))
+  hparams = {k: v for k, v in point.items() if k in _grid.RULE_KEYS}
+  return SeedState(train, k_data, setup.level0, best, jnp.asarray([0, -1], jnp.int32), hparams)
+
+
+def _with_hparams(rule, hparams):
+  """``rule`` whose ``grads`` and ``step`` default to the traced ``hparams`` (for evaluations that
+  call the rule without them)."""
+  if not hparams:
+    return rule
+  merged = lambda h: {**hparams, **(h or {})}
+  grads = lambda params, batch, h=None: rule.grads(params, batch, merged(h))
+  step = None if rule.step is None else (
+      lambda params, state, x, y, mask, h=None, **kw: rule.step(params, state, x, y, mask,
+                                                              merged(h), **kw))
+  return rule._replace(grads=grads, step=step)
 
 
 def _programs(setup: Setup, rule, opt, cfg: RunConfig):
-  """(init, chunk, evaluate, test), each mapped over the seeds (``cfg.seed_axis``: a vmap or a
-  loop of one jitted program)."""
+  """(init, chunk, evaluate, test), each mapped over the (grid point, seed) elements
+  (``cfg.seed_axis``: a vmap or a loop of one jitted program)."""
   update = training.make_update(rule, opt,
                                 divergence=training.Divergence(cfg.max_loss, cfg.max_param))
   K, total = cfg.chunk, cfg.steps
@@ -188,7 +217,7 @@ def _programs(setup: Setup, rule, opt, cfg: RunConfig):
     def body(ss, i):
       step = start + i
       batch = setup.batch(data, ss.key, ss.level, ss.train.step)
-      train, m = update(ss.train, batch)
+      train, m = update(ss.train, batch, ss.hparams)
       active = (step < total) & (ss.guard[0] == 0)
       ok = active & (m["guard"] == 0)
       level = ss.level if setup.advance is None else setup.advance(ss.level, m["loss"])
@@ -207,7 +236,7 @@ def _programs(setup: Setup, rule, opt, cfg: RunConfig):
     return ss, out
 
   def eval_one(ss: SeedState, data, step):
-    ev = setup.evaluate(rule, ss.train.params, data, ss.key)
+    ev = setup.evaluate(_with_hparams(rule, ss.hparams), ss.train.params, data, ss.key)
     if ss.best is None:
       return ss, ev
     score = ev[setup.select]
@@ -222,7 +251,7 @@ def _programs(setup: Setup, rule, opt, cfg: RunConfig):
     return setup.test(params, data)
 
   seeds = lambda fn, in_axes=0: training.map_seeds(fn, cfg.seed_axis, in_axes)  # vmap or loop
-  init = seeds(lambda k: _init_seed(setup, rule, opt, k))
+  init = seeds(lambda k, point: _init_seed(setup, rule, opt, k, point))
   chunk = seeds(chunk_one, in_axes=(0, None, None))
   evaluate = seeds(eval_one, in_axes=(0, None, None)) if setup.evaluate else None
   test = seeds(test_one, in_axes=(0, None)) if setup.test else None
@@ -241,30 +270,76 @@ def _postfix(cfg, m, ev, rate):
   return parts
 
 
+def group_runs(runs) -> list[list[Run]]:
+  """The runs grouped by what they compile: the same rule spec and structural config changes
+  (those differing only in traced hyper-parameters share one program); first-seen order."""
+  groups = {}
+  for r in runs:
+    groups.setdefault((r.spec, _grid.structural(r.changes)), []).append(r)
+  return list(groups.values())
+
+
+def group_config(cfg: RunConfig, runs) -> RunConfig:
+  """The config a group of runs compiles with: ``cfg`` with their structural changes."""
+  return cfg.replace(**dict(_grid.structural(runs[0].changes)))
+
+
+def group_rule(cfg: RunConfig, setup: Setup, runs):
+  """(rule, traced keys, optimiser, {parameter group: largest learning rate}) of a group of runs
+  (:func:`group_runs`); ConfigError for a traced key the rule does not take, before anything is
+  compiled. The optimiser freezes a parameter group whose learning rate is 0 at every point."""
+  spec = runs[0].spec
+  cfg = group_config(cfg, runs)
+  rule = make_run_rule(cfg, spec, setup.model)
+  keys = list(dict.fromkeys(k for r in runs for k in _grid.traced(r.changes)))
+  top = {g: max(r.changes.get(k, getattr(cfg, k)) for r in runs) for k, g in _grid.RATES.items()}
+  keys = [k for k in keys if top.get(_grid.RATES.get(k), 1) > 0]  # a rate 0 everywhere: frozen
+  opt = training.optimiser(top["cell"], top["readout"], top["synth"])
+  groups = ()
+  if any(k in _grid.RATES for k in keys):  # the parameter groups the rule has
+    groups = jax.eval_shape(lambda k: _init_seed(setup, rule, opt, k, {}),
+                            seed_keys(cfg)[0]).train.params
+  _grid.check_rule_keys(spec, keys, rule.hparams, groups, parse_rule_spec(spec).options)
+  return rule, keys, opt, top
+
+
 def train_one(cfg: RunConfig, setup: Setup, run: Run, out: str, log: results.MetricsLog,
               *, resume: bool, progress: bool, stop) -> dict:
   """Train one rule (all seeds) to the end of the budget; its summary."""
-  cfg = cfg.replace(**run.changes)
-  rule = make_run_rule(cfg, run.spec, setup.model)
-  opt = training.optimiser(cfg.lr_cell, cfg.lr_readout, cfg.lr_synth)
+  return train_group(cfg, setup, [run], out, log, resume=resume, progress=progress,
+                     stop=stop)[run.label]
+
+
+def train_group(cfg: RunConfig, setup: Setup, runs, out: str, log: results.MetricsLog,
+                *, resume: bool, progress: bool, stop) -> dict:
+  """Train a group of runs (one rule spec and structural config; :func:`group_runs`), every run
+  with every seed, as one program over P·S (run, seed) elements; {label: summary}."""
+  rule, keys, opt, lrs = group_rule(cfg, setup, runs)
+  cfg = group_config(cfg, runs)
+  S, P = cfg.seeds, len(runs)
+  dtype = jnp.dtype(cfg.dtype)
+  points = {k: jnp.asarray(np.repeat([r.changes.get(k, getattr(cfg, k)) for r in runs], S),
+                           dtype) for k in keys}  # [P·S], point-major
   init, chunk, evaluate, test = _programs(setup, rule, opt, cfg)
-  keys = seed_keys(cfg)
-  params1 = jax.eval_shape(lambda k: _init_seed(setup, rule, opt, k), keys[0]).train.params
-  training.check_memory(rule, params1, cfg.batch_size, seeds=cfg.seeds)  # before compiling
-  states = _call(init, keys)
-  ckpt = training.Checkpointer(os.path.join(out, "checkpoints", run.label.replace("/", "_")),
+  elements = jnp.tile(seed_keys(cfg), (P, 1))  # [P·S]: seed s's key at every point
+  params1 = jax.eval_shape(lambda k: _init_seed(setup, rule, opt, k, {}), elements[0]).train.params
+  training.check_memory(rule, params1, cfg.batch_size, seeds=P * S)  # before compiling
+  states = _call(init, elements, points)
+  name = runs[0].label if P == 1 else " ".join([runs[0].spec, "grid"] + [
+      f"{k}={v}" for k, v in _grid.structural(runs[0].changes)])
+  ckpt = training.Checkpointer(os.path.join(out, "checkpoints", name.replace("/", "_")),
                                max_to_keep=cfg.max_to_keep)
-  lrs = {"cell": cfg.lr_cell, "readout": cfg.lr_readout, "synth": cfg.lr_synth}
   learns = any(lrs[g] > 0 for g in params1)
   done = 0 if learns else cfg.steps  # nothing learns: no update to run
   if not learns and progress:
-    print(f"{run.label}: no parameter group learns (learning rates of {sorted(params1)} are 0); "
+    print(f"{name}: no parameter group learns (learning rates of {sorted(params1)} are 0); "
           f"evaluated without training.", flush=True)
   if resume and ckpt.latest_step() is not None:
     done = ckpt.latest_step()
     states, _ = ckpt.restore(done, states)
-    log.truncate(run.label, done, cfg.eval_every)
-  base = {"rule": run.label}
+    for r in runs:
+      log.truncate(r.label, done, cfg.eval_every)
+  where = lambda e: {"rule": runs[e // S].label, "seed": cfg.seed + e % S}  # element e's row
   evals, last = [], None
   started = time.perf_counter()
 
@@ -272,13 +347,13 @@ def train_one(cfg: RunConfig, setup: Setup, run: Run, out: str, log: results.Met
     states, ev = _call(evaluate, states, setup.data, jnp.asarray(step, jnp.int32))
     ev = _host(ev)
     evals.append((step, ev))
-    log.append({**base, "seed": cfg.seed + i, "step": step, "kind": "eval",
-                **{k: v[i] for k, v in ev.items()}} for i in range(cfg.seeds))
+    log.append({**where(e), "step": step, "kind": "eval", **{k: v[e] for k, v in ev.items()}}
+               for e in range(P * S))
     return states
 
   if evaluate is not None and done == 0 and done < cfg.steps:  # the curve starts before training
     states = evaluate_at(states, 0)
-  bar = tqdm.tqdm(total=cfg.steps, initial=done, desc=f"{run.label} [{cfg.task}]", unit="upd",
+  bar = tqdm.tqdm(total=cfg.steps, initial=done, desc=f"{name} [{cfg.task}]", unit="upd",
                   disable=not progress, dynamic_ncols=True, leave=True)
   try:
     while done < cfg.steps:
@@ -286,9 +361,9 @@ def train_one(cfg: RunConfig, setup: Setup, run: Run, out: str, log: results.Met
       states, m = _call(chunk, states, jnp.asarray(done, jnp.int32), setup.data)
       m, guard = _host((m, states.guard))
       done = min(done + cfg.chunk, cfg.steps)
-      rate = cfg.seeds * cfg.batch_size * cfg.chunk / max(time.perf_counter() - t0, 1e-9)
-      log.append({**base, "seed": cfg.seed + i, "step": done, "kind": "train",
-                  **{k: v[i] for k, v in m.items()}} for i in range(cfg.seeds))
+      rate = P * S * cfg.batch_size * cfg.chunk / max(time.perf_counter() - t0, 1e-9)
+      log.append({**where(e), "step": done, "kind": "train", **{k: v[e] for k, v in m.items()}}
+                 for e in range(P * S))
       if evaluate is not None and done % cfg.eval_every == 0:
         states = evaluate_at(states, done)
       last = m
@@ -296,19 +371,20 @@ def train_one(cfg: RunConfig, setup: Setup, run: Run, out: str, log: results.Met
       bar.set_postfix(_postfix(cfg, m, evals[-1][1] if evals else None, rate))
       bad = np.flatnonzero(guard[:, 0])
       if bad.size:
-        ckpt.save(done, states, {"rule": run.label, "stopped": "guard"})
-        i = int(bad[0])
-        raise RunError(guards.guard_message(int(guard[i, 0]), step=int(guard[i, 1]) + 1,
-                                            seed=cfg.seed + i, rule=run.label)
-                       + f" Every seed is saved at its last good state (the failed ones before "
-                       f"their failing update) in checkpoint {done} of {ckpt.directory}.")
+        ckpt.save(done, states, {"rule": name, "stopped": "guard"})
+        e = int(bad[0])
+        reason = guards.guard_message(int(guard[e, 0]), step=int(guard[e, 1]) + 1,
+                                      seed=cfg.seed + e % S, rule=runs[e // S].label)
+        raise RunError(reason + f" Every seed is saved at its last good state (the failed ones "
+                       f"before their failing update) in checkpoint {done} of {ckpt.directory}.",
+                       reason)
       if stop["signal"] or done % cfg.checkpoint_every == 0 or done == cfg.steps:
-        ckpt.save(done, states, {"rule": run.label, "config": cfg.to_dict()})
+        ckpt.save(done, states, {"rule": name, "config": cfg.to_dict()})
       if stop["signal"] and done < cfg.steps:
         raise Interrupted(f"{stop['signal']}: stopped after update {done} of {cfg.steps}; "
                           f"checkpoint saved in {ckpt.directory}. Continue with --resume.")
     if evaluate is not None and not (evals and evals[-1][0] == done) and not any(
-        r.get("rule") == run.label and r.get("kind") == "eval" and r.get("step") == done
+        r.get("rule") == runs[0].label and r.get("kind") == "eval" and r.get("step") == done
         for r in log.lines()):
       # the final evaluation of a budget off the evaluation grid (or of a run that learns
       # nothing): after the last checkpoint, so that a longer resumed run does not see it
@@ -316,26 +392,34 @@ def train_one(cfg: RunConfig, setup: Setup, run: Run, out: str, log: results.Met
   finally:
     bar.close()
     ckpt.close()
-  summary = {"rule": run.label, "spec": run.spec, "mode": rule.mode,
-             "steps": done if learns else 0, "budget": cfg.steps,
-             "seeds": [cfg.seed + i for i in range(cfg.seeds)],
-             "seconds": time.perf_counter() - started, "changes": run.changes}
-  if last is None and log_has(log, run.label, "train"):  # resumed after the last chunk
-    last = _last_from_log(log, run.label, "train", cfg.seeds)
-  if not evals and evaluate is not None:
-    evals = [(done, _last_from_log(log, run.label, "eval", cfg.seeds))]
-  if last is not None:
-    summary["final"] = {k: results.mean_sd(v) for k, v in last.items() if k != "updates"}
-  if evals:
-    summary["eval"] = {k: results.mean_sd(v) for k, v in evals[-1][1].items()}
-  if states.level is not None and last is not None:
-    summary["solved"] = {"n": last["solved_n"].tolist(), "r": last["solved_r"].tolist()}
-  if test is not None:
-    best = _host(states.best)
-    summary["best_step"] = best.step.tolist()
-    summary["test"] = {k: results.mean_sd(v)
-                       for k, v in _host(_call(test, states, setup.data)).items()}
-  return summary
+  seconds = time.perf_counter() - started
+  best = _host(states.best) if test is not None else None
+  tested = _host(_call(test, states, setup.data)) if test is not None else None
+  summaries = {}
+  for p, run in enumerate(runs):
+    mine = lambda tree: jax.tree.map(lambda v: v[p * S:(p + 1) * S], tree)
+    summary = {"rule": run.label, "spec": run.spec, "mode": rule.mode,
+               "steps": done if learns else 0, "budget": cfg.steps,
+               "seeds": [cfg.seed + i for i in range(S)], "seconds": seconds,
+               "changes": run.changes}
+    run_last = mine(last) if last is not None else None
+    if run_last is None and log_has(log, run.label, "train"):  # resumed after the last chunk
+      run_last = _last_from_log(log, run.label, "train", S)
+    run_eval = mine(evals[-1][1]) if evals else None
+    if run_eval is None and evaluate is not None:
+      run_eval = _last_from_log(log, run.label, "eval", S)
+    if run_last is not None:
+      summary["final"] = {k: results.mean_sd(v) for k, v in run_last.items() if k != "updates"}
+    if run_eval is not None:
+      summary["eval"] = {k: results.mean_sd(v) for k, v in run_eval.items()}
+    if states.level is not None and run_last is not None:
+      summary["solved"] = {"n": run_last["solved_n"].tolist(), "r": run_last["solved_r"].tolist()}
+    if test is not None:
+      summary["best_step"] = mine(best.step).tolist()
+      summary["best_score"] = results.mean_sd(mine(best.score))
+      summary["test"] = {k: results.mean_sd(v) for k, v in mine(tested).items()}
+    summaries[run.label] = summary
+  return summaries
 
 
 def log_has(log, label, kind) -> bool:

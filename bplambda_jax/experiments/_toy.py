@@ -1,105 +1,81 @@
-"""The toy gradient-alignment experiment behind ``bplambda toy`` (the paper's Fig. 2).
+"""The toy gradient-alignment experiment (the paper's Fig. 2) as a function: ``bplambda toy``.
 
-A fixed linear RNN, the synthesiser alone learning; every (seed, λ) pair runs in one compiled
-program (two nested ``jax.vmap``); the measure is the cosine between the learning signal of each
-state and the true BPTT gradient dL/dh_t, for t < T−1.
+A fixed linear RNN, the synthesiser alone learning; BP(λ) at every λ and seed. It is ``run`` of the
+toy task with a grid over λ (one compiled program for all (λ, seed) pairs), into a temporary
+results directory, so the same seeds and settings give the same numbers as ``bplambda toy`` and
+``bplambda run toy --grid lambda_=...``. The measure is the cosine between the learning signal of
+each state and the true BPTT gradient dL/ds_t, for t < T−1.
 """
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
+import json
+import os
+import tempfile
+
 import numpy as np
 
-from bplambda_jax import tasks
-from bplambda_jax import training
-from bplambda_jax.experiments import _metrics as metrics
-from bplambda_jax.oracles import exact_gradients
-from bplambda_jax.rules import bp_lambda
+from bplambda_jax._errors import ConfigError
+from bplambda_jax.experiments._config import RunConfig
+from bplambda_jax.experiments._experiment import run
+from bplambda_jax.experiments._runner import RunError
 
 
 def run_toy(lambdas=(0.0, 0.5, 0.9, 1.0), seeds=(0, 1, 2, 3, 4), *, steps: int = 10000,
             gamma: float = 1.0, seq_len: int = 10, hidden_size: int = 30, batch_size: int = 10,
-            lr_synth: float = 1e-3, lr_rnn: float = 0.0, mode: str = "sequence",
+            lr_synth: float = 1e-3, lr_rnn: float = 0.0, mode: str = "auto",
             faithful: bool = False, record_every: int = 100):
-  """Train the synthesiser on the toy task for every (seed, λ), all in one compiled program.
+  """Train the synthesiser on the toy task for every (seed, λ): ``bplambda toy`` as a function.
 
   The same seed gives the same RNN initialisation for every λ (matched runs). Returns a dict
   with ``'lambdas'`` [L], ``'seeds'`` [S], ``'steps'`` [K] (the recorded update indices) and
   ``'alignment'`` [S, L, K]: the mean over examples and steps t < T−1 of
-  cos(learning signal_t, dL/dh_t), measured before updates 0, E, 2E, … (E = ``record_every``)
-  and after the last one; nothing is measured in between (an exact-gradient pass per point).
+  cos(learning signal_t, dL/ds_t), measured before update 0, after every ``record_every``
+  updates and after the last one.
 
   Args:
-    lambdas: λ values, each in [0, 1].
-    seeds: integer seeds.
+    lambdas: λ values, each in [0, 1], each once.
+    seeds: consecutive integer seeds (seed s gives the numbers of ``--seed s`` in the CLI).
     steps: number of updates (batches).
     gamma: γ ∈ [0, 1].
     seq_len, hidden_size, batch_size: task sizes (reference: 10, 30, 10).
     lr_synth: Adam learning rate of the synthesiser.
     lr_rnn: Adam learning rate of the RNN and readout (0: the fixed RNN of the paper).
-    mode: BP(λ) mode, 'sequence' (default: same numbers as 'online', much cheaper) or 'online'.
+    mode: BP(λ) mode: 'auto' (the sequence mode, the same numbers as 'online', cheaper),
+      'sequence' or 'online'.
     faithful: the authors' conventions instead of the fixed ones.
-    record_every: stride of the recorded alignment curve.
+    record_every: updates between measurements (the compiled chunk's length).
 
-  Every update is checked (see :func:`bplambda_jax.training.make_update`): a run that produces
-  non-finite values or diverges (``training.Divergence``) raises
-  :class:`~bplambda_jax.training.GuardError` naming the seed, λ and update; no curve is returned.
+  Raises:
+    ConfigError: a bad argument (named), before anything is compiled.
+    RunError: a seed produced non-finite values or diverged (``training.Divergence``); no curve
+      is returned.
   """
-  lambdas = [float(l) for l in lambdas]
-  for l in lambdas:
-    if not 0.0 <= l <= 1.0:
-      raise ValueError(f"every λ must lie in [0, 1], got {l!r}.")
+  seeds = [int(s) for s in seeds]
   if not seeds:
-    raise ValueError("seeds must be a non-empty list of integers.")
-  if not isinstance(steps, int) or steps < 1:
-    raise ValueError(f"steps must be a positive integer, got {steps!r}.")
-  if not isinstance(record_every, int) or record_every < 1:
-    raise ValueError(f"record_every must be a positive integer, got {record_every!r}.")
-  model = tasks.toy_model(hidden_size)
-  batch = tasks.toy_batch(batch_size, seq_len)
-  rule = bp_lambda(model, flavour="state", gamma=gamma, mode=mode, faithful=faithful,
-                   clip_increments=False)
-  opt = training.optimiser(lr_rnn, lr_rnn, lr_synth)
-
-  def alignment(params, hp):
-    _, aux = rule.grads(params, batch, hp)
-    _, _, dl_ds = exact_gradients(model, params, batch)
-    cos = metrics.cosine(aux["learning_signal"], dl_ds, axis=-1)  # [T, B]
-    return jnp.mean(cos[:-1])  # t < T−1
-
-  n_chunks, rest = divmod(steps, record_every)
-
-  def one(key, lam):
-    hp = {"lambda_": lam}
-    k_init, _ = jax.random.split(key)
-    state = training.init_state(rule, opt, k_init)
-
-    def chunk(st, _):  # the alignment before a chunk of record_every updates, then the chunk
-      a = alignment(st.params, hp)
-      st, m = training.run(rule, opt, lambda k, s: batch, key, record_every, state=st,
-                           hparams=hp)
-      return st, (a, m["guard"])
-
-    state, (curve, guard) = jax.lax.scan(chunk, state, None, length=n_chunks)
-    guard = guard.reshape(-1)
-    if rest:
-      state, m = training.run(rule, opt, lambda k, s: batch, key, rest, state=state, hparams=hp)
-      guard = jnp.concatenate([guard, m["guard"]])
-    return jnp.concatenate([curve, alignment(state.params, hp)[None]]), guard
-
-  keys = jnp.stack([jax.random.key_data(jax.random.key(int(s))) for s in seeds])
-  sweep = jax.jit(jax.vmap(jax.vmap(lambda kd, lam: one(jax.random.wrap_key_data(kd), lam),
-                                    in_axes=(None, 0)), in_axes=(0, None)))
-  curves, guard = jax.device_get(sweep(keys, jnp.asarray(lambdas)))  # [S, L, K], [S, L, steps]
-  bad = np.argwhere(guard != 0)
-  if len(bad):  # the checked updates froze a seed: never a result
-    i, l, step = (int(v) for v in bad[0])
-    raise training.GuardError(
-        training.guard_message(int(guard[i, l, step]), step=step + 1, seed=int(seeds[i]),
-                               rule=f"bp_lambda, λ = {lambdas[l]:g}"),
-        int(guard[i, l, step]), (i, l, step))
-  curves = np.asarray(curves)
-  recorded = list(range(0, n_chunks * record_every, record_every)) + [steps]
-  return {"lambdas": lambdas, "seeds": [int(s) for s in seeds], "steps": recorded,
-          "alignment": curves}
+    raise ConfigError("seeds must be a non-empty list of integers.")
+  if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
+    raise ConfigError(f"seeds must be consecutive integers, got {seeds}.")
+  lambdas = [float(l) for l in lambdas]
+  cfg = RunConfig(task="toy", rules=("bp_lambda",), seeds=len(seeds), seed=seeds[0],
+                  steps=steps, gamma=gamma, seq_len=seq_len, hidden_size=hidden_size,
+                  batch_size=batch_size, lr_synth=lr_synth, lr_cell=lr_rnn, lr_readout=lr_rnn,
+                  mode=mode, faithful=faithful, chunk=record_every, eval_every=record_every,
+                  grid={"lambda_": lambdas})
+  with tempfile.TemporaryDirectory() as out:
+    try:
+      summary = run(cfg, out, progress=False, verbose=False)
+    except RunError as e:  # its checkpoint goes with the temporary directory
+      raise RunError(f"{e.reason} (run_toy keeps no results: run 'bplambda toy' or "
+                     f"experiments.run for a checkpoint of the last good state)",
+                     e.reason) from None
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+      lines = [json.loads(l) for l in f if l.strip()]
+  labels = [p["label"] for p in summary["grid"]["points"]]
+  evals = [l for l in lines if l["kind"] == "eval"]
+  recorded = sorted({l["step"] for l in evals})
+  curves = np.full((len(seeds), len(lambdas), len(recorded)), np.nan)
+  for l in evals:
+    curves[l["seed"] - seeds[0], labels.index(l["rule"]), recorded.index(l["step"])] = (
+        l["alignment"])
+  return {"lambdas": lambdas, "seeds": seeds, "steps": recorded, "alignment": curves}

@@ -32,6 +32,7 @@ from bplambda_jax.training._train import init_state
 from bplambda_jax.training._train import make_update
 from bplambda_jax.training._train import optimiser
 from bplambda_jax.training._train import run
+from bplambda_jax.training._train import set_learning_rates
 from bplambda_jax.training._train import sweep
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "save_checkpoint",
     "seed_mesh",
     "seed_sharding",
+    "set_learning_rates",
     "shard_seeds",
     "state_bytes",
     "stream",

@@ -56,13 +56,18 @@ def optimiser(lr_cell: float, lr_readout: float, lr_synth: float = 0.0, *,
   """Adam with a separate learning rate per group ('cell', 'readout', 'synth').
 
   Each learning rate is a finite number >= 0 (a Python, numpy or concrete 0-d jax scalar). A group
-  with learning rate 0 is frozen (``optax.set_to_zero``).
+  with learning rate 0 is frozen (``optax.set_to_zero``: no Adam state). The learning rate of
+  every other group is an injected hyper-parameter (``optax.inject_hyperparams``, in the
+  parameters' dtype): it lives in the optimiser state, where :func:`set_learning_rates` replaces
+  it, traced values included, so that one compiled program trains with many learning rates (the
+  same numbers as a constant learning rate).
   """
   lr_cell, lr_readout, lr_synth = (_validation.number(name, v, minimum=0.0) for name, v in (
       ("lr_cell", lr_cell), ("lr_readout", lr_readout), ("lr_synth", lr_synth)))
+  injected = optax.inject_hyperparams(optax.adam, static_args=("b1", "b2", "eps", "eps_root"))
 
   def group(lr):
-    return adam(lr, b1, b2, eps) if lr > 0 else optax.set_to_zero()
+    return injected(learning_rate=lr, b1=b1, b2=b2, eps=eps) if lr > 0 else optax.set_to_zero()
 
   transforms = {"cell": group(lr_cell), "readout": group(lr_readout), "synth": group(lr_synth)}
 
@@ -73,6 +78,28 @@ def optimiser(lr_cell: float, lr_readout: float, lr_synth: float = 0.0, *,
     return {k: jax.tree.map(lambda _: k, v) for k, v in params.items()}
 
   return optax.partition(transforms, labels)
+
+
+def set_learning_rates(opt_state, rates: dict):
+  """The state of an :func:`optimiser` with the learning rates of ``rates`` ({group: rate}).
+
+  Traceable (a rate may be a traced scalar: one compiled program for many learning rates); the
+  rate is cast to the dtype the state holds it in. A group frozen when the optimiser was built
+  (learning rate 0) has no learning rate to set: ValueError naming it.
+  """
+  inner = dict(opt_state.inner_states)
+  for name, rate in rates.items():
+    if name not in inner:
+      raise ValueError(f"rates has unknown group {name!r}; expected some of {GROUPS}.")
+    masked = inner[name]
+    state = masked.inner_state
+    if not hasattr(state, "hyperparams"):
+      raise ValueError(f"group {name!r} is frozen (the optimiser was built with learning rate 0 "
+                       f"for it); build it with a positive learning rate to set one.")
+    lr = state.hyperparams["learning_rate"]
+    hp = {**state.hyperparams, "learning_rate": jnp.asarray(rate, lr.dtype)}
+    inner[name] = masked._replace(inner_state=state._replace(hyperparams=hp))
+  return opt_state._replace(inner_states=inner)
 
 
 def init_state(rule: Rule, opt: optax.GradientTransformation, key) -> TrainState:
