@@ -178,6 +178,9 @@ class Runner:
     if not budget_s > 0:
       raise ValueError(f"budget_s must be > 0, got {budget_s!r}.")
     self.repeats, self.budget_s, self.tiny, self.log = repeats, budget_s, tiny, log
+    # At the tiny sizes many cases are the same program (the scaling and seed-count families
+    # differ only in size): each distinct program is measured once and its row reused.
+    self._tiny_rows: dict = {}
     # timer(call, repeats, budget_s) -> (first_run_s, [seconds], note): how a case's compiled
     # call is timed (default :func:`timed_calls`); the interleaving tools (benchmarks/compare.py,
     # benchmarks/peers/) pass one that keeps the call and times it themselves.
@@ -280,6 +283,17 @@ class Runner:
     """One row (never raises for a failing case: the row's status is 'error')."""
     if self.tiny:
       case = case.tiny()
+      program = case._replace(name="", note="", bptt_ref=None)
+      same = self._tiny_rows.get(program)
+      if same is not None:
+        note = "; ".join(x for x in (case.note, f"tiny: the program of {same['name']}") if x)
+        return {**same, "name": case.name, "note": note, "bptt_ref": case.bptt_ref}
+    row = self._run_case(case)
+    if self.tiny:
+      self._tiny_rows[program] = row
+    return row
+
+  def _run_case(self, case: cases_lib.Case) -> dict:
     row = base_row(case, self.tiny)
     try:
       # Both build the rule (a case whose rule cannot be built is an error row).
