@@ -28,7 +28,10 @@ import json
 import math
 import os
 import re
+import shlex
+import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -51,36 +54,37 @@ _Q = ("--seeds 5 --steps 20000 --set hidden_size=32 --set batch_size=16 --set ma
 _H = ("--seeds 3 --set cell=elementwise_lstm --set hidden_size=64 --set pattern_length=4 "
       "--set mode=online --set eval_batch_size=256 --no-progress")
 _R = "bp_lambda,eprop,columnar_rtrl,tbptt:10"
+TOY_SEEDS = 10  # the toy runs are chaotic: 10 seeds, a bootstrap interval of the mean
 
 
 def _toy(T, faithful=False):
   if faithful:
-    return (f"bplambda toy --faithful --T {T} --lambdas {_L} --seeds 5 "
+    return (f"bplambda toy --faithful --T {T} --lambdas {_L} --seeds {TOY_SEEDS} "
             f"--set checkpoint_every=1000 --out runs/toy_T{T}_faithful --no-progress")
-  return (f"bplambda toy --T {T} --lambdas {_L} --seeds 5 --set chunk=500 "
+  return (f"bplambda toy --T {T} --lambdas {_L} --seeds {TOY_SEEDS} --set chunk=500 "
           f"--set checkpoint_every=10000 --out runs/toy_T{T} --no-progress")
 
 
 def _dni(T, faithful=False):
   if faithful:
-    return (f"bplambda run toy --faithful --rule {_D} --seeds 5 --set seq_len={T} "
+    return (f"bplambda run toy --faithful --rule {_D} --seeds {TOY_SEEDS} --set seq_len={T} "
             f"--set checkpoint_every=1000 --out runs/dni_T{T}_faithful --no-progress")
-  return (f"bplambda run toy --rule {_D} --seeds 5 --set seq_len={T} --set chunk=500 "
+  return (f"bplambda run toy --rule {_D} --seeds {TOY_SEEDS} --set seq_len={T} --set chunk=500 "
           f"--set checkpoint_every=10000 --out runs/dni_T{T} --no-progress")
 
 
 def _plastic(T):
-  return (f"bplambda toy --plastic --T {T} --lambdas {_L} --seeds 5 --set chunk=500 "
+  return (f"bplambda toy --plastic --T {T} --lambdas {_L} --seeds {TOY_SEEDS} --set chunk=500 "
           f"--set checkpoint_every=10000 --out runs/plastic_T{T} --no-progress")
 
 
 def _plastic_dni(T):
-  return (f"bplambda run plastic-toy --rule {_D} --seeds 5 --set seq_len={T} --set chunk=500 "
+  return (f"bplambda run plastic-toy --rule {_D} --seeds {TOY_SEEDS} --set seq_len={T} --set chunk=500 "
           f"--set checkpoint_every=10000 --out runs/plastic_dni_T{T} --no-progress")
 
 
 def _plastic_bptt(T):
-  return (f"bplambda run plastic-toy --rule bptt --seeds 5 --set seq_len={T} --set chunk=500 "
+  return (f"bplambda run plastic-toy --rule bptt --seeds {TOY_SEEDS} --set seq_len={T} --set chunk=500 "
           f"--set checkpoint_every=10000 --out runs/plastic_bptt_T{T} --no-progress")
 
 
@@ -127,6 +131,10 @@ PLAN = {
     "long": {"long_T103": _long(24, 2000, 100, 500), "long_T303": _long(74, 1000, 50, 250),
              "long_T1003": _long(249, 300, 25, 100)},
 }
+# the code each section's numbers depend on: a number measured at a commit where these paths
+# differed from HEAD's is stale
+CODE_PATHS = {**{s: ("bplambda_jax",) for s in PLAN}, "align": ("bplambda_jax",),
+              "cost": ("bplambda_jax", "benchmarks")}
 # the runner's own log directory of a section (the long horizons keep theirs apart)
 LOG_DIR = {"long": os.path.join("logs", "long")}
 
@@ -631,12 +639,54 @@ def update_report():
   print(f"rewrote the tables of {REPORT}")
 
 
+def git(*args) -> str:
+  """``git ARGS`` in the repository, stripped stdout ('' where git or the history is missing)."""
+  try:
+    r = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30)
+  except (OSError, subprocess.SubprocessError):
+    return ""
+  return r.stdout.strip() if r.returncode == 0 else ""
+
+
+def run_planned(name: str, runs: str = "runs"):
+  """Run the planned command ``name`` from the repository root and keep its timing record
+  (``runs/<log dir>/<name>.time.json``): the command, wall time, exit status, start and end
+  (UTC), the 1-minute load average at both ends, and the commit and whether the code it depends
+  on had uncommitted changes (``code_dirty``)."""
+  section = next((s for s, plan in PLAN.items() if name in plan), None)
+  if section is None:
+    raise SystemExit(f"--run: no planned command named {name!r}; the names: "
+                     + ", ".join(n for plan in PLAN.values() for n in plan))
+  command = PLAN[section][name]
+  if runs != "runs":
+    raise SystemExit("--run writes into runs/ (the planned commands name their --out there)")
+  log = os.path.join(REPO, runs, LOG_DIR.get(section, "logs"), f"{name}.time.json")
+  os.makedirs(os.path.dirname(log), exist_ok=True)
+  record = {"command": command, "start": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "loadavg_1m_start": os.getloadavg()[0], "git_sha": git("rev-parse", "HEAD") or None,
+            "code_dirty": bool(git("status", "--porcelain", "--", *CODE_PATHS[section]))}
+  t0 = time.perf_counter()
+  rc = subprocess.run(shlex.split(command), cwd=REPO).returncode
+  record.update(wall_s=round(time.perf_counter() - t0, 1), rc=rc,
+                end=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                loadavg_1m_end=os.getloadavg()[0])
+  with open(log, "w") as f:
+    json.dump(record, f, indent=1)
+  print(f"{name}: rc {rc}, {record['wall_s']} s; wrote {log}")
+  return rc
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--runs", default="runs", help="the directory the commands wrote into")
   p.add_argument("--report", action="store_true", help="re-render the report's tables")
   p.add_argument("--no-collect", action="store_true", help="only re-render the tables")
+  p.add_argument("--run", metavar="NAME", nargs="+", default=(),
+                 help="first run these planned commands (by run name) and keep their timing")
   args = p.parse_args(argv)
+  for name in args.run:
+    if run_planned(name, args.runs):
+      raise SystemExit(f"{name} failed")
   if not args.no_collect:
     write(build(args.runs))
   if args.report:
