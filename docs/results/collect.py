@@ -166,6 +166,9 @@ def render(doc: dict, cell) -> str:
     return f"{100 * value['mean']:.{d}f} ± {100 * value['sd']:.{d}f}"
   if fmt == "mean":
     return f"{value['mean']:.{d}f}"
+  if fmt == "ci":
+    lo, hi = value["ci95"]
+    return f"{value['mean']:.{d}f} [{lo:.{d}f}, {hi:.{d}f}]"
   if fmt == "num":
     return f"{value:.{d}f}"
   if fmt == "levels":
@@ -194,6 +197,33 @@ def num(ref, digits=0):
 
 
 # ----------------------------------------------------------------------------- collection
+
+BOOT_RESAMPLES = 10_000
+BOOT_SEED = 0
+
+
+def bootstrap_ci(values, level=0.95):
+  """Percentile-bootstrap interval of the mean over seeds: 10,000 resamples of the seeds with
+  replacement, drawn by ``numpy.random.default_rng(0)``; the 2.5th and 97.5th percentiles of the
+  resampled means. None for fewer than 2 values."""
+  v = np.asarray(values, dtype=np.float64)
+  if v.size < 2:
+    return None
+  idx = np.random.default_rng(BOOT_SEED).integers(0, v.size, size=(BOOT_RESAMPLES, v.size))
+  lo, hi = np.percentile(v[idx].mean(axis=1), [50 * (1 - level), 50 * (1 + level)])
+  return [float(lo), float(hi)]
+
+
+def add_ci(node):
+  """Adds 'ci95' (:func:`bootstrap_ci`) to every statistic {'mean', 'sd', 'n', 'values'} below
+  ``node``."""
+  if isinstance(node, dict):
+    if {"mean", "values"} <= set(node) and isinstance(node["values"], list):
+      node["ci95"] = bootstrap_ci(node["values"])
+    for v in node.values():
+      add_ci(v)
+  return node
+
 
 def _stats(values):
   v = np.asarray(values, dtype=np.float64)
@@ -249,6 +279,7 @@ def load_run(runs: str, name: str, section: str, planned: str):
                                      zip(r["solved"]["n"], r["solved"]["r"])])
     rules[label] = keep
   return {"command": timing["command"], "out": _out(timing["command"]),
+          "code_dirty": timing.get("code_dirty"),
           "wall_s": timing["wall_s"], "start": timing["start"], "end": timing["end"],
           "loadavg_1m": [timing["loadavg_1m_start"], timing["loadavg_1m_end"]],
           "timing_note": timing.get("note"),
@@ -317,14 +348,25 @@ def commands_table(doc, section):
     if rec:
       load = ("{:.1f} / {:.1f}".format(*rec["loadavg_1m"]) if None not in rec["loadavg_1m"]
               else "not recorded")
+      why = stale(rec, section)
       rows.append([f"`{rec['out']}`", f"`{rec['command']}`", num(f"runs/{name}/wall_s"), load,
-                   f"`{(rec['provenance']['git_sha'] or '?')[:7]}`"])
+                   f"`{(rec['provenance']['git_sha'] or '?')[:7]}`"
+                   + (f" **stale**: {why}" if why else "")])
     else:
       rows.append([f"`{_out(planned)}`", f"`{planned}`", "not run in this budget", "–", "–"])
   return {"note": "one row per command, run from the repository root; wall time of the whole "
           "command (all its rules and seeds) on 2 CPU cores shared with other jobs; 1-minute "
           "load average at its start / end; the library's commit when it ran",
           "header": ["results", "command", "wall s", "load", "commit"], "rows": rows}
+
+
+CI_NOTE = ("{}: mean over the run's seeds (10 planned; n in the JSON) and, in brackets, the "
+           "percentile-bootstrap 95 % interval of the mean (10,000 resamples of the seeds, "
+           "numpy default_rng(0))")
+
+
+def ci(ref, digits=3):
+  return {"ref": ref, "fmt": "ci", "digits": digits}
 
 
 def toy_tables(doc, section):
@@ -334,17 +376,17 @@ def toy_tables(doc, section):
   tables = {}
   convs = [("ours", "")] if plastic else [("ours", ""), ("faithful", "_faithful")]
   for conv, suffix in convs:
-    bp = {"note": "final alignment, mean ± sd over seeds 0–4", "header":
+    bp = {"note": CI_NOTE.format("final alignment"), "header":
           ["T"] + [f"λ = {float(l):g}" for l in LAMBDAS], "rows": []}
-    dni = {"note": "final alignment, mean ± sd over seeds 0–4", "header":
+    dni = {"note": CI_NOTE.format("final alignment"), "header":
            ["T"] + [f"DNI n = {n}" for n in range(1, 6)], "rows": []}
     for T in Ts:
       a, b = f"{bp_prefix}_T{T}{suffix}", f"{dni_prefix}_T{T}{suffix}"
       if a in doc["runs"]:
-        bp["rows"].append([str(T)] + [pm(f"runs/{a}/rules/λ={l}/eval/alignment")
+        bp["rows"].append([str(T)] + [ci(f"runs/{a}/rules/λ={l}/eval/alignment")
                                       for l in LAMBDAS])
       if b in doc["runs"]:
-        dni["rows"].append([str(T)] + [pm(f"runs/{b}/rules/{r}/eval/alignment") for r in DNI])
+        dni["rows"].append([str(T)] + [ci(f"runs/{b}/rules/{r}/eval/alignment") for r in DNI])
     tables[f"bp_lambda_{conv}"] = bp
     tables[f"dni_{conv}"] = dni
     gc = {"note": "cosine of the whole parameter gradient with BPTT's, mean ± sd over seeds "
@@ -585,16 +627,38 @@ def cost_doc(docs: dict, bench_path: str = BENCH):
   return doc
 
 
+def committed(section: str) -> dict:
+  path = os.path.join(HERE, f"{section}.json")
+  return json.load(open(path)) if os.path.exists(path) else {"runs": {}}
+
+
+def stale(rec, section):
+  """Why the run's numbers are stale, or None: the code they depend on (``CODE_PATHS``) differs
+  between the run's commit and HEAD, the run had uncommitted changes there, or its commit is not
+  known to this repository."""
+  sha = (rec.get("provenance") or {}).get("git_sha")
+  if not sha or not git("rev-parse", "--verify", "--quiet", f"{sha}^{{commit}}"):
+    return "its commit is not in this repository"
+  if rec.get("code_dirty"):
+    return "it ran with uncommitted changes to " + ", ".join(CODE_PATHS[section])
+  if git("diff", "--name-only", sha, "HEAD", "--", *CODE_PATHS[section]):
+    return f"{', '.join(CODE_PATHS[section])} changed since {sha[:7]}"
+  return None
+
+
 def build(runs: str) -> dict:
+  """Every planned run found in ``runs`` replaces its record; a run not found there keeps its
+  committed record (with the command it ran)."""
   docs, missing = {}, []
   for section, plan in PLAN.items():
     doc = {"section": section, "runs": {}}
+    old = committed(section)["runs"]
     for name, planned in plan.items():
-      rec = load_run(runs, name, section, planned)
+      rec = load_run(runs, name, section, planned) or old.get(name)
       if rec is None:
         missing.append(name)
       else:
-        doc["runs"][name] = rec
+        doc["runs"][name] = add_ci(rec)
     if section in ("toy", "plastic"):
       doc["tables"] = toy_tables(doc, section)
     elif section == "seqmnist":
