@@ -389,8 +389,8 @@ def toy_tables(doc, section):
         dni["rows"].append([str(T)] + [ci(f"runs/{b}/rules/{r}/eval/alignment") for r in DNI])
     tables[f"bp_lambda_{conv}"] = bp
     tables[f"dni_{conv}"] = dni
-    gc = {"note": "cosine of the whole parameter gradient with BPTT's, mean ± sd over seeds "
-          "0–4; 'ĝ = 0' is the evaluation before the first update",
+    gc = {"note": "cosine of the whole parameter gradient with BPTT's, mean ± sd over the run's "
+          "seeds; 'ĝ = 0' is the evaluation before the first update",
           "header": ["T", "ĝ = 0", "λ = 0", "λ = 0.5", "λ = 1", "DNI n = 1", "DNI n = 5"],
           "rows": []}
     for T in Ts:
