@@ -27,8 +27,11 @@ SOURCE = re.compile(r"^Source: `docs/results/([^`]+\.json)`, table `([^`]+)`")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
-def _report():
-  with open(REPORT, encoding="utf-8") as f:
+README = os.path.join(ROOT, "README.md")
+
+
+def _report(path=REPORT):
+  with open(path, encoding="utf-8") as f:
     return f.read()
 
 
@@ -71,9 +74,9 @@ def _render(doc, cell):
   raise AssertionError(f"unknown cell format {fmt!r}")
 
 
-def _tables():
-  """[(file, table id, header cells, rows of cells)] in the order of the report."""
-  lines = _report().splitlines()
+def _tables(path=REPORT):
+  """[(file, table id, header cells, rows of cells)] in the order of the report (or README)."""
+  lines = _report(path).splitlines()
   found = []
   for i, line in enumerate(lines):
     m = SOURCE.match(line)
@@ -128,9 +131,11 @@ def test_at_least_five_figures_and_each_section_has_one():
     assert re.search(r"!\[[^\]]*\]\(figures/", s), s.splitlines()[0]
 
 
-def test_tables_match_their_json():
-  tables = _tables()
-  assert len(tables) >= 5
+@pytest.mark.parametrize("path,fewest", [(REPORT, 5), (README, 1)], ids=["report", "README"])
+def test_tables_match_their_json(path, fewest):
+  """Every table of the report and README is rendered from JSON: no hand-copied number."""
+  tables = _tables(path)
+  assert len(tables) >= fewest
   for file, tid, header, rows in tables:
     doc = _load(file)
     assert tid in doc["tables"], f"{file} has no table {tid!r}"
@@ -148,8 +153,8 @@ def _refs(cells):
         yield c
 
 
-@pytest.mark.parametrize("file", sorted({t[0] for t in _tables()}) if os.path.exists(REPORT)
-                         else [])
+@pytest.mark.parametrize("file", sorted({t[0] for p in (REPORT, README) for t in _tables(p)})
+                         if os.path.exists(REPORT) else [])
 def test_statistics_agree_with_their_seeds(file):
   doc = _load(file)
   for t in doc["tables"].values():

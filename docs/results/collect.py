@@ -416,6 +416,13 @@ def toy_tables(doc, section):
                  for n in (1, 3, 5)]
               + [pm(f"runs/{c}/rules/bptt/eval/loss", 4) if have(c) else "not run"])
       tables["loss_ours"] = loss
+  if not plastic and "toy_T10" in doc["runs"]:  # README's toy table: the T = 10 run
+    tables["readme"] = {"note": "run `toy_T10` of docs/reproduction.md, "
+                        + CI_NOTE.format("final alignment"),
+                        "header": ["λ", "final alignment [95 % interval]", "seeds"],
+                        "rows": [[f"{float(l):g}", ci(f"runs/toy_T10/rules/λ={l}/eval/alignment"),
+                                  {"ref": f"runs/toy_T10/rules/λ={l}/eval/alignment/n",
+                                   "fmt": "num", "digits": 0}] for l in LAMBDAS]}
   tables["commands"] = commands_table(doc, section)
   return tables
 
@@ -686,9 +693,17 @@ def write(docs: dict):
 BLOCK = re.compile(r"<!-- table (\S+?)#(\S+?) -->\n.*?<!-- /table -->", re.S)
 
 
+README = os.path.join(REPO, "README.md")
+
+
 def update_report():
-  """Re-render every table block of docs/reproduction.md from the JSON files."""
-  text = open(REPORT).read()
+  """Re-render every table block of docs/reproduction.md and README.md from the JSON files."""
+  for path in (REPORT, README):
+    _update_tables(path)
+
+
+def _update_tables(path):
+  text = open(path).read()
   cache = {}
 
   def sub(m):
@@ -698,9 +713,9 @@ def update_report():
     return f"<!-- table {file}#{tid} -->\n{render_table(cache[file], file, tid)}\n<!-- /table -->"
 
   new = BLOCK.sub(sub, text)
-  with open(REPORT, "w") as f:
+  with open(path, "w") as f:
     f.write(new)
-  print(f"rewrote the tables of {REPORT}")
+  print(f"rewrote the tables of {path}")
 
 
 def git(*args) -> str:
