@@ -67,6 +67,8 @@ def _render(doc, cell):
     return "{:.{d}f} [{:.{d}f}, {:.{d}f}]".format(v["mean"], *v["ci95"], d=d)
   if fmt == "num":
     return "{:.{d}f}".format(v, d=d)
+  if fmt == "sig":
+    return "{:.{p}f}".format(v, p=max(d - 1 - math.floor(math.log10(abs(v))), 0))
   if fmt == "levels":
     return " ".join(f"({n},{r})" for n, r in zip(v["n"], v["r"]))
   if fmt == "ints":
@@ -211,7 +213,7 @@ def test_runs_measured_before_the_current_code_are_marked_stale():
   """A run is stale when bplambda_jax/ at its commit differs from HEAD's (or its commit is
   unknown, or it ran with uncommitted changes there); the report's commands tables say so in the
   run's commit cell. After a change to bplambda_jax/, re-mark with
-  ``python docs/results/collect.py --no-collect --report`` (or regenerate the runs)."""
+  ``python docs/results/collect.py --report`` (or regenerate the runs)."""
   if _git("rev-parse", "HEAD") is None:
     pytest.skip("no git history: staleness cannot be decided")
   checked = 0
@@ -229,7 +231,7 @@ def test_runs_measured_before_the_current_code_are_marked_stale():
       is_stale = (not known or bool(rec.get("code_dirty"))
                   or bool(_git("diff", "--name-only", sha, "HEAD", "--", "bplambda_jax")))
       assert ("**stale**" in row[-1]) == is_stale, (
-          file, row[0], is_stale, "run: python docs/results/collect.py --no-collect --report")
+          file, row[0], is_stale, "run: python docs/results/collect.py --report")
       checked += 1
   assert checked > 0
 

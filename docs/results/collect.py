@@ -8,7 +8,7 @@ results directory ``runs/<name>/``); keep each command's wall time in
 
     python docs/results/collect.py --runs runs            # runs/ -> docs/results/<section>.json
     python docs/results/make_figures.py                   # docs/results/*.json -> docs/figures/
-    python docs/results/collect.py --no-collect --report  # rewrite the report's tables
+    python docs/results/collect.py --report                # and README.md's; stale marks
 
 Each ``docs/results/<section>.json`` holds, per run: the command, its wall time, the resolved
 config, the data source, provenance, the per-rule summary copied from the run's
@@ -17,8 +17,12 @@ config, the data source, provenance, the per-rule summary copied from the run's
 same file (``{"ref": "runs/<run>/rules/<label>/eval/alignment", "fmt": "pm", "digits": 3}``);
 ``--report`` renders every table into ``docs/reproduction.md`` between
 ``<!-- table FILE#ID -->`` and ``<!-- /table -->``, and ``tests/test_reproduction.py`` checks that
-the rendered numbers equal the JSON. A planned command whose run is missing is listed in its
-section's ``commands`` table as not run.
+the rendered numbers equal the JSON (README.md's tables too: the toy table and the speed table).
+A planned run not found in ``--runs`` keeps its committed record; one never run is listed in
+its section's ``commands`` table as not run. ``--run NAME ...`` first runs planned commands and
+keeps their timing records. Every run whose commit's ``bplambda_jax/`` differs from HEAD's
+(``CODE_PATHS``), or which ran with uncommitted changes there, is marked **stale** in its
+commands table; after a change to the library, ``collect.py --report`` re-marks them.
 """
 
 from __future__ import annotations
@@ -171,6 +175,8 @@ def render(doc: dict, cell) -> str:
     return f"{value['mean']:.{d}f} [{lo:.{d}f}, {hi:.{d}f}]"
   if fmt == "num":
     return f"{value:.{d}f}"
+  if fmt == "sig":  # d significant digits, no exponent
+    return f"{value:.{max(d - 1 - math.floor(math.log10(abs(value))), 0)}f}"
   if fmt == "levels":
     return " ".join(f"({n},{r})" for n, r in zip(value["n"], value["r"]))
   if fmt == "ints":
@@ -630,8 +636,41 @@ def cost_doc(docs: dict, bench_path: str = BENCH):
                        "'skipped': estimated too slow for this machine",
                        "header": ["T", "benchmark case", "cell", "mode", "ms per update",
                                   "peak MiB", "× BPTT"], "rows": hrows}
+  tables["readme_speed"] = speed_table(doc)
   doc["tables"] = tables
   return doc
+
+
+SPEED_ROWS = (("seqMNIST (LSTM 30, B = 50, T = 28)", "seqmnist_lstm30"),
+              ("copy-repeat (LSTM 100, B = 100, T = 40)", "copyrepeat_lstm100"),
+              ("element-wise LSTM, n = 1024, B = 8, T = 1000", "elementwise_lstm_n1024_t1000"))
+SPEED_COLS = (("BPTT", "bptt"), ("e-prop", "eprop"), ("BP(λ) online", "bplambda_online"),
+              ("BP(λ) online, dense trace", "bplambda_online_dense"),
+              ("BP(λ) sequence", "bplambda_sequence"))
+
+
+def speed_table(doc):
+  """README's speed table: seconds per update of benchmark rows (copied into doc's rows)."""
+  rows_all = {r["name"]: r for r in json.load(open(BENCH))}
+  rows = []
+  for title, prefix in SPEED_ROWS:
+    cells = [title]
+    for _, suffix in SPEED_COLS:
+      name = f"{prefix}_{suffix}"
+      r = rows_all.get(name)
+      if r is None or r["status"] != "ok":
+        cells.append("—")
+        continue
+      doc["benchmark"]["rows"].setdefault(name, {k: r.get(k) for k in _BENCH_KEYS})
+      cells.append({"ref": f"benchmark/rows/{name}/median_s", "fmt": "sig", "digits": 2})
+    rows.append(cells)
+  dates = sorted(r["date"][:10] for r in rows_all.values() if r.get("date"))
+  return {"note": "seconds per training update (gradients + Adam), median of the timed calls, "
+          f"one run of `benchmarks/results/latest.json` ({dates[0]} to {dates[-1]}, 2-core CPU, "
+          "shared: see its load averages); on the element-wise LSTM BP(λ) online uses the "
+          "structured trace; the benchmark rows record no commit, so their provenance is the "
+          "date only",
+          "header": ["case"] + [c for c, _ in SPEED_COLS], "rows": rows}
 
 
 def committed(section: str) -> dict:
