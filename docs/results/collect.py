@@ -794,6 +794,55 @@ def run_planned(name: str, runs: str = "runs"):
   return rc
 
 
+# one cheap command per section, re-run at HEAD by tests/test_regeneration.py; its per-seed values
+# are committed in docs/results/regen.json (written by ``collect.py --regen``)
+REGEN = {"toy": ("bplambda toy --T 10 --lambdas 0,1 --seeds 2 --steps 20 --set chunk=10 "
+                 "--set eval_every=10 --set checkpoint_every=20 --no-progress --out {out}")}
+REGEN_PATH = os.path.join(HERE, "regen.json")
+# 20 float32 updates on 2 seeds are far from the chaotic regime: the values agree to float32
+# rounding across runs (a hand edit of 0.001 or more is caught)
+REGEN_RTOL = 1e-4
+
+
+def regen_values(section: str, out: str) -> dict:
+  """Run the section's cheap command into ``out``; {rule label: per-seed final alignment}."""
+  command = REGEN[section].format(out=out)
+  exe = [sys.executable, "-m", "bplambda_jax.cli"] + shlex.split(command)[1:]
+  subprocess.run(exe, cwd=REPO, check=True, capture_output=True)
+  summary = json.load(open(os.path.join(out, "summary.json")))
+  return {label: r["eval"]["alignment"]["values"] for label, r in summary["rules"].items()}
+
+
+def regen_mismatches(entry: dict, values: dict) -> list:
+  """Where the re-run ``values`` differ from the committed ``entry['values']`` (REGEN_RTOL)."""
+  bad = []
+  for label, want in entry["values"].items():
+    got = values.get(label)
+    if got is None or len(got) != len(want) or not np.allclose(got, want, rtol=REGEN_RTOL,
+                                                               atol=1e-6):
+      bad.append((label, want, got))
+  if set(values) != set(entry["values"]):
+    bad.append(("labels", sorted(entry["values"]), sorted(values)))
+  return bad
+
+
+def write_regen():
+  import tempfile
+  doc = {}
+  for section in REGEN:
+    with tempfile.TemporaryDirectory() as tmp:
+      t0 = time.perf_counter()
+      values = regen_values(section, os.path.join(tmp, "out"))
+      doc[section] = {"command": REGEN[section], "values": values,
+                      "wall_s": round(time.perf_counter() - t0, 1),
+                      "git_sha": git("rev-parse", "HEAD") or None,
+                      "code_dirty": bool(git("status", "--porcelain", "--",
+                                             *CODE_PATHS[section]))}
+  with open(REGEN_PATH, "w") as f:
+    json.dump(doc, f, indent=1, ensure_ascii=False)
+  print(f"wrote {REGEN_PATH}")
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--runs", default="runs", help="the directory the commands wrote into")
@@ -801,7 +850,11 @@ def main(argv=None):
   p.add_argument("--no-collect", action="store_true", help="only re-render the tables")
   p.add_argument("--run", metavar="NAME", nargs="+", default=(),
                  help="first run these planned commands (by run name) and keep their timing")
+  p.add_argument("--regen", action="store_true",
+                 help="re-run each section's cheap command and write docs/results/regen.json")
   args = p.parse_args(argv)
+  if args.regen:
+    write_regen()
   for name in args.run:
     if run_planned(name, args.runs):
       raise SystemExit(f"{name} failed")
