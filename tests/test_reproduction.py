@@ -17,6 +17,7 @@ import math
 import os
 import re
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,8 +27,11 @@ SOURCE = re.compile(r"^Source: `docs/results/([^`]+\.json)`, table `([^`]+)`")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
-def _report():
-  with open(REPORT, encoding="utf-8") as f:
+README = os.path.join(ROOT, "README.md")
+
+
+def _report(path=REPORT):
+  with open(path, encoding="utf-8") as f:
     return f.read()
 
 
@@ -59,8 +63,12 @@ def _render(doc, cell):
     return "{:.{d}f} ± {:.{d}f}".format(100 * v["mean"], 100 * v["sd"], d=d)
   if fmt == "mean":
     return "{:.{d}f}".format(v["mean"], d=d)
+  if fmt == "ci":
+    return "{:.{d}f} [{:.{d}f}, {:.{d}f}]".format(v["mean"], *v["ci95"], d=d)
   if fmt == "num":
     return "{:.{d}f}".format(v, d=d)
+  if fmt == "sig":
+    return "{:.{p}f}".format(v, p=max(d - 1 - math.floor(math.log10(abs(v))), 0))
   if fmt == "levels":
     return " ".join(f"({n},{r})" for n, r in zip(v["n"], v["r"]))
   if fmt == "ints":
@@ -68,9 +76,9 @@ def _render(doc, cell):
   raise AssertionError(f"unknown cell format {fmt!r}")
 
 
-def _tables():
-  """[(file, table id, header cells, rows of cells)] in the order of the report."""
-  lines = _report().splitlines()
+def _tables(path=REPORT):
+  """[(file, table id, header cells, rows of cells)] in the order of the report (or README)."""
+  lines = _report(path).splitlines()
   found = []
   for i, line in enumerate(lines):
     m = SOURCE.match(line)
@@ -125,9 +133,11 @@ def test_at_least_five_figures_and_each_section_has_one():
     assert re.search(r"!\[[^\]]*\]\(figures/", s), s.splitlines()[0]
 
 
-def test_tables_match_their_json():
-  tables = _tables()
-  assert len(tables) >= 5
+@pytest.mark.parametrize("path,fewest", [(REPORT, 5), (README, 1)], ids=["report", "README"])
+def test_tables_match_their_json(path, fewest):
+  """Every table of the report and README is rendered from JSON: no hand-copied number."""
+  tables = _tables(path)
+  assert len(tables) >= fewest
   for file, tid, header, rows in tables:
     doc = _load(file)
     assert tid in doc["tables"], f"{file} has no table {tid!r}"
@@ -145,13 +155,13 @@ def _refs(cells):
         yield c
 
 
-@pytest.mark.parametrize("file", sorted({t[0] for t in _tables()}) if os.path.exists(REPORT)
-                         else [])
+@pytest.mark.parametrize("file", sorted({t[0] for p in (REPORT, README) for t in _tables(p)})
+                         if os.path.exists(REPORT) else [])
 def test_statistics_agree_with_their_seeds(file):
   doc = _load(file)
   for t in doc["tables"].values():
     for c in _refs(t["rows"]):
-      if c["fmt"] not in ("pm", "pct_pm", "mean"):
+      if c["fmt"] not in ("pm", "pct_pm", "mean", "ci"):
         continue
       v = _resolve(doc, c["ref"])
       xs = v["values"]
@@ -160,6 +170,12 @@ def test_statistics_agree_with_their_seeds(file):
       sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
       assert math.isclose(v["mean"], mean, rel_tol=1e-9, abs_tol=1e-12), c["ref"]
       assert math.isclose(v["sd"], sd, rel_tol=1e-6, abs_tol=1e-12), c["ref"]
+      if c["fmt"] == "ci":  # percentile bootstrap of the mean: 10,000 resamples, default_rng(0)
+        idx = np.random.default_rng(0).integers(0, len(xs), size=(10_000, len(xs)))
+        means = np.asarray(xs)[idx].mean(axis=1)
+        assert np.allclose(v["ci95"], np.percentile(means, [2.5, 97.5]), rtol=0, atol=1e-12), (
+            c["ref"])
+        assert v["ci95"][0] <= mean <= v["ci95"][1], c["ref"]
 
 
 def test_cited_json_files_are_small_and_name_their_commands():
@@ -185,3 +201,48 @@ def test_copied_values_equal_their_source():
     src = _load(c["file"])
     assert _resolve(src, c["ref"]) == c["value"], key
     assert _resolve(src, c["ms_from"]) == c["ms_per_update"], key
+
+
+def _git(*args):
+  import subprocess
+  r = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+  return r.stdout.strip() if r.returncode == 0 else None
+
+
+def test_runs_measured_before_the_current_code_are_marked_stale():
+  """A run is stale when bplambda_jax/ at its commit differs from HEAD's (or its commit is
+  unknown, or it ran with uncommitted changes there); the report's commands tables say so in the
+  run's commit cell. After a change to bplambda_jax/, re-mark with
+  ``python docs/results/collect.py --report`` (or regenerate the runs)."""
+  if _git("rev-parse", "HEAD") is None:
+    pytest.skip("no git history: staleness cannot be decided")
+  checked = 0
+  for file, tid, header, rows in _tables():
+    if tid != "commands":
+      continue
+    doc = _load(file)
+    by_out = {rec["out"]: rec for rec in doc["runs"].values()}
+    for row in rows:
+      rec = by_out.get(row[0].strip("`"))
+      if rec is None:
+        continue
+      sha = rec["provenance"]["git_sha"]
+      known = sha and _git("rev-parse", "--verify", "--quiet", f"{sha}^{{commit}}")
+      is_stale = (not known or bool(rec.get("code_dirty"))
+                  or bool(_git("diff", "--name-only", sha, "HEAD", "--", "bplambda_jax")))
+      assert ("**stale**" in row[-1]) == is_stale, (
+          file, row[0], is_stale, "run: python docs/results/collect.py --report")
+      checked += 1
+  assert checked > 0
+
+
+def test_a_number_edited_by_hand_is_caught(tmp_path):
+  """The table check compares the printed number with its JSON value: editing one fails it."""
+  file, tid, _, rows = next(t for t in _tables() if t[1] == "bp_lambda_ours")
+  doc = json.loads(json.dumps(_load(file)))
+  ref = next(c for row in doc["tables"][tid]["rows"] for c in row if isinstance(c, dict))
+  cell = _resolve(doc, ref["ref"])
+  printed = _render(doc, ref)
+  assert printed in [c for row in rows for c in row]
+  cell["mean"] += 0.001
+  assert _render(doc, ref) != printed

@@ -8,7 +8,7 @@ results directory ``runs/<name>/``); keep each command's wall time in
 
     python docs/results/collect.py --runs runs            # runs/ -> docs/results/<section>.json
     python docs/results/make_figures.py                   # docs/results/*.json -> docs/figures/
-    python docs/results/collect.py --no-collect --report  # rewrite the report's tables
+    python docs/results/collect.py --report                # and README.md's; stale marks
 
 Each ``docs/results/<section>.json`` holds, per run: the command, its wall time, the resolved
 config, the data source, provenance, the per-rule summary copied from the run's
@@ -17,8 +17,12 @@ config, the data source, provenance, the per-rule summary copied from the run's
 same file (``{"ref": "runs/<run>/rules/<label>/eval/alignment", "fmt": "pm", "digits": 3}``);
 ``--report`` renders every table into ``docs/reproduction.md`` between
 ``<!-- table FILE#ID -->`` and ``<!-- /table -->``, and ``tests/test_reproduction.py`` checks that
-the rendered numbers equal the JSON. A planned command whose run is missing is listed in its
-section's ``commands`` table as not run.
+the rendered numbers equal the JSON (README.md's tables too: the toy table and the speed table).
+A planned run not found in ``--runs`` keeps its committed record; one never run is listed in
+its section's ``commands`` table as not run. ``--run NAME ...`` first runs planned commands and
+keeps their timing records. Every run whose commit's ``bplambda_jax/`` differs from HEAD's
+(``CODE_PATHS``), or which ran with uncommitted changes there, is marked **stale** in its
+commands table; after a change to the library, ``collect.py --report`` re-marks them.
 """
 
 from __future__ import annotations
@@ -28,7 +32,10 @@ import json
 import math
 import os
 import re
+import shlex
+import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -51,36 +58,38 @@ _Q = ("--seeds 5 --steps 20000 --set hidden_size=32 --set batch_size=16 --set ma
 _H = ("--seeds 3 --set cell=elementwise_lstm --set hidden_size=64 --set pattern_length=4 "
       "--set mode=online --set eval_batch_size=256 --no-progress")
 _R = "bp_lambda,eprop,columnar_rtrl,tbptt:10"
+TOY_SEEDS = 10  # the toy runs are chaotic: 10 seeds, a bootstrap interval of the mean
 
 
 def _toy(T, faithful=False):
   if faithful:
-    return (f"bplambda toy --faithful --seq-len {T} --lambdas {_L} --seeds 5 "
+    return (f"bplambda toy --faithful --seq-len {T} --lambdas {_L} --seeds {TOY_SEEDS} "
             f"--set checkpoint_every=1000 --out runs/toy_T{T}_faithful --no-progress")
-  return (f"bplambda toy --seq-len {T} --lambdas {_L} --seeds 5 --set chunk=500 "
+  return (f"bplambda toy --seq-len {T} --lambdas {_L} --seeds {TOY_SEEDS} --set chunk=500 "
           f"--set checkpoint_every=10000 --out runs/toy_T{T} --no-progress")
 
 
 def _dni(T, faithful=False):
   if faithful:
-    return (f"bplambda run toy --steps 1000 --set lr_synth=1e-4 --rule {_D} --seeds 5 "
-            f"--set seq_len={T} --set checkpoint_every=1000 --out runs/dni_T{T}_faithful --no-progress")
-  return (f"bplambda run toy --rule {_D} --seeds 5 --set seq_len={T} --set chunk=500 "
+    return (f"bplambda run toy --steps 1000 --set lr_synth=1e-4 --rule {_D} --seeds {TOY_SEEDS} "
+            f"--set seq_len={T} --set checkpoint_every=1000 --out runs/dni_T{T}_faithful "
+            f"--no-progress")
+  return (f"bplambda run toy --rule {_D} --seeds {TOY_SEEDS} --set seq_len={T} --set chunk=500 "
           f"--set checkpoint_every=10000 --out runs/dni_T{T} --no-progress")
 
 
 def _plastic(T):
-  return (f"bplambda toy --plastic --seq-len {T} --lambdas {_L} --seeds 5 --set chunk=500 "
+  return (f"bplambda toy --plastic --seq-len {T} --lambdas {_L} --seeds {TOY_SEEDS} --set chunk=500 "
           f"--set checkpoint_every=10000 --out runs/plastic_T{T} --no-progress")
 
 
 def _plastic_dni(T):
-  return (f"bplambda run plastic-toy --rule {_D} --seeds 5 --set seq_len={T} --set chunk=500 "
+  return (f"bplambda run plastic-toy --rule {_D} --seeds {TOY_SEEDS} --set seq_len={T} --set chunk=500 "
           f"--set checkpoint_every=10000 --out runs/plastic_dni_T{T} --no-progress")
 
 
 def _plastic_bptt(T):
-  return (f"bplambda run plastic-toy --rule bptt --seeds 5 --set seq_len={T} --set chunk=500 "
+  return (f"bplambda run plastic-toy --rule bptt --seeds {TOY_SEEDS} --set seq_len={T} --set chunk=500 "
           f"--set checkpoint_every=10000 --out runs/plastic_bptt_T{T} --no-progress")
 
 
@@ -127,6 +136,10 @@ PLAN = {
     "long": {"long_T103": _long(24, 2000, 100, 500), "long_T303": _long(74, 1000, 50, 250),
              "long_T1003": _long(249, 300, 25, 100)},
 }
+# the code each section's numbers depend on: a number measured at a commit where these paths
+# differed from HEAD's is stale
+CODE_PATHS = {**{s: ("bplambda_jax",) for s in PLAN}, "align": ("bplambda_jax",),
+              "cost": ("bplambda_jax", "benchmarks")}
 # the runner's own log directory of a section (the long horizons keep theirs apart)
 LOG_DIR = {"long": os.path.join("logs", "long")}
 
@@ -158,8 +171,13 @@ def render(doc: dict, cell) -> str:
     return f"{100 * value['mean']:.{d}f} ± {100 * value['sd']:.{d}f}"
   if fmt == "mean":
     return f"{value['mean']:.{d}f}"
+  if fmt == "ci":
+    lo, hi = value["ci95"]
+    return f"{value['mean']:.{d}f} [{lo:.{d}f}, {hi:.{d}f}]"
   if fmt == "num":
     return f"{value:.{d}f}"
+  if fmt == "sig":  # d significant digits, no exponent
+    return f"{value:.{max(d - 1 - math.floor(math.log10(abs(value))), 0)}f}"
   if fmt == "levels":
     return " ".join(f"({n},{r})" for n, r in zip(value["n"], value["r"]))
   if fmt == "ints":
@@ -186,6 +204,33 @@ def num(ref, digits=0):
 
 
 # ----------------------------------------------------------------------------- collection
+
+BOOT_RESAMPLES = 10_000
+BOOT_SEED = 0
+
+
+def bootstrap_ci(values, level=0.95):
+  """Percentile-bootstrap interval of the mean over seeds: 10,000 resamples of the seeds with
+  replacement, drawn by ``numpy.random.default_rng(0)``; the 2.5th and 97.5th percentiles of the
+  resampled means. None for fewer than 2 values."""
+  v = np.asarray(values, dtype=np.float64)
+  if v.size < 2:
+    return None
+  idx = np.random.default_rng(BOOT_SEED).integers(0, v.size, size=(BOOT_RESAMPLES, v.size))
+  lo, hi = np.percentile(v[idx].mean(axis=1), [50 * (1 - level), 50 * (1 + level)])
+  return [float(lo), float(hi)]
+
+
+def add_ci(node):
+  """Adds 'ci95' (:func:`bootstrap_ci`) to every statistic {'mean', 'sd', 'n', 'values'} below
+  ``node``."""
+  if isinstance(node, dict):
+    if {"mean", "values"} <= set(node) and isinstance(node["values"], list):
+      node["ci95"] = bootstrap_ci(node["values"])
+    for v in node.values():
+      add_ci(v)
+  return node
+
 
 def _stats(values):
   v = np.asarray(values, dtype=np.float64)
@@ -241,6 +286,7 @@ def load_run(runs: str, name: str, section: str, planned: str):
                                      zip(r["solved"]["n"], r["solved"]["r"])])
     rules[label] = keep
   return {"command": timing["command"], "out": _out(timing["command"]),
+          "code_dirty": timing.get("code_dirty"),
           "wall_s": timing["wall_s"], "start": timing["start"], "end": timing["end"],
           "loadavg_1m": [timing["loadavg_1m_start"], timing["loadavg_1m_end"]],
           "timing_note": timing.get("note"),
@@ -309,14 +355,25 @@ def commands_table(doc, section):
     if rec:
       load = ("{:.1f} / {:.1f}".format(*rec["loadavg_1m"]) if None not in rec["loadavg_1m"]
               else "not recorded")
+      why = stale(rec, section)
       rows.append([f"`{rec['out']}`", f"`{rec['command']}`", num(f"runs/{name}/wall_s"), load,
-                   f"`{(rec['provenance']['git_sha'] or '?')[:7]}`"])
+                   f"`{(rec['provenance']['git_sha'] or '?')[:7]}`"
+                   + (f" **stale**: {why}" if why else "")])
     else:
       rows.append([f"`{_out(planned)}`", f"`{planned}`", "not run in this budget", "–", "–"])
   return {"note": "one row per command, run from the repository root; wall time of the whole "
           "command (all its rules and seeds) on 2 CPU cores shared with other jobs; 1-minute "
           "load average at its start / end; the library's commit when it ran",
           "header": ["results", "command", "wall s", "load", "commit"], "rows": rows}
+
+
+CI_NOTE = ("{}: mean over the run's seeds (10 planned; n in the JSON) and, in brackets, the "
+           "percentile-bootstrap 95 % interval of the mean (10,000 resamples of the seeds, "
+           "numpy default_rng(0))")
+
+
+def ci(ref, digits=3):
+  return {"ref": ref, "fmt": "ci", "digits": digits}
 
 
 def toy_tables(doc, section):
@@ -326,21 +383,21 @@ def toy_tables(doc, section):
   tables = {}
   convs = [("ours", "")] if plastic else [("ours", ""), ("faithful", "_faithful")]
   for conv, suffix in convs:
-    bp = {"note": "final alignment, mean ± sd over seeds 0–4", "header":
+    bp = {"note": CI_NOTE.format("final alignment"), "header":
           ["T"] + [f"λ = {float(l):g}" for l in LAMBDAS], "rows": []}
-    dni = {"note": "final alignment, mean ± sd over seeds 0–4", "header":
+    dni = {"note": CI_NOTE.format("final alignment"), "header":
            ["T"] + [f"DNI n = {n}" for n in range(1, 6)], "rows": []}
     for T in Ts:
       a, b = f"{bp_prefix}_T{T}{suffix}", f"{dni_prefix}_T{T}{suffix}"
       if a in doc["runs"]:
-        bp["rows"].append([str(T)] + [pm(f"runs/{a}/rules/λ={l}/eval/alignment")
+        bp["rows"].append([str(T)] + [ci(f"runs/{a}/rules/λ={l}/eval/alignment")
                                       for l in LAMBDAS])
       if b in doc["runs"]:
-        dni["rows"].append([str(T)] + [pm(f"runs/{b}/rules/{r}/eval/alignment") for r in DNI])
+        dni["rows"].append([str(T)] + [ci(f"runs/{b}/rules/{r}/eval/alignment") for r in DNI])
     tables[f"bp_lambda_{conv}"] = bp
     tables[f"dni_{conv}"] = dni
-    gc = {"note": "cosine of the whole parameter gradient with BPTT's, mean ± sd over seeds "
-          "0–4; 'ĝ = 0' is the evaluation before the first update",
+    gc = {"note": "cosine of the whole parameter gradient with BPTT's, mean ± sd over the run's "
+          "seeds; 'ĝ = 0' is the evaluation before the first update",
           "header": ["T", "ĝ = 0", "λ = 0", "λ = 0.5", "λ = 1", "DNI n = 1", "DNI n = 5"],
           "rows": []}
     for T in Ts:
@@ -366,6 +423,13 @@ def toy_tables(doc, section):
                  for n in (1, 3, 5)]
               + [pm(f"runs/{c}/rules/bptt/eval/loss", 4) if have(c) else "not run"])
       tables["loss_ours"] = loss
+  if not plastic and "toy_T10" in doc["runs"]:  # README's toy table: the T = 10 run
+    tables["readme"] = {"note": "run `toy_T10` of docs/reproduction.md, "
+                        + CI_NOTE.format("final alignment"),
+                        "header": ["λ", "final alignment [95 % interval]", "seeds"],
+                        "rows": [[f"{float(l):g}", ci(f"runs/toy_T10/rules/λ={l}/eval/alignment"),
+                                  {"ref": f"runs/toy_T10/rules/λ={l}/eval/alignment/n",
+                                   "fmt": "num", "digits": 0}] for l in LAMBDAS]}
   tables["commands"] = commands_table(doc, section)
   return tables
 
@@ -573,20 +637,75 @@ def cost_doc(docs: dict, bench_path: str = BENCH):
                        "'skipped': estimated too slow for this machine",
                        "header": ["T", "benchmark case", "cell", "mode", "ms per update",
                                   "peak MiB", "× BPTT"], "rows": hrows}
+  tables["readme_speed"] = speed_table(doc)
   doc["tables"] = tables
   return doc
 
 
+SPEED_ROWS = (("seqMNIST (LSTM 30, B = 50, T = 28)", "seqmnist_lstm30"),
+              ("copy-repeat (LSTM 100, B = 100, T = 40)", "copyrepeat_lstm100"),
+              ("element-wise LSTM, n = 1024, B = 8, T = 1000", "elementwise_lstm_n1024_t1000"))
+SPEED_COLS = (("BPTT", "bptt"), ("e-prop", "eprop"), ("BP(λ) online", "bplambda_online"),
+              ("BP(λ) online, dense trace", "bplambda_online_dense"),
+              ("BP(λ) sequence", "bplambda_sequence"))
+
+
+def speed_table(doc):
+  """README's speed table: seconds per update of benchmark rows (copied into doc's rows)."""
+  rows_all = {r["name"]: r for r in json.load(open(BENCH))}
+  rows = []
+  for title, prefix in SPEED_ROWS:
+    cells = [title]
+    for _, suffix in SPEED_COLS:
+      name = f"{prefix}_{suffix}"
+      r = rows_all.get(name)
+      if r is None or r["status"] != "ok":
+        cells.append("—")
+        continue
+      doc["benchmark"]["rows"].setdefault(name, {k: r.get(k) for k in _BENCH_KEYS})
+      cells.append({"ref": f"benchmark/rows/{name}/median_s", "fmt": "sig", "digits": 2})
+    rows.append(cells)
+  dates = sorted(r["date"][:10] for r in rows_all.values() if r.get("date"))
+  return {"note": "seconds per training update (gradients + Adam), median of the timed calls, "
+          f"one run of `benchmarks/results/latest.json` ({dates[0]} to {dates[-1]}, 2-core CPU, "
+          "shared: see its load averages); on the element-wise LSTM BP(λ) online uses the "
+          "structured trace; the benchmark rows record no commit, so their provenance is the "
+          "date only",
+          "header": ["case"] + [c for c, _ in SPEED_COLS], "rows": rows}
+
+
+def committed(section: str) -> dict:
+  path = os.path.join(HERE, f"{section}.json")
+  return json.load(open(path)) if os.path.exists(path) else {"runs": {}}
+
+
+def stale(rec, section):
+  """Why the run's numbers are stale, or None: the code they depend on (``CODE_PATHS``) differs
+  between the run's commit and HEAD, the run had uncommitted changes there, or its commit is not
+  known to this repository."""
+  sha = (rec.get("provenance") or {}).get("git_sha")
+  if not sha or not git("rev-parse", "--verify", "--quiet", f"{sha}^{{commit}}"):
+    return "its commit is not in this repository"
+  if rec.get("code_dirty"):
+    return "it ran with uncommitted changes to " + ", ".join(CODE_PATHS[section])
+  if git("diff", "--name-only", sha, "HEAD", "--", *CODE_PATHS[section]):
+    return f"{', '.join(CODE_PATHS[section])} changed since {sha[:7]}"
+  return None
+
+
 def build(runs: str) -> dict:
+  """Every planned run found in ``runs`` replaces its record; a run not found there keeps its
+  committed record (with the command it ran)."""
   docs, missing = {}, []
   for section, plan in PLAN.items():
     doc = {"section": section, "runs": {}}
+    old = committed(section)["runs"]
     for name, planned in plan.items():
-      rec = load_run(runs, name, section, planned)
+      rec = load_run(runs, name, section, planned) or old.get(name)
       if rec is None:
         missing.append(name)
       else:
-        doc["runs"][name] = rec
+        doc["runs"][name] = add_ci(rec)
     if section in ("toy", "plastic"):
       doc["tables"] = toy_tables(doc, section)
     elif section == "seqmnist":
@@ -614,9 +733,17 @@ def write(docs: dict):
 BLOCK = re.compile(r"<!-- table (\S+?)#(\S+?) -->\n.*?<!-- /table -->", re.S)
 
 
+README = os.path.join(REPO, "README.md")
+
+
 def update_report():
-  """Re-render every table block of docs/reproduction.md from the JSON files."""
-  text = open(REPORT).read()
+  """Re-render every table block of docs/reproduction.md and README.md from the JSON files."""
+  for path in (REPORT, README):
+    _update_tables(path)
+
+
+def _update_tables(path):
+  text = open(path).read()
   cache = {}
 
   def sub(m):
@@ -626,9 +753,95 @@ def update_report():
     return f"<!-- table {file}#{tid} -->\n{render_table(cache[file], file, tid)}\n<!-- /table -->"
 
   new = BLOCK.sub(sub, text)
-  with open(REPORT, "w") as f:
+  with open(path, "w") as f:
     f.write(new)
-  print(f"rewrote the tables of {REPORT}")
+  print(f"rewrote the tables of {path}")
+
+
+def git(*args) -> str:
+  """``git ARGS`` in the repository, stripped stdout ('' where git or the history is missing)."""
+  try:
+    r = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30)
+  except (OSError, subprocess.SubprocessError):
+    return ""
+  return r.stdout.strip() if r.returncode == 0 else ""
+
+
+def run_planned(name: str, runs: str = "runs"):
+  """Run the planned command ``name`` from the repository root and keep its timing record
+  (``runs/<log dir>/<name>.time.json``): the command, wall time, exit status, start and end
+  (UTC), the 1-minute load average at both ends, and the commit and whether the code it depends
+  on had uncommitted changes (``code_dirty``)."""
+  section = next((s for s, plan in PLAN.items() if name in plan), None)
+  if section is None:
+    raise SystemExit(f"--run: no planned command named {name!r}; the names: "
+                     + ", ".join(n for plan in PLAN.values() for n in plan))
+  command = PLAN[section][name]
+  if runs != "runs":
+    raise SystemExit("--run writes into runs/ (the planned commands name their --out there)")
+  log = os.path.join(REPO, runs, LOG_DIR.get(section, "logs"), f"{name}.time.json")
+  os.makedirs(os.path.dirname(log), exist_ok=True)
+  record = {"command": command, "start": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "loadavg_1m_start": os.getloadavg()[0], "git_sha": git("rev-parse", "HEAD") or None,
+            "code_dirty": bool(git("status", "--porcelain", "--", *CODE_PATHS[section]))}
+  t0 = time.perf_counter()
+  rc = subprocess.run(shlex.split(command), cwd=REPO).returncode
+  record.update(wall_s=round(time.perf_counter() - t0, 1), rc=rc,
+                end=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                loadavg_1m_end=os.getloadavg()[0])
+  with open(log, "w") as f:
+    json.dump(record, f, indent=1)
+  print(f"{name}: rc {rc}, {record['wall_s']} s; wrote {log}")
+  return rc
+
+
+# one cheap command per section, re-run at HEAD by tests/test_regeneration.py; its per-seed values
+# are committed in docs/results/regen.json (written by ``collect.py --regen``)
+REGEN = {"toy": ("bplambda toy --seq-len 10 --lambdas 0,1 --seeds 2 --steps 20 --set chunk=10 "
+                 "--set eval_every=10 --set checkpoint_every=20 --no-progress --out {out}")}
+REGEN_PATH = os.path.join(HERE, "regen.json")
+# 20 float32 updates on 2 seeds are far from the chaotic regime: the values agree to float32
+# rounding across runs (a hand edit of 0.001 or more is caught)
+REGEN_RTOL = 1e-4
+
+
+def regen_values(section: str, out: str) -> dict:
+  """Run the section's cheap command into ``out``; {rule label: per-seed final alignment}."""
+  command = REGEN[section].format(out=out)
+  exe = [sys.executable, "-m", "bplambda_jax.cli"] + shlex.split(command)[1:]
+  subprocess.run(exe, cwd=REPO, check=True, capture_output=True)
+  summary = json.load(open(os.path.join(out, "summary.json")))
+  return {label: r["eval"]["alignment"]["values"] for label, r in summary["rules"].items()}
+
+
+def regen_mismatches(entry: dict, values: dict) -> list:
+  """Where the re-run ``values`` differ from the committed ``entry['values']`` (REGEN_RTOL)."""
+  bad = []
+  for label, want in entry["values"].items():
+    got = values.get(label)
+    if got is None or len(got) != len(want) or not np.allclose(got, want, rtol=REGEN_RTOL,
+                                                               atol=1e-6):
+      bad.append((label, want, got))
+  if set(values) != set(entry["values"]):
+    bad.append(("labels", sorted(entry["values"]), sorted(values)))
+  return bad
+
+
+def write_regen():
+  import tempfile
+  doc = {}
+  for section in REGEN:
+    with tempfile.TemporaryDirectory() as tmp:
+      t0 = time.perf_counter()
+      values = regen_values(section, os.path.join(tmp, "out"))
+      doc[section] = {"command": REGEN[section], "values": values,
+                      "wall_s": round(time.perf_counter() - t0, 1),
+                      "git_sha": git("rev-parse", "HEAD") or None,
+                      "code_dirty": bool(git("status", "--porcelain", "--",
+                                             *CODE_PATHS[section]))}
+  with open(REGEN_PATH, "w") as f:
+    json.dump(doc, f, indent=1, ensure_ascii=False)
+  print(f"wrote {REGEN_PATH}")
 
 
 def main(argv=None):
@@ -636,7 +849,16 @@ def main(argv=None):
   p.add_argument("--runs", default="runs", help="the directory the commands wrote into")
   p.add_argument("--report", action="store_true", help="re-render the report's tables")
   p.add_argument("--no-collect", action="store_true", help="only re-render the tables")
+  p.add_argument("--run", metavar="NAME", nargs="+", default=(),
+                 help="first run these planned commands (by run name) and keep their timing")
+  p.add_argument("--regen", action="store_true",
+                 help="re-run each section's cheap command and write docs/results/regen.json")
   args = p.parse_args(argv)
+  if args.regen:
+    write_regen()
+  for name in args.run:
+    if run_planned(name, args.runs):
+      raise SystemExit(f"{name} failed")
   if not args.no_collect:
     write(build(args.runs))
   if args.report:

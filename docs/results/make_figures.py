@@ -45,6 +45,20 @@ def _T(name):
   return int(name.split("_T")[1].split("_")[0])
 
 
+def band_and_dots(ax, x, stats, label):
+  """The mean over seeds (line), its bootstrap 95 % interval (band; ± 1 sd where a statistic
+  has none) and every seed's value (dots)."""
+  x = np.asarray(x, float)
+  m = np.array([s["mean"] for s in stats])
+  lo = np.array([(s.get("ci95") or [s["mean"] - (s["sd"] or 0)] * 2)[0] for s in stats])
+  hi = np.array([(s.get("ci95") or [0, s["mean"] + (s["sd"] or 0)])[1] for s in stats])
+  line, = ax.plot(x, m, marker="o", label=f"{label} (n = {stats[0]['n']})")
+  ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2)
+  for xi, s in zip(x, stats):
+    ax.scatter(np.full(len(s["values"]), xi), s["values"], color=line.get_color(), s=9,
+               alpha=0.6, zorder=3)
+
+
 def alignment_panels(doc, rows, prefix_bp, prefix_dni, title, loss=False):
   """rows: [(row title, suffix)]; per entry a row of panels: BP(λ) against λ, DNI against n (and,
   with loss, the final loss of both)."""
@@ -56,12 +70,12 @@ def alignment_panels(doc, rows, prefix_bp, prefix_dni, title, loss=False):
       a = doc["runs"].get(f"{prefix_bp}_T{T}{suffix}")
       b = doc["runs"].get(f"{prefix_dni}_T{T}{suffix}")
       if a:
-        m, s = zip(*[stat(a["rules"], f"λ={l}", "eval", "alignment") for l in LAMBDAS])
-        axes[i, 0].errorbar([float(l) for l in LAMBDAS], m, s, marker="o", capsize=3,
-                            label=f"T = {T}")
+        band_and_dots(axes[i, 0], [float(l) for l in LAMBDAS],
+                      [a["rules"][f"λ={l}"]["eval"]["alignment"] for l in LAMBDAS], f"T = {T}")
       if b:
-        m, s = zip(*[stat(b["rules"], f"dni:{n}", "eval", "alignment") for n in range(1, 6)])
-        axes[i, 1].errorbar(range(1, 6), m, s, marker="s", capsize=3, label=f"T = {T}")
+        band_and_dots(axes[i, 1], list(range(1, 6)),
+                      [b["rules"][f"dni:{n}"]["eval"]["alignment"] for n in range(1, 6)],
+                      f"T = {T}")
       if loss and a and b:
         c = doc["runs"].get(f"plastic_bptt_T{T}")
         m, s = zip(*([stat(a["rules"], f"λ={l}", "eval", "loss") for l in LAMBDAS]
@@ -85,7 +99,9 @@ def alignment_panels(doc, rows, prefix_bp, prefix_dni, title, loss=False):
       axes[i, 2].set_yscale("log")
       axes[i, 2].set_title("final loss: BP(λ), DNI, full BPTT", fontsize=9)
       axes[i, 2].legend(fontsize=8)
-  fig.suptitle(title + " (seeds 0–4, mean ± sd)", fontsize=11)
+  fig.suptitle(title + (" (line: mean over seeds; band: bootstrap 95 % interval of the mean, "
+                        "± 1 sd where none; dots: seeds" + ("; loss: mean ± sd" if loss else "")
+                        + ")"), fontsize=9)
   return fig
 
 
