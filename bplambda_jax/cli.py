@@ -288,7 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
   _common(r, None)
   _add_renamed(r, "run")
   r.set_defaults(func=cmd_run)
+  _add_toy(sub)
+  _add_align(sub)
+  return p
 
+
+def _add_toy(sub) -> None:
   t = sub.add_parser("toy", formatter_class=_Formatter,
                      help="gradient alignment of BP(λ) synthetic gradients on the toy task")
   t.add_argument("--lambdas", default="0,0.5,0.9,1", help="comma-separated λ values in [0, 1]")
@@ -314,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
   _add_renamed(t, "toy")
   t.set_defaults(func=cmd_toy)
 
+
+def _add_align(sub) -> None:
   a = sub.add_parser("align", formatter_class=_Formatter,
                      help="alignment of many learning rules with BPTT on one task")
   a.add_argument("--task", default="copy", help="'toy' (linear RNN, H=30) or 'copy' "
@@ -340,7 +347,6 @@ def build_parser() -> argparse.ArgumentParser:
                  help="print the settings that would run (sizes resolved) as JSON and exit")
   _add_renamed(a, "align")
   a.set_defaults(func=cmd_align)
-  return p
 
 
 def _raised_here(e: BaseException) -> bool:

@@ -369,15 +369,7 @@ def train_group(cfg: RunConfig, setup: Setup, runs, out: str, log: results.Metri
       last = m
       bar.update(done - bar.n)
       bar.set_postfix(_postfix(cfg, m, evals[-1][1] if evals else None, rate))
-      bad = np.flatnonzero(guard[:, 0])
-      if bad.size:
-        ckpt.save(done, states, {"rule": name, "stopped": "guard"})
-        e = int(bad[0])
-        reason = guards.guard_message(int(guard[e, 0]), step=int(guard[e, 1]) + 1,
-                                      seed=cfg.seed + e % S, rule=runs[e // S].label)
-        raise RunError(reason + f" Every seed is saved at its last good state (the failed ones "
-                       f"before their failing update) in checkpoint {done} of {ckpt.directory}.",
-                       reason)
+      _stop_on_guard(guard, done, states, ckpt, name, cfg, runs)
       if stop["signal"] or done % cfg.checkpoint_every == 0 or done == cfg.steps:
         ckpt.save(done, states, {"rule": name, "config": cfg.to_dict()})
       if stop["signal"] and done < cfg.steps:
@@ -393,20 +385,29 @@ def train_group(cfg: RunConfig, setup: Setup, runs, out: str, log: results.Metri
     bar.close()
     ckpt.close()
   seconds = time.perf_counter() - started
-  best = _host(states.best) if test is not None else None
   tested = _host(_call(test, states, setup.data)) if test is not None else None
+  return _summaries(cfg, runs, rule.mode, states, tested, evals, last, log,
+                    steps=done if learns else 0, seconds=seconds,
+                    evaluated=evaluate is not None)
+
+
+def _summaries(cfg, runs, mode, states, tested, evals, last, log, *, steps, seconds, evaluated):
+  """{label: summary} of a trained group: final training metrics, evaluation and, with a test
+  split, the best-validation step and the test metrics at it (mean ± sd over seeds)."""
+  S = cfg.seeds
+  best = _host(states.best) if tested is not None else None
   summaries = {}
   for p, run in enumerate(runs):
     mine = lambda tree: jax.tree.map(lambda v: v[p * S:(p + 1) * S], tree)
-    summary = {"rule": run.label, "spec": run.spec, "mode": rule.mode,
-               "steps": done if learns else 0, "budget": cfg.steps,
+    summary = {"rule": run.label, "spec": run.spec, "mode": mode,
+               "steps": steps, "budget": cfg.steps,
                "seeds": [cfg.seed + i for i in range(S)], "seconds": seconds,
                "changes": run.changes}
     run_last = mine(last) if last is not None else None
     if run_last is None and log_has(log, run.label, "train"):  # resumed after the last chunk
       run_last = _last_from_log(log, run.label, "train", S)
     run_eval = mine(evals[-1][1]) if evals else None
-    if run_eval is None and evaluate is not None:
+    if run_eval is None and evaluated:
       run_eval = _last_from_log(log, run.label, "eval", S)
     if run_last is not None:
       summary["final"] = {k: results.mean_sd(v) for k, v in run_last.items() if k != "updates"}
@@ -414,12 +415,25 @@ def train_group(cfg: RunConfig, setup: Setup, runs, out: str, log: results.Metri
       summary["eval"] = {k: results.mean_sd(v) for k, v in run_eval.items()}
     if states.level is not None and run_last is not None:
       summary["solved"] = {"n": run_last["solved_n"].tolist(), "r": run_last["solved_r"].tolist()}
-    if test is not None:
+    if tested is not None:
       summary["best_step"] = mine(best.step).tolist()
       summary["best_score"] = results.mean_sd(mine(best.score))
       summary["test"] = {k: results.mean_sd(v) for k, v in mine(tested).items()}
     summaries[run.label] = summary
   return summaries
+
+
+def _stop_on_guard(guard, done, states, ckpt, name, cfg, runs) -> None:
+  """RunError (after a checkpoint) if an element's checked update failed in the last chunk."""
+  bad = np.flatnonzero(guard[:, 0])
+  if bad.size:
+    ckpt.save(done, states, {"rule": name, "stopped": "guard"})
+    e, S = int(bad[0]), cfg.seeds
+    reason = guards.guard_message(int(guard[e, 0]), step=int(guard[e, 1]) + 1,
+                                  seed=cfg.seed + e % S, rule=runs[e // S].label)
+    raise RunError(reason + f" Every seed is saved at its last good state (the failed ones "
+                   f"before their failing update) in checkpoint {done} of {ckpt.directory}.",
+                   reason)
 
 
 def log_has(log, label, kind) -> bool:
