@@ -25,6 +25,8 @@ from bplambda_jax.experiments._task_metrics import evaluate
 from bplambda_jax.experiments._task_metrics import loss_per_step
 from bplambda_jax.experiments._task_metrics import predict
 from bplambda_jax.experiments._task_metrics import task_metrics
+from bplambda_jax.experiments._stream_run import STREAM_TASKS
+from bplambda_jax.experiments._stream_run import run_stream
 from bplambda_jax.experiments._tasks import Parts as TaskParts
 from bplambda_jax.experiments._tasks import RunTask
 from bplambda_jax.experiments._tasks import generated
@@ -41,6 +43,7 @@ __all__ = [
     "RunConfig",
     "RunError",
     "RunTask",
+    "STREAM_TASKS",
     "TaskParts",
     "accuracy",
     "alignment",
@@ -58,6 +61,7 @@ __all__ = [
     "preset",
     "register_task",
     "run",
+    "run_stream",
     "run_alignment",
     "run_toy",
     "task_metrics",
