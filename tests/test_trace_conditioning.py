@@ -51,7 +51,7 @@ def test_long_range_credit_beats_a_window_shorter_than_the_delay():
   trace = tasks.TraceConfig(isi_min=6, isi_max=6, iti_min=4, iti_max=12)
   res = experiments.run_stream(["eprop", "tbptt:2"], trace=trace, cell="elementwise_lstm",
                                hidden_size=8, batch_size=4, steps=2000, chunk=500, lr=1e-2)
-  eprop, tbptt = (res["rules"][r] for r in ("eprop", "tbptt:2"))
+  eprop, tbptt = (res["results"][r] for r in ("eprop", "tbptt:2"))
   base = eprop["memoryless_tail_mse"][0]
   assert tbptt["memoryless_tail_mse"][0] == base  # the same stream for both rules
   assert eprop["tail_mse"][0] < 0.75 * base  # e-prop learns to time the US

@@ -27,6 +27,7 @@ from bplambda_jax.experiments._task_metrics import predict
 from bplambda_jax.experiments._task_metrics import task_metrics
 from bplambda_jax.experiments._stream_run import STREAM_TASKS
 from bplambda_jax.experiments._stream_run import run_stream
+from bplambda_jax.experiments._stream_run import stream_settings
 from bplambda_jax.experiments._tasks import Parts as TaskParts
 from bplambda_jax.experiments._tasks import RunTask
 from bplambda_jax.experiments._tasks import generated
@@ -64,6 +65,7 @@ __all__ = [
     "run_stream",
     "run_alignment",
     "run_toy",
+    "stream_settings",
     "task_metrics",
     "task_setup",
 ]

@@ -13,6 +13,7 @@ The one streaming task is trace conditioning (:mod:`bplambda_jax.tasks`: ``Trace
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Mapping, Optional, Sequence
 
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bplambda_jax import _validation
+from bplambda_jax._errors import ConfigError
 from bplambda_jax import tasks
 from bplambda_jax import training
 from bplambda_jax.model import make_model
@@ -61,6 +63,59 @@ def _rule_program(rule, opt, every, trace, batch_size, chunk, dtype):
   return jax.jit(jax.vmap(init)), jax.jit(jax.vmap(run_chunk))
 
 
+def _checked(rules, trace, cell, hidden_size, batch_size, steps, chunk, every, lr, seeds, seed,
+             tail, rule_options, dtype):
+  """The settings checked before anything is compiled: (settings dict, model, {spec: rule});
+  ConfigError naming the argument and its accepted range."""
+  try:
+    trace = trace.checked()
+    steps = _validation.integer("steps", steps, minimum=1)
+    chunk = _validation.integer("chunk", chunk, minimum=1)
+    if steps % chunk:
+      raise ValueError(f"steps must be a multiple of chunk = {chunk}, got {steps}.")
+    settings = dict(
+        task="trace-conditioning", rules=list(rules), trace=trace._asdict(), cell=cell,
+        hidden_size=_validation.integer("hidden_size", hidden_size, minimum=1),
+        batch_size=_validation.integer("batch_size", batch_size, minimum=1), steps=steps,
+        chunk=chunk, every=_validation.integer("every", every, minimum=1),
+        lr=_validation.number("lr", lr, minimum=0.0),
+        seeds=_validation.integer("seeds", seeds, minimum=1),
+        seed=_validation.integer("seed", seed, minimum=0),
+        tail=_validation.number("tail", tail, above=0.0, maximum=1.0), dtype=str(jnp.dtype(dtype)),
+        rule_options={k: dict(v) for k, v in (rule_options or {}).items()})
+    if not rules:
+      raise ValueError("rules must name at least one rule.")
+    model = make_model(cell, "mse", trace.input_size, 1, hidden_size,
+                       param_dtype=jnp.dtype(dtype))
+    built = {}
+    for spec in rules:
+      rule = make_rule(spec, model, **settings["rule_options"].get(spec, {}))
+      if rule.step is None:
+        raise ValueError(f"rule {spec!r} needs whole sequences; a stream has none (use an online "
+                         f"rule or tbptt:n).")
+      if rule.chunk is not None and chunk % rule.chunk:
+        raise ValueError(f"chunk = {chunk} must be a multiple of rule {spec!r}'s n = "
+                         f"{rule.chunk}.")
+      built[spec] = rule
+  except ConfigError:
+    raise
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  return settings, model, built
+
+
+def stream_settings(rules: Sequence[str] = ("bp_lambda",), **kwargs) -> dict:
+  """The settings :func:`run_stream` would run with these arguments, checked, as a dict (nothing
+  compiled): ``bplambda stream --print-config``."""
+  defaults = {k: p.default for k, p in inspect.signature(run_stream).parameters.items()
+              if k not in ("rules", "verbose")}
+  unknown = set(kwargs) - set(defaults)
+  if unknown:
+    raise ConfigError(f"stream_settings got unknown arguments {sorted(unknown)}; accepted: "
+                      f"{', '.join(defaults)}.")
+  return _checked(rules, **{**defaults, **kwargs})[0]
+
+
 def run_stream(rules: Sequence[str] = ("bp_lambda",), *,
                trace: tasks.TraceConfig = tasks.TraceConfig(), cell: str = "elementwise_lstm",
                hidden_size: int = 16, batch_size: int = 4, steps: int = 10_000,
@@ -87,26 +142,20 @@ def run_stream(rules: Sequence[str] = ("bp_lambda",), *,
     verbose: print a line per rule.
 
   Returns:
-    {'memoryless_mse': the closed form, 'rules': {spec: {'tail_mse': [S], 'memoryless_tail_mse':
-    [S] (on the same steps), 'curve': [steps / chunk, S] mean loss per chunk, 'seconds'}}, plus the
-    arguments}. A failed on-device check (non-finite loss, divergence, ...) raises GuardError.
+    the settings (:func:`stream_settings`) with 'memoryless_mse' (the closed form) and
+    'results': {spec: {'tail_mse': [S], 'memoryless_tail_mse':
+    [S] (on the same steps), 'curve': [steps / chunk, S] mean loss per chunk, 'seconds'}}.
+    A bad argument raises ConfigError before anything is compiled; a failed on-device check
+    (non-finite loss, divergence, ...) raises GuardError.
   """
-  steps = _validation.integer("steps", steps, minimum=1)
-  chunk = _validation.integer("chunk", chunk, minimum=1)
-  if steps % chunk:
-    raise ValueError(f"steps must be a multiple of chunk = {chunk}, got {steps}.")
-  tail = _validation.number("tail", tail, above=0.0, maximum=1.0)
-  seeds = _validation.integer("seeds", seeds, minimum=1)
+  settings, model, built = _checked(rules, trace, cell, hidden_size, batch_size, steps, chunk,
+                                    every, lr, seeds, seed, tail, rule_options, dtype)
   trace = trace.checked()
-  model = make_model(cell, "mse", trace.input_size, 1, hidden_size, param_dtype=jnp.dtype(dtype))
   opt = training.optimiser(lr, lr)
   keys = jnp.stack([jax.random.key(seed + i) for i in range(seeds)])
   first = steps - max(1, int(round(tail * steps)))
   out = {}
-  for spec in rules:
-    rule = make_rule(spec, model, **dict((rule_options or {}).get(spec, {})))
-    if rule.chunk is not None and chunk % rule.chunk:
-      raise ValueError(f"chunk = {chunk} must be a multiple of rule {spec!r}'s n = {rule.chunk}.")
+  for spec, rule in built.items():
     init, run_chunk = _rule_program(rule, opt, every, trace, batch_size, chunk, jnp.dtype(dtype))
     start, state, losses, bases = time.perf_counter(), init(keys), [], []
     for _ in range(steps // chunk):
@@ -122,7 +171,4 @@ def run_stream(rules: Sequence[str] = ("bp_lambda",), *,
     if verbose:
       print(f"{spec}: tail MSE {np.mean(out[spec]['tail_mse']):.4g} (memoryless "
             f"{np.mean(out[spec]['memoryless_tail_mse']):.4g}), {out[spec]['seconds']:.1f} s")
-  return {"task": "trace-conditioning", "trace": trace._asdict(), "cell": cell,
-          "hidden_size": hidden_size, "batch_size": batch_size, "steps": steps, "every": every,
-          "lr": lr, "seeds": seeds, "seed": seed, "tail": tail,
-          "memoryless_mse": tasks.trace_memoryless_mse(trace), "rules": out}
+  return {**settings, "memoryless_mse": tasks.trace_memoryless_mse(trace), "results": out}
