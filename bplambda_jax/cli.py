@@ -396,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
   st.add_argument("--steps", type=int, default=10_000, help="the stream's length (steps)")
   st.add_argument("--chunk", type=int, default=500, help="steps per compiled call")
   st.add_argument("--every", type=int, default=1, help="an optimiser update every k steps")
-  st.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
+  st.add_argument("--lr", type=float, default=1e-2, help="Adam's learning rate")
   st.add_argument("--seeds", type=int, default=1, help="number of seeds (vmapped)")
   st.add_argument("--seed", type=int, default=0, help="the first seed")
   st.add_argument("--tail", type=float, default=0.25,

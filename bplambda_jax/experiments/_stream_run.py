@@ -119,7 +119,7 @@ def stream_settings(rules: Sequence[str] = ("bp_lambda",), **kwargs) -> dict:
 def run_stream(rules: Sequence[str] = ("bp_lambda",), *,
                trace: tasks.TraceConfig = tasks.TraceConfig(), cell: str = "elementwise_lstm",
                hidden_size: int = 16, batch_size: int = 4, steps: int = 10_000,
-               chunk: int = 500, every: int = 1, lr: float = 1e-3, seeds: int = 1, seed: int = 0,
+               chunk: int = 500, every: int = 1, lr: float = 1e-2, seeds: int = 1, seed: int = 0,
                tail: float = 0.25, rule_options: Optional[Mapping[str, Mapping]] = None,
                dtype: str = "float32", verbose: bool = False) -> dict:
   """Train each rule on the trace-conditioning stream and score it against the memoryless one.
