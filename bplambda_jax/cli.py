@@ -227,7 +227,8 @@ def cmd_stream(args) -> int:
   trace = tasks.TraceConfig(*isi, *iti, args.distractors, args.distractor_rate)
   kwargs = dict(trace=trace, cell=args.cell, hidden_size=args.hidden_size,
                 batch_size=args.batch_size, steps=args.steps, chunk=args.chunk, every=args.every,
-                lr=args.lr, seeds=args.seeds, seed=args.seed, tail=args.tail, dtype=args.dtype)
+                lr=args.lr, lr_synth=args.lr_synth, seeds=args.seeds, seed=args.seed,
+                tail=args.tail, dtype=args.dtype)
   specs = _specs(args.rule or ("bp_lambda,eprop,tbptt:2",))
   _use_dtype(args.dtype)
   settings = stream_settings(specs, **kwargs)
@@ -396,7 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
   st.add_argument("--steps", type=int, default=10_000, help="the stream's length (steps)")
   st.add_argument("--chunk", type=int, default=500, help="steps per compiled call")
   st.add_argument("--every", type=int, default=1, help="an optimiser update every k steps")
-  st.add_argument("--lr", type=float, default=1e-2, help="Adam's learning rate")
+  st.add_argument("--lr", type=float, default=1e-2,
+                  help="Adam's learning rate of the cell and the readout")
+  st.add_argument("--lr-synth", type=float, default=1e-3,
+                  help="Adam's learning rate of a synthesiser (BP(λ))")
   st.add_argument("--seeds", type=int, default=1, help="number of seeds (vmapped)")
   st.add_argument("--seed", type=int, default=0, help="the first seed")
   st.add_argument("--tail", type=float, default=0.25,

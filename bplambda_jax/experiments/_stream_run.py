@@ -63,8 +63,8 @@ def _rule_program(rule, opt, every, trace, batch_size, chunk, dtype):
   return jax.jit(jax.vmap(init)), jax.jit(jax.vmap(run_chunk))
 
 
-def _checked(rules, trace, cell, hidden_size, batch_size, steps, chunk, every, lr, seeds, seed,
-             tail, rule_options, dtype):
+def _checked(rules, trace, cell, hidden_size, batch_size, steps, chunk, every, lr, lr_synth,
+             seeds, seed, tail, rule_options, dtype):
   """The settings checked before anything is compiled: (settings dict, model, {spec: rule});
   ConfigError naming the argument and its accepted range."""
   try:
@@ -79,6 +79,7 @@ def _checked(rules, trace, cell, hidden_size, batch_size, steps, chunk, every, l
         batch_size=_validation.integer("batch_size", batch_size, minimum=1), steps=steps,
         chunk=chunk, every=_validation.integer("every", every, minimum=1),
         lr=_validation.number("lr", lr, minimum=0.0),
+        lr_synth=_validation.number("lr_synth", lr_synth, minimum=0.0),
         seeds=_validation.integer("seeds", seeds, minimum=1),
         seed=_validation.integer("seed", seed, minimum=0),
         tail=_validation.number("tail", tail, above=0.0, maximum=1.0), dtype=str(jnp.dtype(dtype)),
@@ -119,7 +120,8 @@ def stream_settings(rules: Sequence[str] = ("bp_lambda",), **kwargs) -> dict:
 def run_stream(rules: Sequence[str] = ("bp_lambda",), *,
                trace: tasks.TraceConfig = tasks.TraceConfig(), cell: str = "elementwise_lstm",
                hidden_size: int = 16, batch_size: int = 4, steps: int = 10_000,
-               chunk: int = 500, every: int = 1, lr: float = 1e-2, seeds: int = 1, seed: int = 0,
+               chunk: int = 500, every: int = 1, lr: float = 1e-2, lr_synth: float = 1e-3,
+               seeds: int = 1, seed: int = 0,
                tail: float = 0.25, rule_options: Optional[Mapping[str, Mapping]] = None,
                dtype: str = "float32", verbose: bool = False) -> dict:
   """Train each rule on the trace-conditioning stream and score it against the memoryless one.
@@ -134,6 +136,7 @@ def run_stream(rules: Sequence[str] = ("bp_lambda",), *,
     chunk: steps per compiled call (the loss curve has one point per chunk).
     every: an optimiser update every this many steps (chunks of n steps for a chunk rule).
     lr: Adam's learning rate on the cell and the readout (``training.optimiser``).
+    lr_synth: Adam's learning rate on a synthesiser (BP(λ)'s ĝ; other rules have none).
     seeds: seeds ``seed … seed + seeds − 1``, vmapped; seed i fixes the network and the streams,
       the same for every rule.
     tail: the fraction of the stream (its end) that the error is averaged over, in (0, 1].
@@ -149,9 +152,9 @@ def run_stream(rules: Sequence[str] = ("bp_lambda",), *,
     (non-finite loss, divergence, ...) raises GuardError.
   """
   settings, model, built = _checked(rules, trace, cell, hidden_size, batch_size, steps, chunk,
-                                    every, lr, seeds, seed, tail, rule_options, dtype)
+                                    every, lr, lr_synth, seeds, seed, tail, rule_options, dtype)
   trace = trace.checked()
-  opt = training.optimiser(lr, lr)
+  opt = training.optimiser(lr, lr, lr_synth)
   keys = jnp.stack([jax.random.key(seed + i) for i in range(seeds)])
   first = steps - max(1, int(round(tail * steps)))
   out = {}
