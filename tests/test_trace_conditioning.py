@@ -6,15 +6,17 @@ import numpy as np
 import pytest
 
 from bplambda_jax import experiments, tasks
+from bplambda_jax._errors import ConfigError
 
 CFG = tasks.TraceConfig(isi_min=3, isi_max=5, iti_min=2, iti_max=6, distractors=1)
+INIT = jax.jit(tasks.trace_init, static_argnums=(1, 2))  # one compile per shape
+CHUNK = jax.jit(tasks.trace_chunk, static_argnums=(1, 2))
 
 
 def _stream(key, T, chunks=1, B=3):
-  s = tasks.trace_init(key, B, CFG)
-  parts, step = [], jax.jit(lambda s: tasks.trace_chunk(s, T // chunks, CFG))
+  s, parts = INIT(key, B, CFG), []
   for _ in range(chunks):
-    s, b = step(s)
+    s, b = CHUNK(s, T // chunks, CFG)
     parts.append(b)
   return s, jax.tree.map(lambda *a: np.concatenate(a), *parts)
 
@@ -38,12 +40,17 @@ def test_the_stream_is_deterministic_continuous_and_shaped():
 
 
 def test_the_memoryless_baseline_matches_its_closed_form_on_a_long_stream():
-  s = tasks.trace_init(jax.random.key(2), 32, CFG)
-  _, b = jax.jit(lambda s: tasks.trace_chunk(s, 2000, CFG))(s)
+  _, b = CHUNK(INIT(jax.random.key(2), 64, CFG), 1000, CFG)
   err = float(np.mean((tasks.trace_memoryless_prediction(b.x, CFG) - b.y) ** 2))
   assert err == pytest.approx(tasks.trace_memoryless_mse(CFG), rel=0.05)
   with pytest.raises(ValueError, match="isi_min"):
     tasks.trace_init(jax.random.key(0), 2, tasks.TraceConfig(isi_min=1))
+  with pytest.raises(ConfigError, match="needs whole sequences"):  # refused before compiling
+    experiments.stream_settings(["bptt"])
+  with pytest.raises(ConfigError, match="multiple of chunk"):
+    experiments.stream_settings(steps=1000, chunk=300)
+  with pytest.raises(ConfigError, match="rule 'tbptt:3'"):
+    experiments.stream_settings(["tbptt:3"], chunk=500)
 
 
 @pytest.mark.slow  # ~20 s on a busy two-core machine: two rules streamed for 2,000 steps
@@ -56,3 +63,15 @@ def test_long_range_credit_beats_a_window_shorter_than_the_delay():
   assert tbptt["memoryless_tail_mse"][0] == base  # the same stream for both rules
   assert eprop["tail_mse"][0] < 0.75 * base  # e-prop learns to time the US
   assert tbptt["tail_mse"][0] > 0.9 * base   # a window of 2 < ISI = 6 cannot
+
+
+@pytest.mark.slow  # ~10 s on a busy two-core machine: two stream programs compiled
+def test_frozen_weights_give_every_rule_the_same_stream_error():
+  # lr = 0: the same network on the same streams, never reset, whatever the rule: the per-step
+  # rule and the chunk rule (whose chunk loss is a sum over its n steps) report the same error
+  res = experiments.run_stream(["eprop", "tbptt:2"], trace=CFG, cell="elementwise_lstm",
+                               hidden_size=3, batch_size=2, steps=40, chunk=20, lr=0.0, tail=0.5)
+  eprop, tbptt = (res["results"][r] for r in ("eprop", "tbptt:2"))
+  np.testing.assert_allclose(eprop["curve"], tbptt["curve"], rtol=1e-5)
+  np.testing.assert_allclose(eprop["tail_mse"], tbptt["tail_mse"], rtol=1e-5)
+  assert np.asarray(eprop["curve"]).shape == (2, 1) and eprop["tail_mse"][0] > 0
