@@ -24,6 +24,7 @@ import traceback
 
 from bplambda_jax._errors import ConfigError
 from bplambda_jax.rules import RULE_NAMES
+from bplambda_jax.experiments._stream_run import STREAM_TASKS
 from bplambda_jax.experiments._tasks import RUN_TASKS
 
 EXIT_STOPPED = 1
@@ -292,6 +293,46 @@ def _add_renamed(p, command):
     p.add_argument(old, action=_Renamed, new=new, dest=argparse.SUPPRESS)
 
 
+def _add_stream_parser(sub) -> None:
+  """The ``stream`` command's parser."""
+  st = sub.add_parser("stream", formatter_class=_Formatter,
+                      help="rules learning online on one unbounded stream",
+                      description="Rules learning on one unbounded trace-conditioning stream "
+                      "(a cue, a delay, a signal to predict one step ahead), weights updated every "
+                      "--every steps; the MSE over the stream's last --tail fraction against the "
+                      "best memoryless predictor's on the same steps.")
+  st.add_argument("task", choices=STREAM_TASKS, help="the streaming task")
+  st.add_argument("--rule", action="append", default=None, metavar="SPEC[,SPEC...]",
+                  help="rules to compare (default: bp_lambda,eprop,tbptt:2): online rules and "
+                  "tbptt:n; names: " + ", ".join(RULE_NAMES))
+  st.add_argument("--isi", default="8", help="the cue-to-signal delay: N or MIN,MAX (steps)")
+  st.add_argument("--iti", default="8,24", help="signal to the next cue: N or MIN,MAX (steps)")
+  st.add_argument("--distractors", type=int, default=0, help="distractor input channels")
+  st.add_argument("--distractor-rate", type=float, default=0.1,
+                  help="a distractor's blip probability per step")
+  st.add_argument("--cell", default="elementwise_lstm", help="cell name")
+  st.add_argument("--hidden-size", type=int, default=16, help="hidden size")
+  st.add_argument("--batch-size", type=int, default=4, help="streams learned together")
+  st.add_argument("--steps", type=int, default=10_000, help="the stream's length (steps)")
+  st.add_argument("--chunk", type=int, default=500, help="steps per compiled call")
+  st.add_argument("--every", type=int, default=1, help="an optimiser update every k steps")
+  st.add_argument("--lr", type=float, default=1e-2,
+                  help="Adam's learning rate of the cell and the readout")
+  st.add_argument("--lr-synth", type=float, default=1e-3,
+                  help="Adam's learning rate of a synthesiser (BP(λ))")
+  st.add_argument("--seeds", type=int, default=1, help="number of seeds (vmapped)")
+  st.add_argument("--seed", type=int, default=0, help="the first seed")
+  st.add_argument("--tail", type=float, default=0.25,
+                  help="the fraction of the stream (its end) the error is averaged over")
+  st.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="dtype")
+  st.add_argument("--out", default=None, help="a directory for stream.json (none: print only)")
+  st.add_argument("--overwrite", action="store_true", help="replace stream.json in --out")
+  st.add_argument("--no-progress", action="store_true", help="no line per rule")
+  st.add_argument("--print-config", action="store_true",
+                  help="print the checked settings as JSON and exit")
+  st.set_defaults(func=cmd_stream)
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="bplambda", description=__doc__, formatter_class=_Formatter)
   sub = p.add_subparsers(dest="command", required=True)
@@ -375,43 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="print the settings that would run (sizes resolved) as JSON and exit")
   _add_renamed(a, "align")
   a.set_defaults(func=cmd_align)
-
-  st = sub.add_parser("stream", formatter_class=_Formatter,
-                      help="rules learning online on one unbounded stream",
-                      description="Rules learning on one unbounded trace-conditioning stream "
-                      "(a cue, a delay, a signal to predict one step ahead), weights updated every "
-                      "--every steps; the MSE over the stream's last --tail fraction against the "
-                      "best memoryless predictor's on the same steps.")
-  st.add_argument("task", choices=("trace-conditioning",), help="the streaming task")
-  st.add_argument("--rule", action="append", default=None, metavar="SPEC[,SPEC...]",
-                  help="rules to compare (default: bp_lambda,eprop,tbptt:2): online rules and "
-                  "tbptt:n; names: " + ", ".join(RULE_NAMES))
-  st.add_argument("--isi", default="8", help="the cue-to-signal delay: N or MIN,MAX (steps)")
-  st.add_argument("--iti", default="8,24", help="signal to the next cue: N or MIN,MAX (steps)")
-  st.add_argument("--distractors", type=int, default=0, help="distractor input channels")
-  st.add_argument("--distractor-rate", type=float, default=0.1,
-                  help="a distractor's blip probability per step")
-  st.add_argument("--cell", default="elementwise_lstm", help="cell name")
-  st.add_argument("--hidden-size", type=int, default=16, help="hidden size")
-  st.add_argument("--batch-size", type=int, default=4, help="streams learned together")
-  st.add_argument("--steps", type=int, default=10_000, help="the stream's length (steps)")
-  st.add_argument("--chunk", type=int, default=500, help="steps per compiled call")
-  st.add_argument("--every", type=int, default=1, help="an optimiser update every k steps")
-  st.add_argument("--lr", type=float, default=1e-2,
-                  help="Adam's learning rate of the cell and the readout")
-  st.add_argument("--lr-synth", type=float, default=1e-3,
-                  help="Adam's learning rate of a synthesiser (BP(λ))")
-  st.add_argument("--seeds", type=int, default=1, help="number of seeds (vmapped)")
-  st.add_argument("--seed", type=int, default=0, help="the first seed")
-  st.add_argument("--tail", type=float, default=0.25,
-                  help="the fraction of the stream (its end) the error is averaged over")
-  st.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="dtype")
-  st.add_argument("--out", default=None, help="a directory for stream.json (none: print only)")
-  st.add_argument("--overwrite", action="store_true", help="replace stream.json in --out")
-  st.add_argument("--no-progress", action="store_true", help="no line per rule")
-  st.add_argument("--print-config", action="store_true",
-                  help="print the checked settings as JSON and exit")
-  st.set_defaults(func=cmd_stream)
+  _add_stream_parser(sub)
   return p
 
 
