@@ -222,7 +222,7 @@ def _ints(text: str, name: str) -> tuple:
 
 def cmd_stream(args) -> int:
   from bplambda_jax import tasks
-  from bplambda_jax.experiments import run_stream, stream_settings
+  from bplambda_jax.experiments import format_mean_sd, mean_sd, run_stream, stream_settings
 
   isi, iti = _ints(args.isi, "--isi"), _ints(args.iti, "--iti")
   trace = tasks.TraceConfig(*isi, *iti, args.distractors, args.distractor_rate)
@@ -241,7 +241,11 @@ def cmd_stream(args) -> int:
     raise ConfigError(f"{os.path.join(args.out, 'stream.json')} exists; pass --overwrite to "
                       f"replace it.")
   result = run_stream(specs, verbose=not args.no_progress, **kwargs)
-  print(f"memoryless MSE (closed form): {result['memoryless_mse']:.4g}")
+  print(f"\nMSE over the last {args.tail:g} of the stream (mean ± sd over seeds); the best "
+        f"memoryless predictor: {result['memoryless_mse']:.4f} in the long run")
+  for spec, res in result["results"].items():
+    print(f"{spec:>24}  {format_mean_sd(mean_sd(res['tail_mse']))}   memoryless on the same "
+          f"steps {format_mean_sd(mean_sd(res['memoryless_tail_mse']))}")
   if args.out is not None:
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "stream.json"), "w", encoding="utf-8") as f:

@@ -172,6 +172,5 @@ def run_stream(rules: Sequence[str] = ("bp_lambda",), *,
                  "curve": loss.reshape(seeds, -1, chunk).mean(axis=2).T.tolist(),
                  "seconds": time.perf_counter() - start}
     if verbose:
-      print(f"{spec}: tail MSE {np.mean(out[spec]['tail_mse']):.4g} (memoryless "
-            f"{np.mean(out[spec]['memoryless_tail_mse']):.4g}), {out[spec]['seconds']:.1f} s")
+      print(f"{spec}: {steps} steps × {seeds} seed(s) in {out[spec]['seconds']:.1f} s")
   return {**settings, "memoryless_mse": tasks.trace_memoryless_mse(trace), "results": out}
