@@ -222,7 +222,9 @@ def _ints(text: str, name: str) -> tuple:
 
 def cmd_stream(args) -> int:
   from bplambda_jax import tasks
-  from bplambda_jax.experiments import format_mean_sd, mean_sd, run_stream, stream_settings
+  from bplambda_jax.experiments import RunError, format_mean_sd, mean_sd, run_stream
+  from bplambda_jax.experiments import stream_settings
+  from bplambda_jax.training import GuardError
 
   isi, iti = _ints(args.isi, "--isi"), _ints(args.iti, "--iti")
   trace = tasks.TraceConfig(*isi, *iti, args.distractors, args.distractor_rate)
@@ -240,7 +242,10 @@ def cmd_stream(args) -> int:
       and not args.overwrite:
     raise ConfigError(f"{os.path.join(args.out, 'stream.json')} exists; pass --overwrite to "
                       f"replace it.")
-  result = run_stream(specs, verbose=not args.no_progress, **kwargs)
+  try:
+    result = run_stream(specs, verbose=not args.no_progress, **kwargs)
+  except GuardError as e:  # a non-finite or diverging step: the run stops, exit status 1
+    raise RunError(str(e)) from None
   print(f"\nMSE over the last {args.tail:g} of the stream (mean ± sd over seeds); the best "
         f"memoryless predictor: {result['memoryless_mse']:.4f} in the long run")
   for spec, res in result["results"].items():

@@ -22,9 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from bplambda_jax import _validation
-from bplambda_jax._errors import ConfigError
 from bplambda_jax import tasks
 from bplambda_jax import training
+from bplambda_jax._errors import ConfigError
 from bplambda_jax.model import make_model
 from bplambda_jax.rules import make_rule
 
@@ -42,7 +42,7 @@ def _segments(rule, batch):
 
 def _rule_program(rule, opt, every, trace, batch_size, chunk, dtype):
   """(init, chunk) programs of one rule, mapped over seeds: init(key) -> state; chunk(state) ->
-  (state, (loss [chunk], memoryless loss [chunk]))."""
+  (state, (loss [chunk], the memoryless predictor's loss [chunk], guard codes)), per seed."""
   drv = training.stream(rule, opt, every=every)
 
   def init(key):
@@ -65,7 +65,7 @@ def _rule_program(rule, opt, every, trace, batch_size, chunk, dtype):
 
 def _checked(rules, trace, cell, hidden_size, batch_size, steps, chunk, every, lr, lr_synth,
              seeds, seed, tail, rule_options, dtype):
-  """The settings checked before anything is compiled: (settings dict, model, {spec: rule});
+  """The settings checked before anything is compiled: (settings dict, {spec: rule});
   ConfigError naming the argument and its accepted range."""
   try:
     trace = trace.checked()
@@ -102,7 +102,7 @@ def _checked(rules, trace, cell, hidden_size, batch_size, steps, chunk, every, l
     raise
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  return settings, model, built
+  return settings, built
 
 
 def stream_settings(rules: Sequence[str] = ("bp_lambda",), **kwargs) -> dict:
@@ -121,8 +121,8 @@ def run_stream(rules: Sequence[str] = ("bp_lambda",), *,
                trace: tasks.TraceConfig = tasks.TraceConfig(), cell: str = "elementwise_lstm",
                hidden_size: int = 16, batch_size: int = 4, steps: int = 10_000,
                chunk: int = 500, every: int = 1, lr: float = 1e-2, lr_synth: float = 1e-3,
-               seeds: int = 1, seed: int = 0,
-               tail: float = 0.25, rule_options: Optional[Mapping[str, Mapping]] = None,
+               seeds: int = 1, seed: int = 0, tail: float = 0.25,
+               rule_options: Optional[Mapping[str, Mapping]] = None,
                dtype: str = "float32", verbose: bool = False) -> dict:
   """Train each rule on the trace-conditioning stream and score it against the memoryless one.
 
@@ -146,14 +146,14 @@ def run_stream(rules: Sequence[str] = ("bp_lambda",), *,
 
   Returns:
     the settings (:func:`stream_settings`) with 'memoryless_mse' (the closed form) and
-    'results': {spec: {'tail_mse': [S], 'memoryless_tail_mse':
-    [S] (on the same steps), 'curve': [steps / chunk, S] mean loss per chunk, 'seconds'}}.
+    'results': {spec: {'tail_mse': [S], 'memoryless_tail_mse': [S] (on the same steps),
+    'curve': [steps / chunk, S] mean loss per chunk, 'seconds'}}.
     A bad argument raises ConfigError before anything is compiled; a failed on-device check
     (non-finite loss, divergence, ...) raises GuardError.
   """
-  settings, model, built = _checked(rules, trace, cell, hidden_size, batch_size, steps, chunk,
-                                    every, lr, lr_synth, seeds, seed, tail, rule_options, dtype)
-  trace = trace.checked()
+  settings, built = _checked(rules, trace, cell, hidden_size, batch_size, steps, chunk, every,
+                             lr, lr_synth, seeds, seed, tail, rule_options, dtype)
+  trace = tasks.TraceConfig(**settings["trace"])
   opt = training.optimiser(lr, lr, lr_synth)
   keys = jnp.stack([jax.random.key(seed + i) for i in range(seeds)])
   first = steps - max(1, int(round(tail * steps)))
