@@ -53,15 +53,16 @@ def test_the_memoryless_baseline_matches_its_closed_form_on_a_long_stream():
     experiments.stream_settings(["tbptt:3"], chunk=500)
 
 
-@pytest.mark.slow  # ~20 s on a busy two-core machine: two rules streamed for 2,000 steps
+@pytest.mark.slow  # ~10 s on a busy two-core machine: two rules streamed for 2,000 steps
 def test_long_range_credit_beats_a_window_shorter_than_the_delay():
   trace = tasks.TraceConfig(isi_min=6, isi_max=6, iti_min=4, iti_max=12)
-  res = experiments.run_stream(["eprop", "tbptt:2"], trace=trace, cell="elementwise_lstm",
+  res = experiments.run_stream(["bp_lambda", "tbptt:2"], trace=trace, cell="elementwise_lstm",
                                hidden_size=8, batch_size=4, steps=2000, chunk=500, lr=1e-2)
-  eprop, tbptt = (res["results"][r] for r in ("eprop", "tbptt:2"))
-  base = eprop["memoryless_tail_mse"][0]
+  bpl, tbptt = (res["results"][r] for r in ("bp_lambda", "tbptt:2"))
+  base = bpl["memoryless_tail_mse"][0]
   assert tbptt["memoryless_tail_mse"][0] == base  # the same stream for both rules
-  assert eprop["tail_mse"][0] < 0.75 * base  # e-prop learns to time the US
+  # seeds 0-3 measured: BP(λ) at 0.24-0.53 of the memoryless error, tbptt:2 at 0.94-0.98
+  assert bpl["tail_mse"][0] < 0.75 * base  # BP(λ) learns to time the US
   assert tbptt["tail_mse"][0] > 0.9 * base   # a window of 2 < ISI = 6 cannot
 
 
