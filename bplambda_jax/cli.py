@@ -7,6 +7,8 @@
 ``bplambda toy``       BP(λ) synthesisers on the toy task for several λ: the paper's alignment
                        figure (a ``run`` of the toy task with a grid over λ).
 ``bplambda align``     a table of rules and their alignment with BPTT on a task.
+``bplambda stream``    rules learning online on one unbounded stream (trace conditioning), weights
+                       updated every k steps, against the best memoryless predictor.
 
 Exit status: 0 done, 1 a guard stopped the run, 2 a usage error (one line ``error: …``), 3 an
 internal error (a traceback: please report it), 130 SIGINT or SIGTERM (a second one aborts).
@@ -22,6 +24,7 @@ import traceback
 
 from bplambda_jax._errors import ConfigError
 from bplambda_jax.rules import RULE_NAMES
+from bplambda_jax.experiments._stream_run import STREAM_TASKS
 from bplambda_jax.experiments._tasks import RUN_TASKS
 
 EXIT_STOPPED = 1
@@ -209,6 +212,56 @@ def cmd_align(args) -> int:
   return 0
 
 
+def _ints(text: str, name: str) -> tuple:
+  """'8' or '8,24' as (min, max) integers."""
+  try:
+    values = [int(v) for v in text.split(",")]
+  except ValueError:
+    values = []
+  if len(values) not in (1, 2):
+    raise ConfigError(f"{name} takes N or MIN,MAX (integers), got {text!r}.")
+  return values[0], values[-1]
+
+
+def cmd_stream(args) -> int:
+  from bplambda_jax import tasks
+  from bplambda_jax.experiments import RunError, format_mean_sd, mean_sd, run_stream
+  from bplambda_jax.experiments import stream_settings
+  from bplambda_jax.training import GuardError
+
+  isi, iti = _ints(args.isi, "--isi"), _ints(args.iti, "--iti")
+  trace = tasks.TraceConfig(*isi, *iti, args.distractors, args.distractor_rate)
+  kwargs = dict(trace=trace, cell=args.cell, hidden_size=args.hidden_size,
+                batch_size=args.batch_size, steps=args.steps, chunk=args.chunk, every=args.every,
+                lr=args.lr, lr_synth=args.lr_synth, seeds=args.seeds, seed=args.seed,
+                tail=args.tail, dtype=args.dtype)
+  specs = _specs(args.rule or ("bp_lambda,eprop,tbptt:2",))
+  _use_dtype(args.dtype)
+  settings = stream_settings(specs, **kwargs)
+  if args.print_config:
+    _print_json(settings)
+    return 0
+  if args.out is not None and os.path.exists(os.path.join(args.out, "stream.json")) \
+      and not args.overwrite:
+    raise ConfigError(f"{os.path.join(args.out, 'stream.json')} exists; pass --overwrite to "
+                      f"replace it.")
+  try:
+    result = run_stream(specs, verbose=not args.no_progress, **kwargs)
+  except GuardError as e:  # a non-finite or diverging step: the run stops, exit status 1
+    raise RunError(str(e)) from None
+  print(f"\nMSE over the last {args.tail:g} of the stream (mean ± sd over seeds); the best "
+        f"memoryless predictor: {result['memoryless_mse']:.4f} in the long run")
+  for spec, res in result["results"].items():
+    print(f"{spec:>24}  {format_mean_sd(mean_sd(res['tail_mse']))}   memoryless on the same "
+          f"steps {format_mean_sd(mean_sd(res['memoryless_tail_mse']))}")
+  if args.out is not None:
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "stream.json"), "w", encoding="utf-8") as f:
+      json.dump(result, f, indent=1)
+    print(f"wrote {os.path.join(args.out, 'stream.json')}")
+  return 0
+
+
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
   """Shows each default once: not for flags, nor where the help text already names it (a preset's
   default is resolved from the task, so a None there means 'the preset's value')."""
@@ -252,6 +305,46 @@ def _add_renamed(p, command):
     p.add_argument(old, action=_Renamed, new=new, dest=argparse.SUPPRESS)
 
 
+def _add_stream_parser(sub) -> None:
+  """The ``stream`` command's parser."""
+  st = sub.add_parser("stream", formatter_class=_Formatter,
+                      help="rules learning online on one unbounded stream",
+                      description="Rules learning on one unbounded trace-conditioning stream "
+                      "(a cue, a delay, a signal to predict one step ahead), weights updated every "
+                      "--every steps; the MSE over the stream's last --tail fraction against the "
+                      "best memoryless predictor's on the same steps.")
+  st.add_argument("task", choices=STREAM_TASKS, help="the streaming task")
+  st.add_argument("--rule", action="append", default=None, metavar="SPEC[,SPEC...]",
+                  help="rules to compare (default: bp_lambda,eprop,tbptt:2): online rules and "
+                  "tbptt:n; names: " + ", ".join(RULE_NAMES))
+  st.add_argument("--isi", default="8", help="the cue-to-signal delay: N or MIN,MAX (steps)")
+  st.add_argument("--iti", default="8,24", help="signal to the next cue: N or MIN,MAX (steps)")
+  st.add_argument("--distractors", type=int, default=0, help="distractor input channels")
+  st.add_argument("--distractor-rate", type=float, default=0.1,
+                  help="a distractor's blip probability per step")
+  st.add_argument("--cell", default="elementwise_lstm", help="cell name")
+  st.add_argument("--hidden-size", type=int, default=16, help="hidden size")
+  st.add_argument("--batch-size", type=int, default=4, help="streams learned together")
+  st.add_argument("--steps", type=int, default=10_000, help="the stream's length (steps)")
+  st.add_argument("--chunk", type=int, default=500, help="steps per compiled call")
+  st.add_argument("--every", type=int, default=1, help="an optimiser update every k steps")
+  st.add_argument("--lr", type=float, default=1e-2,
+                  help="Adam's learning rate of the cell and the readout")
+  st.add_argument("--lr-synth", type=float, default=1e-3,
+                  help="Adam's learning rate of a synthesiser (BP(λ))")
+  st.add_argument("--seeds", type=int, default=1, help="number of seeds (vmapped)")
+  st.add_argument("--seed", type=int, default=0, help="the first seed")
+  st.add_argument("--tail", type=float, default=0.25,
+                  help="the fraction of the stream (its end) the error is averaged over")
+  st.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="dtype")
+  st.add_argument("--out", default=None, help="a directory for stream.json (none: print only)")
+  st.add_argument("--overwrite", action="store_true", help="replace stream.json in --out")
+  st.add_argument("--no-progress", action="store_true", help="no line per rule")
+  st.add_argument("--print-config", action="store_true",
+                  help="print the checked settings as JSON and exit")
+  st.set_defaults(func=cmd_stream)
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="bplambda", description=__doc__, formatter_class=_Formatter)
   sub = p.add_subparsers(dest="command", required=True)
@@ -290,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
   r.set_defaults(func=cmd_run)
   _add_toy(sub)
   _add_align(sub)
+  _add_stream_parser(sub)
   return p
 
 

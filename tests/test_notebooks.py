@@ -67,6 +67,9 @@ def _check_streaming(s):
     first = s["first_loss"][name]
     assert first > 0.6, (name, first)  # starts near chance (ln 2 per bit)
     assert last < first - 0.1, (name, first, last)  # and learns on the stream
+  base, trace = s["trace_memoryless"], s["trace_last_chunk"]
+  assert trace["bp_lambda"] < 0.9 * base, s  # long-range credit learns to time the signal
+  assert trace["tbptt:2"] > 0.9 * base, s  # a window shorter than the delay does not
 
 
 CHECKS = {

@@ -84,7 +84,7 @@ def fresh(tmp_path, monkeypatch):
 
 def test_the_pages_show_commands_of_every_kind():
   kinds = {shlex.split(c)[1] for _, c in COMMANDS}
-  assert kinds == {"run", "toy", "align"}, kinds
+  assert kinds == {"run", "toy", "align", "stream"}, kinds
   assert len(COMMANDS) >= 20, COMMANDS
 
 

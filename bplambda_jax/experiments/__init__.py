@@ -26,6 +26,9 @@ from bplambda_jax.experiments._task_metrics import evaluate
 from bplambda_jax.experiments._task_metrics import loss_per_step
 from bplambda_jax.experiments._task_metrics import predict
 from bplambda_jax.experiments._task_metrics import task_metrics
+from bplambda_jax.experiments._stream_run import STREAM_TASKS
+from bplambda_jax.experiments._stream_run import run_stream
+from bplambda_jax.experiments._stream_run import stream_settings
 from bplambda_jax.experiments._tasks import Parts as TaskParts
 from bplambda_jax.experiments._tasks import RunTask
 from bplambda_jax.experiments._tasks import generated
@@ -42,6 +45,7 @@ __all__ = [
     "RunConfig",
     "RunError",
     "RunTask",
+    "STREAM_TASKS",
     "TaskParts",
     "accuracy",
     "alignment",
@@ -61,7 +65,9 @@ __all__ = [
     "register_task",
     "run",
     "run_alignment",
+    "run_stream",
     "run_toy",
+    "stream_settings",
     "task_metrics",
     "task_setup",
 ]

@@ -30,6 +30,12 @@ from bplambda_jax.tasks._seq_mnist import mnist_permutation
 from bplambda_jax.tasks._task import TASK_NAMES
 from bplambda_jax.tasks._task import Task
 from bplambda_jax.tasks._task import get_task
+from bplambda_jax.tasks._trace_conditioning import TraceConfig
+from bplambda_jax.tasks._trace_conditioning import TraceState
+from bplambda_jax.tasks._trace_conditioning import trace_chunk
+from bplambda_jax.tasks._trace_conditioning import trace_init
+from bplambda_jax.tasks._trace_conditioning import trace_memoryless_mse
+from bplambda_jax.tasks._trace_conditioning import trace_memoryless_prediction
 from bplambda_jax.tasks._toy import CODE as TOY_CODE
 from bplambda_jax.tasks._toy import INPUT_SIZE as TOY_INPUT_SIZE
 from bplambda_jax.tasks._toy import OUTPUT_SIZE as TOY_OUTPUT_SIZE
@@ -53,6 +59,8 @@ __all__ = [
     "TOY_OUTPUT_SIZE",
     "TOY_TARGET",
     "Task",
+    "TraceConfig",
+    "TraceState",
     "copy_repeat_batch",
     "copy_repeat_len",
     "curriculum_batch",
@@ -74,4 +82,8 @@ __all__ = [
     "plastic_toy_batch",
     "toy_batch",
     "toy_model",
+    "trace_chunk",
+    "trace_init",
+    "trace_memoryless_mse",
+    "trace_memoryless_prediction",
 ]
