@@ -356,7 +356,10 @@ def commands_table(doc, section):
       load = ("{:.1f} / {:.1f}".format(*rec["loadavg_1m"]) if None not in rec["loadavg_1m"]
               else "not recorded")
       why = stale(rec, section)
-      rows.append([f"`{rec['out']}`", f"`{rec['command']}`", num(f"runs/{name}/wall_s"), load,
+      # the command as it is spelled now; a run made with an earlier spelling or setting keeps
+      # what it ran in the JSON record, and the row says so
+      ran = "" if rec["command"] == planned else " (ran with an earlier command: see the JSON)"
+      rows.append([f"`{rec['out']}`", f"`{planned}`{ran}", num(f"runs/{name}/wall_s"), load,
                    f"`{(rec['provenance']['git_sha'] or '?')[:7]}`"
                    + (f" **stale**: {why}" if why else "")])
     else:
