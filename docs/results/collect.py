@@ -250,6 +250,13 @@ def _out(command: str) -> str:
   return m.group(1)
 
 
+def _report_label(label: str) -> str:
+  """The report's name of a rule: a point of a λ grid ('bp_lambda lambda_=0.5', as ``bplambda
+  toy`` labels it) is 'λ=0.5' (λ as a float), every other label is kept."""
+  m = re.fullmatch(r"bp_lambda lambda_=(\S+)", label)
+  return f"λ={float(m.group(1))!r}" if m else label
+
+
 def load_run(runs: str, name: str, section: str, planned: str):
   """The record of one finished run, or None (no results or no successful timing record)."""
   out = _out(planned)
@@ -284,7 +291,7 @@ def load_run(runs: str, name: str, section: str, planned: str):
     if "solved" in r:
       keep["solved_level"] = _stats([level_index(n, rr) for n, rr in
                                      zip(r["solved"]["n"], r["solved"]["r"])])
-    rules[label] = keep
+    rules[_report_label(label)] = keep
   return {"command": timing["command"], "out": _out(timing["command"]),
           "code_dirty": timing.get("code_dirty"),
           "wall_s": timing["wall_s"], "start": timing["start"], "end": timing["end"],
