@@ -9,12 +9,17 @@
   library), except for tests marked ``@pytest.mark.xla_default``: before and after each of those,
   JAX's compilation caches are cleared (the flag is read when a program is compiled, and is not
   part of the cache key), so they compile and run with XLA's default optimisations, as users do
-  (tests/test_float32_lane.py: every rule against its oracle in float32).
+  (tests/test_float32_lane.py: every rule against its oracle in float32). The processes the
+  tests start (the CLI as users run it, notebooks, multi-process sweeps) inherit the same setting
+  through ``JAX_DISABLE_MOST_OPTIMIZATIONS``.
 """
+
+import os
 
 import jax
 import pytest
 
+os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"  # for the processes the tests start
 jax.config.update("jax_disable_most_optimizations", True)
 
 

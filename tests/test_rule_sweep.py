@@ -84,7 +84,7 @@ def _as64(tree):
 
 def _factory_options(spec):
   """The public factory's parameters after the model, less the spec's argument ('n' of 'snap:n')."""
-  name, _ = bl.rules.parse_rule_spec(spec)
+  name = bl.rules.parse_rule_spec(spec).name
   arg = {n.split(":")[0]: n.split(":")[1] for n in bl.RULE_NAMES if ":" in n}.get(name)
   params = list(inspect.signature(getattr(bl.rules, name)).parameters.values())[1:]
   return [p for p in params if p.name != arg]
