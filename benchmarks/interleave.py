@@ -43,16 +43,8 @@ def build(names: list[str], tiny: bool = False) -> tuple[list[dict], list]:
   rows, calls = [], []
   for name in names:
     kept = {}
-
-    def keep(call, repeats, budget_s):  # the harness's warm-up call; the timing is ours
-      t0 = time.perf_counter()
-      jax.block_until_ready(call())
-      kept["call"] = call
-      first = time.perf_counter() - t0
-      return first, [first], ""
-
     with jax.enable_x64(False):
-      row = harness.Runner(timer=keep, tiny=tiny, log=lambda s: print(s, flush=True)).run_case(
+      row = harness.Runner(timer=harness.keeping_timer(kept), tiny=tiny, log=lambda s: print(s, flush=True)).run_case(
           by_name[name])
     if row["status"] != "ok":
       raise RuntimeError(f"{name}: {row['status']}: {row['note']}")

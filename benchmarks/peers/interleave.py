@@ -78,16 +78,8 @@ def measure(shape: str, python: str, rounds: int, calls: int, tiny: bool, log_di
   if tiny:
     case = case.tiny()
   kept = {}
-
-  def keep(call, repeats, budget_s):  # the harness's warm-up call; the timing is ours
-    t0 = time.perf_counter()
-    jax.block_until_ready(call())
-    kept["call"] = call
-    first = time.perf_counter() - t0
-    return first, [first], ""
-
   with jax.enable_x64(False):
-    row = harness.Runner(timer=keep, log=lambda s: print(s, flush=True)).run_case(case)
+    row = harness.Runner(timer=harness.keeping_timer(kept), log=lambda s: print(s, flush=True)).run_case(case)
   if row["status"] != "ok":
     raise RuntimeError(f"{case.name}: {row['status']}: {row['note']}")
   ours = kept["call"]

@@ -86,13 +86,20 @@ def plot(out: str, lines, metrics, title: str, notes=None) -> list[str]:
     note = (notes or {}).get(metric)
     ax.set_title(f"{title}\n{band}" + (f"\n{note}" if note else ""), fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(out, name)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    os.chmod(path, FILE_MODE)
-    written.append(path)
+    written.append(_save(fig, out, name))
   return written
+
+
+def _save(fig, out: str, name: str) -> str:
+  """Write ``fig`` to ``out/name`` (readable by group and others), close it; the path."""
+  import matplotlib.pyplot as plt
+
+  fig.tight_layout()
+  path = os.path.join(out, name)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  os.chmod(path, FILE_MODE)
+  return path
 
 
 def _axis_positions(values):
@@ -121,12 +128,7 @@ def plot_grid(out: str, grid: dict, title: str) -> list[str]:
   written = []
 
   def save(fig, name):
-    fig.tight_layout()
-    path = os.path.join(out, name)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    os.chmod(path, FILE_MODE)
-    written.append(path)
+    written.append(_save(fig, out, name))
 
   for axis, values in axes.items():
     x, ticks, numeric = _axis_positions(values)
