@@ -22,13 +22,13 @@ Families (all float32):
 * ``seeds{S}_{vmap,loop}``: S ∈ {1, …, 64} seeds of BP(λ) sequence mode at seqMNIST shapes
   (H = 30, batch 50 per seed): one ``jax.vmap``-ed update over the seeds against a Python loop of
   single-seed jitted updates; ``seeds32_auto`` times what ``seed_axis='auto'`` picks on this
-  machine (:func:`bplambda_jax.training.resolve_seed_axis`: a loop on CPU, a vmap on GPU/TPU).
+  machine (:func:`bplambda_jax.internals.resolve_seed_axis`: a loop on CPU, a vmap on GPU/TPU).
 * ``guard_*_unchecked``: seqMNIST rows timed with ``make_update(..., checked=False)``: their
   checked rows over them are the cost of the default on-device checks (target: < 5 %).
 * ``floor_matmul``: a 2048×2048 float32 matmul, the machine's achievable GFLOP/s.
 * ``kernel_trace_step_*``: one online BP(λ) trace step of the linear synthesiser at copy-repeat
-  size through :func:`bplambda_jax.credit.linear_trace_step` (the fused Pallas kernel on GPU/TPU;
-  on CPU the XLA path, and the Pallas interpreter row is skipped).
+  size through :func:`bplambda_jax.internals.linear_trace_step` (the fused Pallas kernel on
+  GPU/TPU; on CPU the XLA path, and the Pallas interpreter row is skipped).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class Case(NamedTuple):
     seq_len: T.
     seeds: number of seeds timed together (1 unless ``seed_impl`` is set).
     seed_impl: None, 'vmap' (one vmapped update), 'loop' (a Python loop of jitted updates) or
-      'auto' (whichever ``training.resolve_seed_axis('auto')`` picks on this machine).
+      'auto' (whichever ``internals.resolve_seed_axis('auto')`` picks on this machine).
     lrs: (lr_cell, lr_readout, lr_synth) for ``bl.optimiser``.
     bptt_ref: name of the BPTT row of the same model, for ``ratio_to_bptt``.
     skip: reason the case is not run at its full size (None: it is run).
@@ -121,7 +121,7 @@ class Case(NamedTuple):
 
   def seed_axis(self) -> Optional[str]:
     """'vmap' or 'loop' for a seeds row ('auto' resolved on this machine), else None."""
-    return bl.training.resolve_seed_axis(self.seed_impl) if self.seed_impl else None
+    return bl.internals.resolve_seed_axis(self.seed_impl) if self.seed_impl else None
 
   def build_rule(self) -> bl.Rule:
     """The case's rule: ``bl.make_rule(rule, make_model(cell, loss, ...), **options)``."""
@@ -171,7 +171,7 @@ def trace_flops(batch: int, steps: int, hidden: int) -> float:
 
   The issue's count: B·d_out²·d_in multiply-adds per TD step (one per entry of the trace of
   W [d_out, d_in], d_out = H, d_in = 2H), 2 FLOPs each; the e-prop flavour has T + 1 TD steps.
-  The default chunked trace (``bl.credit.ChunkedTrace``) does L·B·(d_out² + d_out·d_in) per step
+  The default chunked trace (``bl.internals.ChunkedTrace``) does L·B·(d_out² + d_out·d_in) per step
   in its chain and outer products (L = min(64, T + 1)), plus this count per step once E⁰ is
   stored (sequences longer than a chunk) and a fold every L steps.
   """
@@ -180,7 +180,7 @@ def trace_flops(batch: int, steps: int, hidden: int) -> float:
 
 
 def dense_step_flops(batch: int, hidden: int) -> float:
-  """FLOPs of one dense trace step (``bl.credit.linear_trace_step``): M·E and δ·E.
+  """FLOPs of one dense trace step (``bl.internals.linear_trace_step``): M·E and δ·E.
 
   E [B, d_out, *θ] for w [d_out, d_in] and b [d_out], |θ| = d_out·d_in + d_out; M·E costs
   B·d_out²·|θ| multiply-adds and δ·E B·d_out·|θ|. Elementwise work is not counted.
@@ -358,7 +358,7 @@ def _floor_and_kernel_cases():
       skip = "Pallas runs only in interpret mode on CPU (a correctness tool, not timed)"
     cases.append(Case(f"kernel_trace_step_{impl}", "kernel", kind="trace_step", hidden=100,
                       batch=100, seq_len=1, impl=impl, skip=skip,
-                      note="one TD step of credit.linear_trace_step at copy-repeat size"))
+                      note="one TD step of internals.linear_trace_step at copy-repeat size"))
   return cases
 
 

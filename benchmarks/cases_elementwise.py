@@ -4,7 +4,7 @@ Rows (float32, batch 8, T = 1000, H = n units, input size D_in = n, 8 outputs, B
 step, random bits), for n ∈ {64, 256, 1024}:
 
 * ``elementwise_{lru,lstm}_n{n}_t1000_bplambda_online``: BP(λ) online with the default trace,
-  which on these cells is structured (:func:`bplambda_jax.credit.trace_structure`). The LRU
+  which on these cells is structured (:func:`bplambda_jax.internals.trace_structure`). The LRU
   (``'lru'``, φ = gelu) uses the state flavour, M = J_t unit-block-diagonal with one stored
   block pair, and the immediate sensitivity; the element-wise LSTM (``'elementwise_lstm'``) uses
   the e-prop flavour, M = K_t diagonal, and e-prop's sensitivity. γ = 0.9, λ = 1, sg_scale = 1.
@@ -81,13 +81,14 @@ def kernel_cases() -> list:
       out.append(Case(f"kernel_structured_step_{label}_n{n}_{impl}", "kernel",
                       kind="structured_step", cell=cell, hidden=n, batch=BATCH, seq_len=1,
                       input_size=n, impl=impl, skip=skip,
-                      note="one structured trace step of BP(λ) online (credit.structured_step)"))
+                      note="one structured trace step of BP(λ) online "
+                           "(internals.structured_trace_step)"))
   return out
 
 
 def structured_step_program(case):
-  """(fn, args) of a 'structured_step' case: one ``bl.credit.structured_step`` on random float32
-  data of the shapes BP(λ)'s default flavour has on the case's cell (``fn(*args)`` is timed)."""
+  """(fn, args) of a 'structured_step' case: one ``bl.internals.structured_trace_step`` on random
+  float32 data of the shapes BP(λ)'s default flavour has on the case's cell (``fn(*args)`` is timed)."""
   model = bl.make_model(case.cell, "bce", case.input_size, OUTPUTS, hidden_size=case.hidden)
   cell = model.cell
   params = jax.eval_shape(bl.bp_lambda(model).init, jax.random.key(0))
@@ -97,7 +98,7 @@ def structured_step_program(case):
     return jax.vjp(lambda s_: cell.step(p, s_, x), s)[1](v)[0]
 
   flavour = "eprop" if cell.lstm is not None else "state"
-  structure = bl.credit.trace_structure(cell, flavour, state_link)
+  structure = bl.internals.trace_structure(cell, flavour, state_link)
   layout = structure.layout
   pattern = structure.pattern(params["cell"], jax.ShapeDtypeStruct((case.input_size,),
                                                                    np.float32))
@@ -106,14 +107,14 @@ def structured_step_program(case):
   B = case.batch
   rng = np.random.default_rng(0)
   normal = lambda *shape: rng.standard_normal(shape, np.float32)
-  P = bl.kernels.padded_columns(n_cols, case.impl)
+  P = bl.internals.padded_columns(n_cols, case.impl)
   args = jax.block_until_ready(jax.device_put(
       (normal(B, len(pattern.stored), layout.units, P),
        normal(B, layout.width, layout.width, layout.units) / 2, normal(B, n_cols),
        normal(B, d))))
 
   def fn(trace, blocks, a, delta):
-    return bl.credit.structured_step(trace, blocks, a, delta, 0.9, pattern, layout,
+    return bl.internals.structured_trace_step(trace, blocks, a, delta, 0.9, pattern, layout,
                                      impl=case.impl)
 
   return fn, args

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bplambda_jax import kernels
+from bplambda_jax import internals
 
 NEEDS_ACCELERATOR = ("benchmarks.device_check needs an accelerator (a GPU or a TPU): JAX's default "
                      "backend here is {backend!r}. Nothing was run or written. On a CPU the "
@@ -113,7 +114,7 @@ def kernel_rows(log=print) -> list[dict]:
     args = (normal(B, d, P), normal(B, d, d) / np.sqrt(d), normal(B, d, P), normal(B, d))
     rows.append(_kernel_row("trace_step", case, lambda *a: kernels.trace_step(*a, 0.9),
                             lambda *a: kernels.trace_step(*a, 0.9, impl="xla"),
-                            lambda *a: kernels.trace_step_reference(*a, 0.9), args,
+                            lambda *a: internals.trace_step_reference(*a, 0.9), args,
                             "bplambda_trace_step"))
     log(f"trace_step {case}: {rows[-1]}")
   for case, B, name, U, P in STRUCTURED_SHAPES:
@@ -124,7 +125,7 @@ def kernel_rows(log=print) -> list[dict]:
     rows.append(_kernel_row("structured_step", case,
                             lambda *a, p=pat: kernels.structured_step(*a, 0.9, p),
                             lambda *a, p=pat: kernels.structured_step(*a, 0.9, p, impl="xla"),
-                            lambda *a, p=pat: kernels.structured_step_reference(*a, 0.9, p), args,
+                            lambda *a, p=pat: internals.structured_step_reference(*a, 0.9, p), args,
                             "bplambda_structured_step"))
     log(f"structured_step {case}: {rows[-1]}")
   return rows

@@ -3,7 +3,7 @@
 A row times ``timed``: one call of ``jax.jit(bl.make_update(rule, opt))(state, batch)``
 (``train_update``: rule.grads + Adam + the parameter update, compiled ahead of time), the same
 update vmapped over S seeds (``train_update_vmap_seeds``) or a Python loop of S single-seed calls
-(``train_update_loop_seeds``), ``x @ x`` (``matmul``) or one ``bl.credit.linear_trace_step``
+(``train_update_loop_seeds``), ``x @ x`` (``matmul``) or one ``bl.internals.linear_trace_step``
 (``trace_step``). Each program is traced, lowered and compiled (``compile_s``), called once
 (``first_run_s``), then called ``repeats`` times, each synchronised with
 ``jax.block_until_ready``; a case slower than ``budget_s / repeats`` gets as many calls as fit in
@@ -275,10 +275,10 @@ class Runner:
     trace = {"w": normal(B, d, d, n), "b": normal(B, d, d)}
     args = jax.block_until_ready(jax.device_put(
         (trace, normal(B, d, d) / d, normal(B, n), normal(B, d))))
-    fn = lambda tr, mm, zz, dd: bl.credit.linear_trace_step(tr, mm, zz, dd, 0.9, impl=case.impl)
+    fn = lambda tr, mm, zz, dd: bl.internals.linear_trace_step(tr, mm, zz, dd, 0.9, impl=case.impl)
     first, times, note = self._measure_program(row, fn, args, timed="trace_step", mode="online",
-                                               rule=f"credit.linear_trace_step[{case.impl}]")
-    auto = bl.kernels.select_impl()
+                                               rule=f"internals.linear_trace_step[{case.impl}]")
+    auto = bl.internals.select_impl()
     row["note"] = "; ".join(x for x in (row["note"], f"auto choice on this backend: {auto}", note)
                             if x)
     self._fill_times(row, first, times, "")
@@ -328,7 +328,7 @@ class Runner:
           fn, args = cases_elementwise.structured_step_program(case)
           self._fill_times(row, *self._measure_program(
               row, fn, args, timed="structured_step", mode="online",
-              rule=f"credit.structured_step[{case.impl}]"))
+              rule=f"internals.structured_trace_step[{case.impl}]"))
         else:
           raise ValueError(f"case kind must be one of {cases_lib.KINDS}, got {case.kind!r}.")
       row["status"] = "ok"

@@ -2,12 +2,15 @@
 
 The public surface is flat: every name below is importable as ``bplambda_jax.<name>``. The layers
 live in subpackages (``model``, ``credit``, ``rules``, ``training``, ``tasks``, ``experiments``,
-``kernels``, ``oracles``), each with its own ``__all__``; modules whose names start with an
-underscore are implementation details.
+``kernels``, ``oracles``), each with its own ``__all__`` of the names a user calls or extends;
+modules whose names start with an underscore are implementation details. The engine helpers
+behind them (trace forms, Jacobians, kernel variants, registry introspection) are collected in
+:mod:`bplambda_jax.internals`, which makes no stability promise.
 """
 
 from bplambda_jax import credit
 from bplambda_jax import experiments
+from bplambda_jax import internals
 from bplambda_jax import kernels
 from bplambda_jax import model
 from bplambda_jax import oracles
@@ -116,6 +119,7 @@ __all__ = [
     "get_synthesiser",
     "gru",
     "init_state",
+    "internals",
     "kernels",
     "linear_lru",
     "linear_rnn",

@@ -8,7 +8,9 @@ Accepted values:
   or a concrete 0-d integer or float array (``jnp.array(1e-3)``); never a bool;
 * a **flag** is ``True`` or ``False`` (or a numpy bool).
 
-Traced values (inside ``jit``/``vmap``) are refused: these arguments shape the program.
+Traced values (inside ``jit``/``vmap``) are refused: these arguments shape the program. A refused
+value raises :class:`~bplambda_jax.ConfigError` (a ``ValueError``) naming the argument and the
+accepted range.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Any, Optional
 
 import jax
 import numpy as np
+
+from bplambda_jax._errors import ConfigError
 
 
 def _describe(value: Any) -> str:
@@ -50,7 +54,7 @@ def _traced_hint(value: Any) -> str:
 
 def integer(name: str, value: Any, *, minimum: Optional[int] = None,
             maximum: Optional[int] = None, what: Optional[str] = None) -> int:
-  """``value`` as an int; ValueError naming ``name`` unless it is an integer in range (see the
+  """``value`` as an int; ConfigError naming ``name`` unless it is an integer in range (see the
   module docstring). ``what`` replaces the default description ('an integer >= minimum')."""
   v = _scalar(value, "i")
   if what is None:
@@ -58,14 +62,14 @@ def integer(name: str, value: Any, *, minimum: Optional[int] = None,
             "an integer" + (f" >= {minimum}" if minimum is not None else "")
             + (f" <= {maximum}" if maximum is not None else ""))
   if v is None or (minimum is not None and v < minimum) or (maximum is not None and v > maximum):
-    raise ValueError(f"{name} must be {what}, got {_describe(value)}{_traced_hint(value)}.")
+    raise ConfigError(f"{name} must be {what}, got {_describe(value)}{_traced_hint(value)}.")
   return int(v)
 
 
 def number(name: str, value: Any, *, minimum: float = -math.inf, maximum: float = math.inf,
            above: Optional[float] = None, below: Optional[float] = None,
            what: Optional[str] = None) -> float:
-  """``value`` as a float; ValueError naming ``name`` unless it is a finite number in
+  """``value`` as a float; ConfigError naming ``name`` unless it is a finite number in
   [minimum, maximum] (see the module docstring), and, where given, strictly greater than
   ``above`` and strictly less than ``below``."""
   v = _scalar(value, "if")
@@ -77,16 +81,16 @@ def number(name: str, value: Any, *, minimum: float = -math.inf, maximum: float 
     what = "a finite number" + (" " + " and ".join(bounds) if bounds else "")
   if (v is None or not math.isfinite(v) or not minimum <= v <= maximum
       or (above is not None and not v > above) or (below is not None and not v < below)):
-    raise ValueError(f"{name} must be {what}, got {_describe(value)}{_traced_hint(value)}.")
+    raise ConfigError(f"{name} must be {what}, got {_describe(value)}{_traced_hint(value)}.")
   return float(v)
 
 
 def flag(name: str, value: Any, *, allow_none: bool = False) -> Optional[bool]:
-  """``value`` as a bool; ValueError naming ``name`` unless it is True or False (or None, with
+  """``value`` as a bool; ConfigError naming ``name`` unless it is True or False (or None, with
   ``allow_none``)."""
   if allow_none and value is None:
     return None
   if not isinstance(value, (bool, np.bool_)):
     accepted = "None, True or False" if allow_none else "True or False"
-    raise ValueError(f"{name} must be {accepted}, got {_describe(value)}.")
+    raise ConfigError(f"{name} must be {accepted}, got {_describe(value)}.")
   return bool(value)

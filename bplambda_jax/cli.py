@@ -23,9 +23,10 @@ import sys
 import traceback
 
 from bplambda_jax._errors import ConfigError
-from bplambda_jax.rules import RULE_NAMES
+from bplambda_jax.experiments import _alignment
 from bplambda_jax.experiments._stream_run import STREAM_TASKS
 from bplambda_jax.experiments._tasks import RUN_TASKS
+from bplambda_jax.rules import RULE_NAMES
 
 EXIT_STOPPED = 1
 EXIT_ERROR = 2
@@ -52,7 +53,8 @@ def _specs(texts, flag: str = "--rule") -> tuple:
 
 def build_config(args):
   """The RunConfig of ``bplambda run``: defaults < --config FILE < flags < --set key=value."""
-  from bplambda_jax.experiments import RunConfig, parse_grid, parse_set
+  from bplambda_jax.experiments import RunConfig
+  from bplambda_jax.experiments._config import parse_grid, parse_set
 
   values = {}
   if args.config:
@@ -130,7 +132,7 @@ def _checked_config(cfg):
 
 
 def cmd_run(args) -> int:
-  from bplambda_jax.experiments import run
+  from bplambda_jax.experiments import run_experiment
 
   cfg = build_config(args)
   if args.print_config:
@@ -138,7 +140,7 @@ def cmd_run(args) -> int:
     return 0
   _use_dtype(cfg.dtype)
   out = os.path.join("results", cfg.task) if args.out is None else args.out
-  summary = run(cfg, out, resume=args.resume, overwrite=args.overwrite,
+  summary = run_experiment(cfg, out, resume=args.resume, overwrite=args.overwrite,
                 progress=not args.no_progress)
   _print_summary(summary)
   return 0
@@ -146,7 +148,8 @@ def cmd_run(args) -> int:
 
 def cmd_toy(args) -> int:
   """``bplambda run toy`` (or plastic-toy) with BP(λ) and a grid over λ (``--lambdas``)."""
-  from bplambda_jax.experiments import RunConfig, format_mean_sd, parse_set, run
+  from bplambda_jax.experiments import RunConfig, format_mean_sd, run_experiment
+  from bplambda_jax.experiments._config import parse_set
 
   lambdas = _floats(args.lambdas, "lambdas")
   cfg = RunConfig(task="plastic-toy" if args.plastic else "toy", rules=("bp_lambda",),
@@ -159,7 +162,7 @@ def cmd_toy(args) -> int:
     print(_checked_config(cfg).to_json())
     return 0
   _use_dtype(cfg.dtype)
-  summary = run(cfg, args.out, resume=args.resume, overwrite=args.overwrite,
+  summary = run_experiment(cfg, args.out, resume=args.resume, overwrite=args.overwrite,
                 progress=not args.no_progress)
   print(f"\n{'λ':>6}  final alignment with BPTT (mean ± sd over seeds)")
   for point in summary["grid"]["points"]:
@@ -181,8 +184,8 @@ def cmd_align(args) -> int:
   specs = _specs(args.rule or DEFAULT_ALIGN_RULES)
   for spec in specs:
     parse_rule_spec(spec)
-  if args.task not in experiments.ALIGNMENT_TASKS:
-    raise ConfigError(f"--task must be one of {experiments.ALIGNMENT_TASKS}, got {args.task!r}.")
+  if args.task not in _alignment.TASKS:
+    raise ConfigError(f"--task must be one of {_alignment.TASKS}, got {args.task!r}.")
   if args.seeds < 1:
     raise ConfigError(f"--seeds must be at least 1, got {args.seeds}.")
   if not 0 <= args.seed <= MAX_SEED - (args.seeds - 1):
@@ -203,7 +206,7 @@ def cmd_align(args) -> int:
                                    synth_steps=args.synth_steps, lr_synth=args.lr_synth,
                                    lambda_=args.lambda_, gamma=args.gamma, out=args.out,
                                    overwrite=args.overwrite, progress=not args.no_progress)
-  print(experiments.format_rows(rows))
+  print(_alignment.format_rows(rows))
   if args.out:
     from bplambda_jax.experiments._results import provenance, write_json
     write_json(os.path.join(args.out, "alignment.json"),
@@ -226,7 +229,7 @@ def _ints(text: str, name: str) -> tuple:
 def cmd_stream(args) -> int:
   from bplambda_jax import tasks
   from bplambda_jax.experiments import RunError, format_mean_sd, mean_sd, run_stream
-  from bplambda_jax.experiments import stream_settings
+  from bplambda_jax.experiments._stream_run import stream_settings
   from bplambda_jax.training import GuardError
 
   isi, iti = _ints(args.isi, "--isi"), _ints(args.iti, "--iti")

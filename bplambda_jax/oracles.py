@@ -9,7 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from bplambda_jax.model import Batch, Model, loss_and_states
+from bplambda_jax.model import Batch, Model
+from bplambda_jax.model._model import loss_and_states
 
 
 def exact_gradients(model: Model, params, batch: Batch):

@@ -2,7 +2,9 @@
 
 Public means listed in the ``__all__`` of the package or of one of its subpackages. Each function
 and class gets its signature and its whole docstring (classes also their public methods and
-properties); constants get their type and value or keys. ``tests/test_docs.py`` checks that the
+properties); constants get their type and value or keys. ``bplambda_jax.internals`` (no stability
+promise) is listed in one table: each name, where it is defined and the first line of its
+docstring. ``tests/test_docs.py`` checks that the
 file is current. Regenerate with::
 
     python docs/gen_api.py
@@ -140,6 +142,7 @@ def render() -> str:
       f"* [`{PACKAGE}`](#the-flat-surface-bplambda_jax) (the flat surface)",
   ]
   lines += [f"* [`{PACKAGE}.{name}`](#{PACKAGE}{name})" for name in SUBPACKAGES]
+  lines += [f"* [`{PACKAGE}.internals`](#{PACKAGE}internals) (no stability promise)"]
   lines += ["", f"## The flat surface: `{PACKAGE}`", "", _first_paragraph(pkg), "",
             "| name | is | kind |", "|---|---|---|"]
   for name in pkg.__all__:
@@ -156,7 +159,22 @@ def render() -> str:
     lines += [f"## `{PACKAGE}.{name}`", "", _first_paragraph(module), ""]
     for member in _public(module):
       lines += _entry(f"{PACKAGE}.{name}.{member}", getattr(module, member))
-  return "\n".join(lines).rstrip() + "\n"
+  return "\n".join(lines + _internals()).rstrip() + "\n"
+
+
+def _internals() -> list[str]:
+  """The engine helpers: one table row each (name, defining module, first docstring line)."""
+  module = importlib.import_module(f"{PACKAGE}.internals")
+  lines = [f"## `{PACKAGE}.internals`", "", _first_paragraph(module), "",
+           "| name | defined in | kind | summary |", "|---|---|---|---|"]
+  for name in module.__all__:
+    obj = getattr(module, name)
+    kind = _kind(obj)
+    home = getattr(obj, "__module__", None) if kind != "constant" else None
+    summary = (_doc(obj).split("\n\n")[0].replace("\n", " ").replace("|", "\\|")
+               if kind != "constant" else f"`{_value(obj)}`")
+    lines.append(f"| `{name}` | {f'`{home}`' if home else '—'} | {kind} | {summary} |")
+  return lines
 
 
 def main() -> int:

@@ -103,13 +103,13 @@ def step_loop(rule, params, batch, *, faithful=False, synth_sgd=None):
 
 def counting_traces(monkeypatch):
   """{function name: times traced} of every per-seed program the runner builds (by wrapping
-  ``training.map_seeds``; a traced function runs once per compilation, never per call)."""
+  ``map_seeds``; a traced function runs once per compilation, never per call)."""
   import collections
 
-  from bplambda_jax import training
+  from bplambda_jax.training import _parallel
 
   traces = collections.Counter()
-  real = training.map_seeds
+  real = _parallel.map_seeds
 
   def counting(fn, *args, **kwargs):
     def traced(*a):
@@ -117,5 +117,5 @@ def counting_traces(monkeypatch):
       return fn(*a)
     return real(traced, *args, **kwargs)
 
-  monkeypatch.setattr(training, "map_seeds", counting)
+  monkeypatch.setattr(_parallel, "map_seeds", counting)
   return traces

@@ -12,7 +12,7 @@ import bplambda_jax as bl
 
 PACKAGES = ["bplambda_jax", "bplambda_jax.model", "bplambda_jax.credit", "bplambda_jax.rules",
             "bplambda_jax.training", "bplambda_jax.tasks", "bplambda_jax.experiments",
-            "bplambda_jax.kernels"]
+            "bplambda_jax.kernels", "bplambda_jax.internals"]
 ROOT = pathlib.Path(bl.__file__).parent
 MAX_LINES = 500
 # modules that are public but not imported by the package itself (``import bplambda_jax.cli``)
@@ -41,7 +41,7 @@ def test_every_public_name_imports_and_all_is_complete(package):
 
 
 def test_every_layer_is_reachable_from_the_top():
-  for package in PACKAGES[1:] + ["bplambda_jax.oracles"]:
+  for package in PACKAGES[1:] + ["bplambda_jax.oracles"]:  # the layers and internals
     leaf = package.rsplit(".", 1)[1]
     assert getattr(bl, leaf) is importlib.import_module(package)
     assert leaf in bl.__all__
@@ -62,7 +62,7 @@ def test_no_module_is_shadowed_by_a_function():
 def test_implementation_modules_are_private():
   """Every module is either a package (the layers) or private (leading underscore), except the
   documented public modules."""
-  public_modules = {"bplambda_jax.oracles"} | PUBLIC_MODULES
+  public_modules = {"bplambda_jax.oracles", "bplambda_jax.internals"} | PUBLIC_MODULES
   for name in _all_modules():
     leaf = name.rsplit(".", 1)[-1]
     is_package = hasattr(importlib.import_module(name), "__path__")

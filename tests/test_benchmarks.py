@@ -70,8 +70,8 @@ def test_rows_refer_to_the_right_cases(tiny_rows):
   assert by["copyrepeat_lstm100_eprop"]["loss"] == "bce"
   assert by["scale_h64_t28_columnar_rtrl"]["cell"] == "columnar_lstm"
   assert by["scale_h64_t28_columnar_rtrl"]["bptt_ref"] == "scale_h64_t28_columnar_bptt"
-  assert by["kernel_trace_step_xla"]["rule"] == "credit.linear_trace_step[xla]"
-  assert by["kernel_structured_step_lru_n1024_xla"]["rule"] == "credit.structured_step[xla]"
+  assert by["kernel_trace_step_xla"]["rule"] == "internals.linear_trace_step[xla]"
+  assert by["kernel_structured_step_lru_n1024_xla"]["rule"] == "internals.structured_trace_step[xla]"
   for cell in ("lru", "lstm"):
     for n in (64, 256, 1024):
       r = by[f"elementwise_{cell}_n{n}_t1000_bplambda_online"]

@@ -12,6 +12,7 @@ from bplambda_jax import bptt
 from bplambda_jax import credit as sens_lib
 from bplambda_jax import model as cells
 from bplambda_jax.model import make_model, step_weights
+from bplambda_jax import internals
 
 from helpers import jit as _jit, random_batch, rel_err
 
@@ -125,9 +126,9 @@ def _split_jacobians(name, seed):
   """A library cell at a random point with its implicit D, explicit X and full J Jacobians."""
   cell = _LIBRARY_CELLS[name]()
   params, s, x = _random_point(cell, seed)
-  return (cell, params, s, x, sens_lib.implicit_jacobian(cell, params, s, x),
-          sens_lib.explicit_jacobian(cell, params, s, x),
-          sens_lib.state_jacobian(cell, params, s, x))
+  return (cell, params, s, x, internals.implicit_jacobian(cell, params, s, x),
+          internals.explicit_jacobian(cell, params, s, x),
+          internals.state_jacobian(cell, params, s, x))
 
 
 @pytest.mark.parametrize("name", sorted(_LIBRARY_CELLS))
@@ -157,8 +158,8 @@ def test_lstm_split_follows_bellec():
   X is everything through h_{t−1}."""
   cell = cells.lstm(H)
   params, s, x = _random_point(cell, 7)
-  d = sens_lib.implicit_jacobian(cell, params, s, x)
-  xj = sens_lib.explicit_jacobian(cell, params, s, x)
+  d = internals.implicit_jacobian(cell, params, s, x)
+  xj = internals.explicit_jacobian(cell, params, s, x)
   z = params["w_ih"] @ x + params["w_hh"] @ s[:H] + params["b"]
   f, o = jax.nn.sigmoid(z[H:2 * H]), jax.nn.sigmoid(z[3 * H:])
   c_new = cell.step(params, s, x)[H:]
@@ -177,7 +178,7 @@ def test_columnar_lstm_without_connections_is_block_diagonal():
   cell = cells.columnar_lstm(H)
   assert "w_hh" not in cell.init(jax.random.key(0), D_IN)
   params, s, x = _random_point(cell, 8)
-  j = np.asarray(sens_lib.state_jacobian(cell, params, s, x))
+  j = np.asarray(internals.state_jacobian(cell, params, s, x))
   u = _units(2 * H)
   same = u[:, None] == u[None, :]
   assert np.all(j[~same] == 0.0)
@@ -186,13 +187,13 @@ def test_columnar_lstm_without_connections_is_block_diagonal():
     assert np.all(np.abs(block[:, 0]) > 0) and np.abs(block[1, 1]) > 0  # h and c paths
   np.testing.assert_array_equal(cell.unit_of_state, u)
   # No explicit part: the whole Jacobian is implicit.
-  assert float(jnp.max(jnp.abs(sens_lib.explicit_jacobian(cell, params, s, x)))) == 0.0
+  assert float(jnp.max(jnp.abs(internals.explicit_jacobian(cell, params, s, x)))) == 0.0
 
 
 def test_columnar_lstm_connections_follow_the_mask():
   cell = cells.columnar_lstm(H, connections=_CONNECTIONS)
   params, s, x = _random_point(cell, 9)
-  j = np.asarray(sens_lib.state_jacobian(cell, params, s, x))
+  j = np.asarray(internals.state_jacobian(cell, params, s, x))
   allowed_h = (_CONNECTIONS + np.eye(H)) > 0  # unit k reads h_j
   for rows in (slice(0, H), slice(H, 2 * H)):
     np.testing.assert_array_equal(j[rows, :H] != 0, allowed_h)

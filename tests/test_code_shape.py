@@ -61,3 +61,31 @@ def test_the_check_catches_long_and_deep_functions():
   assert _violations(long_fn) == [f"f (line 1): {MAX_LINES + 1} lines of code"]
   assert _violations(deep) == ["d (line 4): nested 3 levels deep"]
   assert _violations(ok) == []
+
+
+def _private_imports(source: str, package_dir: pathlib.Path, path: pathlib.Path):
+  """Underscore names that a module imports from another module of the library (a private
+  *module* such as ``_validation`` is fine: it is a shared private utility)."""
+  bad = []
+  for node in ast.walk(ast.parse(source)):
+    if not isinstance(node, ast.ImportFrom) or not (node.module or "").startswith("bplambda_jax"):
+      continue
+    base = package_dir.parent.joinpath(*node.module.split("."))
+    for alias in node.names:
+      if not alias.name.startswith("_") or alias.name.startswith("__"):
+        continue
+      is_module = (base / f"{alias.name}.py").exists() or (base / alias.name).is_dir()
+      if not is_module:
+        bad.append(f"{path.name}: from {node.module} import {alias.name}")
+  return bad
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_private_name_is_imported_across_modules(path):
+  assert _private_imports(path.read_text(encoding="utf-8"), ROOT, path) == []
+
+
+def test_the_import_check_catches_a_private_name(tmp_path):
+  src = "from bplambda_jax.credit._sensitivities._protocol import _private\nfrom bplambda_jax import _validation\n"
+  assert _private_imports(src, ROOT, tmp_path / "m.py") == [
+      "m.py: from bplambda_jax.credit._sensitivities._protocol import _private"]

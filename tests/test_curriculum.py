@@ -13,6 +13,7 @@ from bplambda_jax import tasks
 from bplambda_jax import training
 from bplambda_jax.model import make_model
 from bplambda_jax.rules import bptt
+from bplambda_jax import internals
 
 LN2 = math.log(2.0)
 BIG = 1000
@@ -26,7 +27,7 @@ def test_levels_run_in_the_paper_order():
   cur = tasks.curriculum_init()
   seen = [levels(cur)]
   for _ in range(6):
-    cur = tasks.curriculum_update(cur, 0.0, BIG)
+    cur = internals.curriculum_update(cur, 0.0, BIG)
     seen.append(levels(cur))
   assert seen == [(1, 1), (2, 1), (2, 2), (3, 2), (3, 3), (4, 3), (4, 4)]
   assert int(cur.level) == 6 and (int(cur.solved_n), int(cur.solved_r)) == (4, 3)
@@ -37,21 +38,21 @@ def test_levels_run_in_the_paper_order():
 def test_threshold_is_0_15_bits_strict():
   cur = tasks.curriculum_init()
   limit = 0.15 * LN2  # nats
-  assert levels(tasks.curriculum_update(cur, limit * (1 - 1e-9), BIG)) == (2, 1)
+  assert levels(internals.curriculum_update(cur, limit * (1 - 1e-9), BIG)) == (2, 1)
   for loss in (limit, limit * (1 + 1e-9), 1.0, jnp.nan):
-    stayed = tasks.curriculum_update(cur, loss, BIG)
+    stayed = internals.curriculum_update(cur, loss, BIG)
     assert levels(stayed) == (1, 1) and int(stayed.solved_n) == 0 and int(stayed.level) == 0
-  assert levels(tasks.curriculum_update(cur, 0.5 * LN2, BIG, threshold_bits=0.6)) == (2, 1)
-  assert tasks.COPY_THRESHOLD_BITS == 0.15
+  assert levels(internals.curriculum_update(cur, 0.5 * LN2, BIG, threshold_bits=0.6)) == (2, 1)
+  assert internals.COPY_THRESHOLD_BITS == 0.15
 
 
 def test_update_is_jittable_and_vmappable():
-  update = jax.jit(tasks.curriculum_update, static_argnums=2)
+  update = jax.jit(internals.curriculum_update, static_argnums=2)
   cur = tasks.curriculum_init()
   for loss in (0.0, 0.0, 1.0, 0.0):
     cur = update(cur, jnp.asarray(loss), BIG)
   assert levels(cur) == (3, 2)
-  many = jax.vmap(lambda l: tasks.curriculum_update(tasks.curriculum_init(), l, BIG))(
+  many = jax.vmap(lambda l: internals.curriculum_update(tasks.curriculum_init(), l, BIG))(
       jnp.array([0.0, 1.0]))
   np.testing.assert_array_equal(many.n, [2, 1])
 
@@ -60,7 +61,7 @@ def test_curriculum_stops_where_the_next_level_does_not_fit():
   max_len = tasks.copy_repeat_len(2, 2)  # 9; (3, 2) would need 12
   cur = tasks.curriculum_init()
   for _ in range(5):
-    cur = tasks.curriculum_update(cur, 0.0, max_len)
+    cur = internals.curriculum_update(cur, 0.0, max_len)
   assert levels(cur) == (2, 2) and int(cur.level) == 2
   assert (int(cur.solved_n), int(cur.solved_r)) == (2, 2)  # solved, just nowhere to go
 
@@ -92,7 +93,7 @@ def test_batch_checks_the_padded_length():
   with pytest.raises(ValueError, match=r"max_len must be >= \(R\+1\)·N \+ 3 = 15"):
     tasks.curriculum_batch(cur, jax.random.key(0), 2, 14)
   with pytest.raises(ValueError, match="max_len must be an integer >= 5"):
-    tasks.curriculum_update(tasks.curriculum_init(), 0.0, 4)
+    internals.curriculum_update(tasks.curriculum_init(), 0.0, 4)
   with pytest.raises(ValueError, match="batch_size"):
     tasks.curriculum_step(lambda s, b: (s, {"loss": 0.0}), 0, 20)
 
@@ -117,7 +118,7 @@ def test_one_compilation_across_a_run_that_climbs_levels():
   cur = tasks.curriculum_init()
   for i in range(4):
     state, metrics = update(state, tasks.curriculum_batch(cur, jax.random.key(i), B, max_len))
-    cur = tasks.curriculum_update(cur, 0.0, max_len)
+    cur = internals.curriculum_update(cur, 0.0, max_len)
   assert update._cache_size() == 1 and step._cache_size() == 1
 
 

@@ -18,6 +18,7 @@ import pytest
 from bplambda_jax import credit
 from bplambda_jax import kernels
 from bplambda_jax import linear_synthesiser
+from bplambda_jax import internals
 
 pytestmark = pytest.mark.x64  # float64 oracles
 
@@ -28,8 +29,8 @@ F32_TOL = 1e-5
 INTERPRET = None if os.environ.get("BPLAMBDA_KERNELS_COMPILED") == "1" else True
 F64_TOL = 1e-12
 # The oracles, jitted: one compilation per shape instead of one per op (keeps the file fast).
-_REF = jax.jit(kernels.trace_step_reference)
-_REF_DIAG = jax.jit(kernels.trace_step_diag_reference)
+_REF = jax.jit(internals.trace_step_reference)
+_REF_DIAG = jax.jit(internals.trace_step_diag_reference)
 
 
 @pytest.fixture(autouse=True)
@@ -120,11 +121,11 @@ def test_pallas_matches_reference_float32(B, d, P, block_p, c_mode):
   E, M, G, delta = _dense_inputs(100 + 7 * B + 11 * d + P, B, d, P, jnp.float32)
   c = 0.81
   if c_mode == "traced":
-    fn = jax.jit(lambda E, M, G, delta, c: kernels.trace_step_pallas(
+    fn = jax.jit(lambda E, M, G, delta, c: internals.trace_step_pallas(
         E, M, G, delta, c, interpret=INTERPRET, block_p=block_p))
     E_new, inc = fn(E, M, G, delta, jnp.float32(c))
   else:
-    E_new, inc = kernels.trace_step_pallas(E, M, G, delta, c, interpret=INTERPRET,
+    E_new, inc = internals.trace_step_pallas(E, M, G, delta, c, interpret=INTERPRET,
                                            block_p=block_p)
   assert E_new.shape == (B, d, P) and inc.shape == (P,)
   assert E_new.dtype == jnp.float32 and inc.dtype == jnp.float32
@@ -137,7 +138,7 @@ def test_pallas_matches_reference_float32(B, d, P, block_p, c_mode):
 
 def test_pallas_float64_exact():
   E, M, G, delta = _dense_inputs(1, 3, 7, 130, jnp.float64)
-  got = kernels.trace_step_pallas(E, M, G, delta, -0.37, interpret=INTERPRET, block_p=32)
+  got = internals.trace_step_pallas(E, M, G, delta, -0.37, interpret=INTERPRET, block_p=32)
   want = _REF(E, M, G, delta, -0.37)
   assert got[0].dtype == jnp.float64
   assert _rel(got, want) < F64_TOL
@@ -148,9 +149,9 @@ def test_gradients_match_reference():
   E, M, G, delta = _dense_inputs(10, 2, 3, 5, jnp.float64)
   E4, _, z, _ = _diag_inputs(11, 2, 3, 4, jnp.float64)
   loss = lambda f: lambda args: (lambda o: jnp.sum(jnp.sin(o[0])) + jnp.sum(o[1] ** 2))(f(*args))
-  for fused, ref, args in ((kernels.trace_step_pallas, kernels.trace_step_reference,
+  for fused, ref, args in ((internals.trace_step_pallas, internals.trace_step_reference,
                             (E, M, G, delta, jnp.asarray(0.7))),
-                           (kernels.trace_step_diag_pallas, kernels.trace_step_diag_reference,
+                           (internals.trace_step_diag_pallas, internals.trace_step_diag_reference,
                             (E4, M, z, delta, jnp.asarray(0.7)))):
     got = jax.jit(jax.grad(loss(fused)))(args)
     want = jax.jit(jax.grad(loss(ref)))(args)
@@ -164,12 +165,12 @@ def test_xla_path_matches_reference(B, d, P):
   c = -0.83
   args = _dense_inputs(300 + B + d + P, B, d, P, jnp.float64)
   want = _REF(*args, c)
-  assert _rel(jax.jit(kernels.trace_step_xla)(*args, c), want) < F64_TOL
+  assert _rel(jax.jit(internals.trace_step_xla)(*args, c), want) < F64_TOL
   # The increment's δ·G term is separate from the product: dropping it is an O(1) error.
   assert _rel(want[1] - _REF(*args[:2], 0 * args[2], args[3], c)[1], want[1]) > 0.1
   E, M, z, delta = _diag_inputs(400 + B + d + P, B, d, P, jnp.float64)
   want = _REF_DIAG(E, M, z, delta, c)
-  assert _rel(jax.jit(kernels.trace_step_diag_xla)(E, M, z, delta, c), want) < F64_TOL
+  assert _rel(jax.jit(internals.trace_step_diag_xla)(E, M, z, delta, c), want) < F64_TOL
 
 
 ON_CPU = jax.default_backend() == "cpu"
@@ -180,17 +181,17 @@ cpu_only = pytest.mark.skipif(not ON_CPU, reason="asserts the CPU defaults (inte
 @cpu_only
 def test_interpret_default_on_cpu():
   E, M, G, delta = _dense_inputs(2, 1, 5, 13, jnp.float32)
-  got = kernels.trace_step_pallas(E, M, G, delta, 0.5)  # interpret=None must run on CPU
+  got = internals.trace_step_pallas(E, M, G, delta, 0.5)  # interpret=None must run on CPU
   want = _REF(*_f64((E, M, G, delta)), 0.5)
   assert _rel(_f64(got), want) < F32_TOL
 
 
 def test_auto_selection_by_backend():
-  assert kernels.select_impl("cpu") == "xla"
-  assert kernels.select_impl("gpu") == "pallas"
-  assert kernels.select_impl("cuda") == "pallas"
-  assert kernels.select_impl("tpu", jnp.float32) == "pallas"
-  assert kernels.select_impl("tpu", jnp.float64) == "xla"
+  assert internals.select_impl("cpu") == "xla"
+  assert internals.select_impl("gpu") == "pallas"
+  assert internals.select_impl("cuda") == "pallas"
+  assert internals.select_impl("tpu", jnp.float32) == "pallas"
+  assert internals.select_impl("tpu", jnp.float64) == "xla"
 
 
 def test_choice_by_lowering_platform():
@@ -210,7 +211,7 @@ def test_choice_by_lowering_platform():
 
 @cpu_only
 def test_automatic_choice_on_this_cpu():
-  assert kernels.select_impl() == "xla"
+  assert internals.select_impl() == "xla"
   args = _dense_inputs(3, 3, 5, 13, jnp.float32) + (0.9,)
   want = _REF(*_f64(args[:4]), 0.9)
   for impl in (None, "xla", "pallas"):
@@ -222,7 +223,7 @@ def test_bad_arguments():
   with pytest.raises(ValueError, match="impl must be one of .*'triton'"):
     kernels.trace_step(E, M, G, delta, 0.5, impl="triton")
   with pytest.raises(ValueError, match="block_p must be a positive power of two"):
-    kernels.trace_step_pallas(E, M, G, delta, 0.5, block_p=100)
+    internals.trace_step_pallas(E, M, G, delta, 0.5, block_p=100)
   with pytest.raises(ValueError, match="M must have shape"):
     kernels.trace_step(E, M[:, :2], G, delta, 0.5)
   with pytest.raises(ValueError, match="G must have the shape of E"):
@@ -234,9 +235,9 @@ def test_bad_arguments():
   with pytest.raises(ValueError, match="E must have shape"):
     kernels.trace_step(E[0], M, G, delta, 0.5)
   with pytest.raises(ValueError, match="interpret must be"):
-    kernels.trace_step_pallas(E, M, G, delta, 0.5, interpret="yes")
+    internals.trace_step_pallas(E, M, G, delta, 0.5, interpret="yes")
   with pytest.raises(ValueError, match="backend must be"):
-    kernels.select_impl(3)
+    internals.select_impl(3)
   with pytest.raises(ValueError, match="backend must be"):
     kernels.trace_step(E, M, G, delta, 0.5, backend="metal")
 
@@ -270,7 +271,7 @@ def test_scan_over_time_matches_reference():
     return E, acc
 
   got = jax.jit(lambda: run(lambda *a: kernels.trace_step(*a, impl="pallas")))()
-  want = run(kernels.trace_step_reference)
+  want = run(internals.trace_step_reference)
   assert _rel(got, want) < F64_TOL
 
 
@@ -283,7 +284,7 @@ def test_diag_matches_dense(B, d, n, block_p):
   want = (dense[0].reshape(B, d, d, n), dense[1].reshape(d, n))
   ref = _REF_DIAG(*_f64((E, M, z, delta)), c)
   assert _rel(ref, want) < F64_TOL
-  got = jax.jit(lambda *a: kernels.trace_step_diag_pallas(*a, interpret=INTERPRET,
+  got = jax.jit(lambda *a: internals.trace_step_diag_pallas(*a, interpret=INTERPRET,
                                                           block_p=block_p))(
       E, M, z, delta, jnp.float32(c))
   assert got[0].shape == (B, d, d, n) and got[1].shape == (d, n)
@@ -301,10 +302,10 @@ def test_linear_trace_step_matches_jacrev_tree():
   apply = lambda th, zz: synth.apply({"train": th, "frozen": {}}, zz)
   dgdth = jax.vmap(jax.jacrev(apply), in_axes=(None, 0))(theta, z)  # leaves [B, d, *θ]
   G = jax.tree.map(lambda g: g_scale * g, dgdth)
-  want = jax.jit(lambda *a: credit.trace_step_tree(*a, impl="xla"))(trace, M, G, delta, c)
+  want = jax.jit(lambda *a: internals.trace_step_tree(*a, impl="xla"))(trace, M, G, delta, c)
   assert jax.tree.map(jnp.shape, want[1]) == jax.tree.map(jnp.shape, theta)
   for impl in ("xla", "pallas"):
-    got = jax.jit(lambda *a: credit.linear_trace_step(*a, g_scale=g_scale, impl=impl,
+    got = jax.jit(lambda *a: internals.linear_trace_step(*a, g_scale=g_scale, impl=impl,
                                                        block_p=16))(trace, M, z, delta, c)
     assert _rel(got, want) < F64_TOL, impl
 
@@ -317,16 +318,16 @@ def test_trace_step_tree_per_leaf():
   G = {name: r.standard_normal((B, d) + s) for name, s in shapes.items()}
   M = r.standard_normal((B, d, d))
   delta = r.standard_normal((B, d))
-  new, inc = jax.jit(lambda *a: credit.trace_step_tree(*a, impl="pallas", block_p=8))(
+  new, inc = jax.jit(lambda *a: internals.trace_step_tree(*a, impl="pallas", block_p=8))(
       trace, M, G, delta, 0.4)
   for name, s in shapes.items():
     e, i = _REF(trace[name].reshape(B, d, -1), M, G[name].reshape(B, d, -1), delta, 0.4)
     assert new[name].shape == (B, d) + s and inc[name].shape == s
     assert _rel((new[name], inc[name]), (e.reshape((B, d) + s), i.reshape(s))) < F64_TOL
   with pytest.raises(ValueError, match="tree structure of trace"):
-    credit.trace_step_tree(trace, M, {"a": G["a"]}, delta, 0.4)
+    internals.trace_step_tree(trace, M, {"a": G["a"]}, delta, 0.4)
   with pytest.raises(ValueError, match="trace must be a dict with key 'w'"):
-    credit.linear_trace_step({"v": trace["a"]}, M, delta, delta, 0.4)
+    internals.linear_trace_step({"v": trace["a"]}, M, delta, delta, 0.4)
 
 
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
@@ -336,7 +337,7 @@ def test_each_platforms_tiles_compute_the_reference(platform):
   from bplambda_jax.kernels import _structured_step, _trace_step
   B, d, P = 2, 100, 300  # GPU: d' = 128 caps the column tile at 64 (5 tiles); TPU: 128 (3 tiles)
   E, M, G, delta = _dense_inputs(70, B, d, P, jnp.float32)
-  tiles = _trace_step._tiles(platform, d, P, kernels.DEFAULT_BLOCK_P, 4)[0]
+  tiles = _trace_step._tiles(platform, d, P, internals.DEFAULT_BLOCK_P, 4)[0]
   assert tiles.P_pad // tiles.bp > 1
   got = _trace_step._run(jnp.asarray(0.8 * M), E, G, delta, n=None,
                          tiles=tiles._replace(platform="interpret"))
@@ -352,6 +353,6 @@ def test_each_platforms_tiles_compute_the_reference(platform):
   assert (tiles.Up // tiles.bu) * (tiles.Pp // tiles.bp) > 1
   got = _structured_step._run(jnp.asarray(0.8 * M), E, a, dl, pattern=pattern,
                               tiles=tiles._replace(platform="interpret"))
-  want = jax.jit(kernels.structured_step_reference, static_argnums=5)(
+  want = jax.jit(internals.structured_step_reference, static_argnums=5)(
       *_f64((E, M, a, dl)), 0.8, pattern)
   assert _rel(_f64(got), want) < F32_TOL

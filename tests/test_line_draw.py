@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from bplambda_jax import tasks
+from bplambda_jax import internals
 
 
 def test_defaults_are_the_toy_task():
@@ -16,21 +17,21 @@ def test_defaults_are_the_toy_task():
 
 
 def test_codes_are_distinct_reference_draws():
-  codes = tasks.line_draw_codes(5, 10)
+  codes = internals.line_draw_codes(5, 10)
   chex.assert_shape(codes, (5, 10))
-  np.testing.assert_array_equal(codes[0], tasks.TOY_CODE)  # 833, the toy's code
+  np.testing.assert_array_equal(codes[0], internals.TOY_CODE)  # 833, the toy's code
   values = codes @ (2 ** np.arange(9, -1, -1))
   np.testing.assert_array_equal(values, np.random.RandomState(123).choice(1024, 5, replace=False))
   assert len(set(values)) == 5
-  np.testing.assert_array_equal(tasks.line_draw_codes(4, 1)[:, 0], np.arange(4))
+  np.testing.assert_array_equal(internals.line_draw_codes(4, 1)[:, 0], np.arange(4))
   with pytest.raises(ValueError, match=r"npoints must be <= 2\*\*input_size = 4"):
-    tasks.line_draw_codes(5, 2)
+    internals.line_draw_codes(5, 2)
   with pytest.raises(ValueError, match=r"input_size must lie in \[1, 20\]"):
-    tasks.line_draw_codes(2, 21)
+    internals.line_draw_codes(2, 21)
 
 
 def test_points_lie_on_the_circle_from_angle_zero():
-  p = tasks.line_draw_points(4, radius=2.0)
+  p = internals.line_draw_points(4, radius=2.0)
   np.testing.assert_allclose(p, [[0, 2], [2, 0], [0, -2], [-2, 0]], atol=1e-12)
 
 
@@ -41,13 +42,13 @@ def test_whole_line_targets_masks_and_inputs():
   np.testing.assert_array_equal(b.mask, np.ones((T, B)))
   y, x = np.asarray(b.y), np.asarray(b.x)
   ends = y[-1]
-  points = tasks.line_draw_points(P, 1.5)
+  points = internals.line_draw_points(P, 1.5)
   k = np.argmin(np.linalg.norm(ends[:, None] - points[None], axis=-1), axis=1)  # [B]
   np.testing.assert_allclose(ends, points[k], atol=1e-12)
   assert len(set(k)) == P  # 64 examples draw every point
   np.testing.assert_allclose(y, np.arange(T)[:, None, None] / (T - 1) * points[k][None],
                              atol=1e-12)
-  np.testing.assert_array_equal(x[0], tasks.line_draw_codes(P)[k])  # the code of its point
+  np.testing.assert_array_equal(x[0], internals.line_draw_codes(P)[k])  # the code of its point
   assert np.all(x[1:] == 0)
 
 
@@ -57,7 +58,7 @@ def test_end_only_and_scalar_input():
   np.testing.assert_array_equal(b.mask, np.eye(4)[-1][:, None] * np.ones(5))
   assert np.all(np.asarray(b.y)[:-1] == 0)
   k = np.asarray(b.x)[0, :, 0].astype(int)
-  np.testing.assert_allclose(b.y[-1], tasks.line_draw_points(6)[k], atol=1e-12)
+  np.testing.assert_allclose(b.y[-1], internals.line_draw_points(6)[k], atol=1e-12)
 
 
 def test_noise_on_every_input_step_and_determinism():

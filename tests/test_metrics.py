@@ -10,6 +10,7 @@ import pytest
 from bplambda_jax import Rule, bptt, dni, exact_gradients, make_model, tbptt
 from bplambda_jax import experiments as metrics
 from bplambda_jax.model import Batch
+from bplambda_jax import internals
 
 from helpers import random_batch
 
@@ -154,7 +155,7 @@ def test_alignment_is_jittable():
     traces.append(1)
     return metrics.alignment(rule, p, b, model=model, step_mask=m)
 
-  res = f(params, batch, metrics.default_step_mask(T, B))
+  res = f(params, batch, internals.default_step_mask(T, B))
   _, params2, batch2 = _setup("lstm", jax.random.key(40))
   res_all = f(params2, batch2, jnp.ones((T, B)))
   assert len(traces) == 1

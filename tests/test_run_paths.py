@@ -115,7 +115,7 @@ def x64_off():
 
 @pytest.mark.slow
 def test_float64_runs_compute_in_float64(tmp_path, capsys, x64_off):
-  from bplambda_jax.experiments import run
+  from bplambda_jax.experiments import run_experiment as run
   with pytest.raises(ValueError, match="'dtype' = 'float64' needs 64-bit JAX"):
     run(RunConfig(task="toy", steps=2, dtype="float64"), str(tmp_path / "lib"), verbose=False,
         progress=False)

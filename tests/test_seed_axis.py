@@ -1,6 +1,6 @@
 """Seeds as a vmap or a loop (``seed_axis``): the same numbers either way; 'auto' loops on CPU.
 
-``training.map_seeds`` is the one place that maps a per-seed function over the seeds; ``sweep``
+``internals.map_seeds`` is the one place that maps a per-seed function over the seeds; ``sweep``
 and the experiments runner (config key ``seed_axis``) go through it. A loop compiles the
 single-seed program once and calls it per seed; a vmap batches the seeds in one program, which
 may sum products in another order, so the two agree to float32 rounding, not bit for bit.
@@ -16,6 +16,7 @@ import pytest
 import bplambda_jax as bl
 from bplambda_jax import cli
 from bplambda_jax import training
+from bplambda_jax import internals
 
 RTOL, ATOL = 1e-5, 1e-6
 
@@ -37,11 +38,11 @@ def _close(a, b):
 def test_auto_loops_on_cpu():
   if jax.default_backend() != "cpu":
     pytest.skip("asserts the CPU choice")
-  assert training.resolve_seed_axis("auto") == "loop"
-  assert training.resolve_seed_axis() == "loop"
-  assert training.resolve_seed_axis("vmap") == "vmap"
+  assert internals.resolve_seed_axis("auto") == "loop"
+  assert internals.resolve_seed_axis() == "loop"
+  assert internals.resolve_seed_axis("vmap") == "vmap"
   with pytest.raises(ValueError, match=r"seed_axis must be one of \['vmap', 'loop', 'auto'\]"):
-    training.resolve_seed_axis("pmap")
+    internals.resolve_seed_axis("pmap")
 
 
 def test_map_seeds_loop_equals_vmap():
@@ -49,17 +50,17 @@ def test_map_seeds_loop_equals_vmap():
   keys = jax.random.split(jax.random.key(1), 5)
   w = jax.random.normal(jax.random.key(2), (5, 4, 2))
   args = (keys, w, jnp.float32(0.5))
-  out = {axis: training.map_seeds(fn, axis, in_axes=(0, 0, None))(*args)
+  out = {axis: internals.map_seeds(fn, axis, in_axes=(0, 0, None))(*args)
          for axis in ("vmap", "loop", "auto")}
   assert out["loop"][0].shape == (5, 3, 2)
   _close(out["loop"], out["vmap"])
   _close(out["auto"], out["vmap"])
   with pytest.raises(ValueError, match="in_axes must be 0 or a tuple"):
-    training.map_seeds(fn, "loop", in_axes=1)
+    internals.map_seeds(fn, "loop", in_axes=1)
   with pytest.raises(ValueError, match="disagree on the seed count"):
-    training.map_seeds(fn, "loop", in_axes=(0, 0, None))(keys, w[:3], 0.5)
+    internals.map_seeds(fn, "loop", in_axes=(0, 0, None))(keys, w[:3], 0.5)
   with pytest.raises(ValueError, match="seed axis is empty"):
-    training.map_seeds(fn, "loop", in_axes=(0, 0, None))(keys[:0], w[:0], 0.5)
+    internals.map_seeds(fn, "loop", in_axes=(0, 0, None))(keys[:0], w[:0], 0.5)
 
 
 def _toy():

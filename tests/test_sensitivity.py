@@ -20,7 +20,9 @@ from bplambda_jax import bp_lambda, bptt, linear_synthesiser, make_rule
 from bplambda_jax import credit as S
 from bplambda_jax import model as cells
 from bplambda_jax import model as model_lib
-from bplambda_jax.credit import _protocol, _structure
+from bplambda_jax.credit import _cell_structure
+from bplambda_jax.credit._sensitivities import _protocol
+from bplambda_jax import internals
 from helpers import flat, grads_bundle, jit as _jit, random_batch, randomize, rel_err
 
 pytestmark = pytest.mark.x64  # float64 oracles
@@ -261,7 +263,7 @@ def test_snap2_fills_a_dense_rnn_and_equals_rtrl():
   want = _cell_grads("tanh", "rtrl", params, batch)
   assert rel_err(_cell_grads("tanh", "snap:2", params, batch), want) < TOL
   assert rel_err(_cell_grads("tanh", "snap:1", params, batch), want) > 1e-3
-  pattern = S.snap_pattern(_model("tanh").cell, params["cell"], batch.x[0, 0], 2)
+  pattern = internals.snap_pattern(_model("tanh").cell, params["cell"], batch.x[0, 0], 2)
   assert all(bool(np.all(m)) for m in jax.tree.leaves(pattern))
 
 
@@ -283,7 +285,7 @@ def test_snap_pattern_follows_the_connection_graph():
   cell = _model("columnar_chain").cell
   cp = _params("columnar_chain", 7)["cell"]
   x = jnp.zeros((D_IN,))
-  pat = {n: S.snap_pattern(cell, cp, x, n)["w_ih"][:, :, 0] for n in (1, 2, 3)}  # [2H, 4H]
+  pat = {n: internals.snap_pattern(cell, cp, x, n)["w_ih"][:, :, 0] for n in (1, 2, 3)}  # [2H, 4H]
   gate_i, gate_o = 0, 3
   row = lambda gate, unit: gate * H + unit
   # One step: a unit's gate-i weights reach its own h and c; gate-o weights only its h.
@@ -391,23 +393,23 @@ def test_unit_spread_views_and_gather_fallback():
   shuffled = rng.permutation(gate_major.ravel()).reshape(gate_major.shape)
   per_unit = np.arange(U)
   for pu, has_view in ((gate_major, True), (shuffled, False), (per_unit, True)):
-    sp = _structure._spread_of(pu, U)
+    sp = _cell_structure.spread_of(pu, U)
     assert (sp.axis is not None) == has_view, pu
     table = rng.standard_normal((2, 7, U))  # [*lead, U]
     z = rng.standard_normal((2, 7) + pu.shape)
     got = np.asarray(sp.table(jnp.asarray(table)) * sp.view(jnp.asarray(z), 2)).reshape(z.shape)
     np.testing.assert_allclose(got, table[..., pu] * z, rtol=1e-14)
-    summed = S.sum_leading(jnp.asarray(got), 2)
+    summed = internals.sum_leading(jnp.asarray(got), 2)
     np.testing.assert_allclose(np.asarray(summed), got.sum(axis=(0, 1)), rtol=1e-12)
   big = rng.standard_normal((4, _protocol.SUM_AS_PRODUCT_MIN_SIZE // 4 + 1))  # the product branch
-  np.testing.assert_allclose(np.asarray(S.sum_leading(jnp.asarray(big))), big.sum(0), rtol=1e-12)
+  np.testing.assert_allclose(np.asarray(internals.sum_leading(jnp.asarray(big))), big.sum(0), rtol=1e-12)
 
 
 def test_unit_layout_gather_and_scatter():
   """Component-major layouts ([h; c]) gather by reshape, others by index; both invert."""
   U, k = 3, 2
-  major = S.UnitLayout(np.arange(k * U).reshape(k, U).T)  # index[u, c] = c·U + u
-  interleaved = S.UnitLayout(np.arange(k * U).reshape(U, k))  # index[u, c] = u·k + c
+  major = internals.UnitLayout(np.arange(k * U).reshape(k, U).T)  # index[u, c] = c·U + u
+  interleaved = internals.UnitLayout(np.arange(k * U).reshape(U, k))  # index[u, c] = u·k + c
   assert major.component_major and not interleaved.component_major
   v = jnp.asarray(np.random.default_rng(2).standard_normal((4, k * U)))
   for layout in (major, interleaved):
@@ -431,7 +433,7 @@ def test_batch_credit_equals_summed_credit():
       jnp.arange(Bn)), s, x)
   want = jax.tree.map(lambda g: jnp.sum(g, axis=0),
                       jax.vmap(sens.credit, in_axes=(None, 0, 0, 0, 0))(cp, z, s, x, ls))
-  assert rel_err(S.batch_credit(sens, cp, z, s, x, ls), want) < TOL
+  assert rel_err(internals.batch_credit(sens, cp, z, s, x, ls), want) < TOL
   dense = S.get_sensitivity("rtrl", cell)  # no credit_sum: the vmapped fallback
   assert dense.credit_sum is None
 
@@ -455,7 +457,7 @@ def test_immediate_rule_is_the_one_step_truncated_gradient():
   """Σ_t ∇_Ψ (w_t·loss_t) through step t alone, s_{t−1} held fixed, averaged over the batch."""
   model = _model("lstm")
   params, batch = _params("lstm", 13), _batch(13)
-  _, states = model_lib.loss_and_states(model, params, batch)
+  _, states = internals.loss_and_states(model, params, batch)
   s_prev = jax.lax.stop_gradient(jnp.concatenate([jnp.zeros_like(states[:1]), states[:-1]]))
   w = model_lib.step_weights(batch.mask)
 

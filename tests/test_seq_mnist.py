@@ -23,6 +23,7 @@ from bplambda_jax import training
 from bplambda_jax import model as model_lib
 from bplambda_jax.model import make_model
 from bplambda_jax.rules import bptt
+from bplambda_jax import internals
 
 N_TRAIN, N_TEST = 100, 30
 
@@ -293,7 +294,7 @@ def test_layouts_shapes_and_pixels(small):
   images = np.asarray(small.images)[ids] / 255.0
   np.testing.assert_allclose(np.asarray(rows.x).transpose(1, 0, 2), images)
   np.testing.assert_allclose(np.asarray(pix.x)[:, :, 0].T, images.reshape(5, 784))
-  order = tasks.mnist_permutation(4)
+  order = internals.mnist_permutation(4)
   np.testing.assert_allclose(np.asarray(perm.x)[:, :, 0].T, images.reshape(5, 784)[:, order])
   assert rows.y.dtype == jnp.int32 and rows.x.dtype == jnp.float64
   np.testing.assert_array_equal(rows.y, np.broadcast_to(np.asarray(small.labels)[ids], (28, 5)))
@@ -302,10 +303,10 @@ def test_layouts_shapes_and_pixels(small):
 
 
 def test_permutation_is_fixed_by_its_seed():
-  p = tasks.mnist_permutation(0)
+  p = internals.mnist_permutation(0)
   np.testing.assert_array_equal(np.sort(p), np.arange(784))
-  np.testing.assert_array_equal(p, tasks.mnist_permutation(0))
-  assert not np.array_equal(p, tasks.mnist_permutation(1)) and not np.array_equal(p, np.arange(784))
+  np.testing.assert_array_equal(p, internals.mnist_permutation(0))
+  assert not np.array_equal(p, internals.mnist_permutation(1)) and not np.array_equal(p, np.arange(784))
 
 
 def _epoch_ids(data, key, epoch, batch_size):
@@ -350,7 +351,7 @@ def test_batch_argument_errors(small):
   with pytest.raises(ValueError, match=r"index must lie in \[0, 9\)"):
     tasks.mnist_batch(small, key, 0, 9, 4)
   with pytest.raises(ValueError, match="perm_seed"):
-    tasks.mnist_inputs(small.images, "permuted", perm_seed=-2)
+    internals.mnist_inputs(small.images, "permuted", perm_seed=-2)
 
 
 @pytest.mark.x64
@@ -367,7 +368,7 @@ def test_training_run_on_row_mnist(small):
   params = model.init(jax.random.split(key)[0])  # run: the first half of the key initialises
   opt_state = opt.init(params)
   loss_and_grad = jax.jit(jax.value_and_grad(
-      lambda p, b: model_lib.loss_and_states(model, p, b)[0]))
+      lambda p, b: internals.loss_and_states(model, p, b)[0]))
   losses = []
   for step in range(8):
     loss, g = loss_and_grad(params, data_fn(None, step))

@@ -64,14 +64,14 @@ def test_what_each_cell_declares():
   ew = bl.elementwise_lstm(3)
   assert ew.jacobian == "block" and ew.implicit_units and ew.lstm is not None
   # the e-prop flavour's transition K_t, derived from the declarations
-  assert bl.credit.eprop_transition(ew) == "diagonal"
-  assert bl.credit.eprop_transition(bl.columnar_lstm(3)) == "diagonal"
-  assert bl.credit.eprop_transition(bl.lstm(3)) == "dense"
-  assert bl.credit.eprop_transition(bl.from_flax(nn.LSTMCell(3))) == "dense"
-  assert bl.credit.eprop_transition(bl.columnar_lstm(
+  assert bl.internals.eprop_transition(ew) == "diagonal"
+  assert bl.internals.eprop_transition(bl.columnar_lstm(3)) == "diagonal"
+  assert bl.internals.eprop_transition(bl.lstm(3)) == "dense"
+  assert bl.internals.eprop_transition(bl.from_flax(nn.LSTMCell(3))) == "dense"
+  assert bl.internals.eprop_transition(bl.columnar_lstm(
       3, np.eye(3)[::-1] * (1 - np.eye(3)))) == "dense"
   with pytest.raises(ValueError, match="needs a cell with an LSTM cell-state path"):
-    bl.credit.eprop_transition(bl.gru(3))
+    bl.internals.eprop_transition(bl.gru(3))
 
 
 def _lie(name, **changes):

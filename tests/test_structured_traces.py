@@ -22,6 +22,7 @@ import pytest
 
 import bplambda_jax as bl
 from bplambda_jax import credit, kernels
+from bplambda_jax import internals
 
 from helpers import jit, random_batch, randomize, rel_err
 
@@ -31,8 +32,8 @@ TOL = 1e-10
 T, B, D, H = 6, 3, 3, 4
 ON_CPU = jax.default_backend() == "cpu"
 # The kernel's references, jitted: one compilation per shape instead of one per op.
-_REF = jax.jit(kernels.structured_step_reference, static_argnames="pattern")
-_XLA = jax.jit(kernels.structured_step_xla, static_argnames="pattern")
+_REF = jax.jit(internals.structured_step_reference, static_argnames="pattern")
+_XLA = jax.jit(internals.structured_step_xla, static_argnames="pattern")
 
 
 def _np_rel(a, b):
@@ -67,8 +68,8 @@ def test_block_pattern_keeps_what_the_next_step_reads():
   assert len(kernels.block_pattern(PATTERNS["full2"]).stored) == 4
   with pytest.raises(ValueError, match="square pattern"):
     kernels.block_pattern([[True, False]])
-  assert kernels.padded_columns(130, "xla") == 130
-  assert kernels.padded_columns(130, "pallas") == 256 and kernels.padded_columns(5, "pallas") == 8
+  assert internals.padded_columns(130, "xla") == 130
+  assert internals.padded_columns(130, "pallas") == 256 and internals.padded_columns(5, "pallas") == 8
 
 
 def test_reference_is_the_dense_trace_step_on_the_blocks():
@@ -116,7 +117,7 @@ def test_xla_and_pallas_paths_match_the_reference(name, Bn, U, P, block_u, block
   args = _kernel_inputs(len(name) + U, pattern, Bn, U, P)
   want = _REF(*args, 0.8, pattern=pattern)
   got_xla = _XLA(*args, 0.8, pattern=pattern)
-  got_pallas = kernels.structured_step_pallas(*args, jnp.float64(0.8), pattern, interpret=True,
+  got_pallas = internals.structured_step_pallas(*args, jnp.float64(0.8), pattern, interpret=True,
                                               block_u=block_u, block_p=block_p)
   for got in (got_xla, got_pallas):
     assert got[0].shape == (Bn, len(pattern.stored), U, P) and got[1].shape == (pattern.k, U, P)
@@ -129,8 +130,8 @@ def test_pallas_path_is_differentiable_like_the_formula():
   pattern = kernels.block_pattern(PATTERNS["full2"])
   args = _kernel_inputs(5, pattern, 2, 3, 6)
   tangents = _kernel_inputs(6, pattern, 2, 3, 6)
-  f_xla = lambda *a: kernels.structured_step_xla(*a, 0.6, pattern)
-  f_pallas = lambda *a: kernels.structured_step_pallas(*a, 0.6, pattern, interpret=True)
+  f_xla = lambda *a: internals.structured_step_xla(*a, 0.6, pattern)
+  f_pallas = lambda *a: internals.structured_step_pallas(*a, 0.6, pattern, interpret=True)
   jvp = lambda f: jax.jit(lambda a, t: jax.jvp(f, a, t))(args, tangents)
   assert _np_rel(jvp(f_pallas), jvp(f_xla)) < 1e-13
 
@@ -148,7 +149,7 @@ def test_structured_step_selects_by_backend():
   assert "bplambda_structured_step" not in lowered.as_text(debug_info=True)
   if not ON_CPU:
     pytest.skip("the automatic choice on this backend is Pallas; the CPU assertions do not apply")
-  assert kernels.select_impl() == "xla"
+  assert internals.select_impl() == "xla"
   with pytest.raises(ValueError, match="impl must be one of"):
     kernels.structured_step(*args, 0.5, pattern, impl="triton")
   with pytest.raises(ValueError, match="delta must have shape"):
@@ -250,7 +251,7 @@ def test_trace_memory_grows_as_n_d_in_and_the_dense_as_n2_d_in():
       sizes[trace, h] = sum(l.size for l in jax.tree.leaves(td.trace))
     pattern, n_cols = kernels.DIAGONAL, 2 * h + 1
     assert sizes["auto", h] == h * n_cols  # e[o, j], o < d_out = H, j < d_in + 1
-    assert credit.structured_bytes_per_example(pattern, h, n_cols, 8) == (n_cols + 1) * h * 8
+    assert internals.structured_bytes_per_example(pattern, h, n_cols, 8) == (n_cols + 1) * h * 8
     assert sizes["dense", h] == h * h * n_cols  # W's trace [d, d, d_in] and β's [d, d]
   assert sizes["auto", 8] / sizes["auto", 4] == pytest.approx(2 * 17 / 9)  # n·d_in
   assert sizes["dense", 8] / sizes["dense", 4] > 7  # n²·d_in
@@ -261,7 +262,7 @@ def test_trace_memory_grows_as_n_d_in_and_the_dense_as_n2_d_in():
 
 def _trace_kind(rule, params):
   trace = jax.eval_shape(lambda p: rule.init_state(p, 2), params).td.trace
-  if isinstance(trace, credit.ChunkedTrace):
+  if isinstance(trace, internals.ChunkedTrace):
     return "chunked"
   if isinstance(trace, dict):
     return "dense"
@@ -290,9 +291,9 @@ def test_trace_is_chosen_from_the_declarations_and_can_be_overridden():
   td = jax.eval_shape(lambda p: f32.init_state(p, 2), params[ew.cell.name]).td
   assert td.trace.dtype == jnp.float32 and td.m.dtype == jnp.float64  # M's blocks: params' dtype
   # the e-prop flavour's K_t is derived from the declarations
-  assert credit.eprop_transition(ew.cell) == "diagonal"
-  assert credit.eprop_transition(bl.columnar_lstm(3)) == "diagonal"
-  assert credit.eprop_transition(lstm.cell) == "dense"
+  assert internals.eprop_transition(ew.cell) == "diagonal"
+  assert internals.eprop_transition(bl.columnar_lstm(3)) == "diagonal"
+  assert internals.eprop_transition(lstm.cell) == "dense"
 
 
 @pytest.mark.parametrize("cell,kw,message", [

@@ -10,6 +10,7 @@ import pytest
 from bplambda_jax import cli
 from bplambda_jax import experiments
 from bplambda_jax import tasks
+from bplambda_jax import internals
 from helpers import counting_traces
 
 
@@ -108,7 +109,7 @@ def test_cli_align_table(tmp_path, capsys):
   assert "error" not in by_rule["columnar_rtrl"]
   assert by_rule["columnar_rtrl"]["cell"] < 0.9999
   # A rule that does not apply is reported, not fatal: "n/a" and the reason in the table.
-  table = experiments.format_rows(rows + [{"rule": "columnar_rtrl", "error": "no units"}])
+  table = internals.format_rows(rows + [{"rule": "columnar_rtrl", "error": "no units"}])
   assert "n/a: no units" in table and len(table.splitlines()) == 2 + len(rows) + 1
   # config.json and alignment.json record what ran: the copy task at (3, 2), an LSTM of 3 units
   config = json.loads((out / "config.json").read_text())

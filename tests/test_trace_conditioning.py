@@ -7,6 +7,7 @@ import pytest
 
 from bplambda_jax import experiments, tasks
 from bplambda_jax._errors import ConfigError
+from bplambda_jax import internals
 
 CFG = tasks.TraceConfig(isi_min=3, isi_max=5, iti_min=2, iti_max=6, distractors=1)
 INIT = jax.jit(tasks.trace_init, static_argnums=(1, 2))  # one compile per shape
@@ -46,11 +47,11 @@ def test_the_memoryless_baseline_matches_its_closed_form_on_a_long_stream():
   with pytest.raises(ValueError, match="isi_min"):
     tasks.trace_init(jax.random.key(0), 2, tasks.TraceConfig(isi_min=1))
   with pytest.raises(ConfigError, match="needs whole sequences"):  # refused before compiling
-    experiments.stream_settings(["bptt"])
+    internals.stream_settings(["bptt"])
   with pytest.raises(ConfigError, match="multiple of chunk"):
-    experiments.stream_settings(steps=1000, chunk=300)
+    internals.stream_settings(steps=1000, chunk=300)
   with pytest.raises(ConfigError, match="rule 'tbptt:3'"):
-    experiments.stream_settings(["tbptt:3"], chunk=500)
+    internals.stream_settings(["tbptt:3"], chunk=500)
 
 
 @pytest.mark.slow  # ~10 s on a busy two-core machine: two rules streamed for 2,000 steps

@@ -1,6 +1,6 @@
 """The chunked linear-synthesiser trace equals the dense trace step by step (float64).
 
-Oracle: the dense step ``kernels.trace_step_diag_reference`` (E ← c·M·E + D(a), inc = mean_b δ·E)
+Oracle: the dense step ``internals.trace_step_diag_reference`` (E ← c·M·E + D(a), inc = mean_b δ·E)
 iterated over a random sequence, including zero decays (the first TD step) and chunk lengths that
 do and do not divide the sequence. At the rule level, ``bp_lambda``'s online mode with chunked
 traces must give the dense trace's gradients, also with per-step clipping and per-step synthesiser
@@ -20,6 +20,7 @@ import bplambda_jax as bl
 from bplambda_jax import bp_lambda, kernels, mlp_synthesiser
 from bplambda_jax import credit as traces
 from bplambda_jax.model import make_model
+from bplambda_jax import internals
 
 from helpers import jit as _jit, random_batch, randomize, rel_err, step_loop
 
@@ -41,7 +42,7 @@ def _sequence(seed, S, B, d, n):
 
 def _dense_incs(M, a, delta, c):
   S, B, d, _ = M.shape
-  step = _jit(kernels.trace_step_diag_reference)
+  step = _jit(internals.trace_step_diag_reference)
   E = jnp.zeros((B, d, d, a.shape[-1]))
   incs = []
   for t in range(S):
@@ -60,10 +61,10 @@ def test_chunked_equals_dense_step_by_step(chunk):
 
   @_jit
   def run(M, a, delta, c):
-    tr = traces.chunked_init(M[0], d, n, bias=False, chunk=chunk, steps=S, dtype=jnp.float64)
+    tr = internals.chunked_init(M[0], d, n, bias=False, chunk=chunk, steps=S, dtype=jnp.float64)
 
     def body(tr, xs):
-      return traces.chunked_step(tr, xs[0], *xs[1:], link)
+      return internals.chunked_step(tr, xs[0], *xs[1:], link)
 
     return jax.lax.scan(body, tr, (M, a, delta, c))
 
@@ -80,7 +81,7 @@ def test_chunked_equals_dense_step_by_step(chunk):
 
 def test_chunk_must_be_positive():
   with pytest.raises(ValueError, match="chunk must be an int >= 1"):
-    traces.chunked_init(jnp.zeros((2, 3)), 3, 4, bias=True, chunk=0, steps=5, dtype=jnp.float32)
+    internals.chunked_init(jnp.zeros((2, 3)), 3, 4, bias=True, chunk=0, steps=5, dtype=jnp.float32)
 
 
 _RULES = {
@@ -135,7 +136,7 @@ def test_trace_chunk_validation():
   for chunk, chunked in ((4, True), (0, False)):
     rule = bp_lambda(model, trace_chunk=chunk, mode="sequence")
     trace = jax.eval_shape(lambda p: rule.init_state(p, 2), params).td.trace
-    assert isinstance(trace, traces.ChunkedTrace) == chunked, chunk
+    assert isinstance(trace, internals.ChunkedTrace) == chunked, chunk
     if chunked:
       assert trace.decays.shape == (chunk,)
   with pytest.raises(ValueError, match="needs a linear synthesiser"):
@@ -163,12 +164,12 @@ def test_trace_memory_is_logged_and_a_run_that_cannot_fit_fails_early(monkeypatc
   ctx = 3 * H + H + H  # the e-prop flavour's link context: π [3, H], f [H], D [H]
   assert theta["w"].shape == (H, 2 * H)
   tr = jax.eval_shape(lambda p: chunked.init_state(p, B), params).td.trace
-  L = traces.DEFAULT_CHUNK  # a stream's state keeps E⁰ (it does not know T)
-  assert td_bytes((tr.base, tr.ctxs, tr.inputs)) == B * traces.chunked_bytes_per_example(
+  L = internals.DEFAULT_CHUNK  # a stream's state keeps E⁰ (it does not know T)
+  assert td_bytes((tr.base, tr.ctxs, tr.inputs)) == B * internals.chunked_bytes_per_example(
       H, 2 * H + 1, L, 8, base=True, ctx_size=ctx)
   # check_memory: 3 buffers of the whole step state per seed.
   for rule in (dense, chunked):
-    assert bl.training.check_memory(rule, params, B) == 3 * bl.training.state_bytes(rule, params,
+    assert bl.training.check_memory(rule, params, B) == 3 * bl.internals.state_bytes(rule, params,
                                                                                     B)
   with caplog.at_level("INFO", logger="bplambda_jax"):
     need1 = bl.training.check_memory(chunked, params, B)

@@ -10,6 +10,7 @@ import pytest
 import bplambda_jax as bl
 from bplambda_jax import tasks
 from bplambda_jax import training as train
+from bplambda_jax import internals
 from helpers import random_batch, rel_err, step_loop
 
 
@@ -77,7 +78,7 @@ def test_groups_get_their_own_learning_rate():
 @pytest.mark.x64
 def test_adam_matches_reference_settings():
   # Adam(0.9, 0.98, eps 1e-9 added to sqrt(v_hat)): first step is lr·g/(|g| + eps).
-  opt = train.adam(0.1)
+  opt = internals.adam(0.1)
   g = jnp.array([2.0, -3.0])
   upd, _ = opt.update(g, opt.init(g))
   np.testing.assert_allclose(upd, -0.1 * g / (jnp.abs(g) + 1e-9), rtol=1e-12)

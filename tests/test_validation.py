@@ -12,6 +12,7 @@ from bplambda_jax import tasks
 from bplambda_jax import model as cells
 from bplambda_jax import model as synthesisers
 from bplambda_jax.model import get_loss, make_model
+from bplambda_jax import internals
 
 from helpers import random_batch
 
@@ -294,7 +295,7 @@ def _integer_arguments():
       ("tasks.toy_batch batch_size", lambda v: tasks.toy_batch(batch_size=v)),
       ("tasks.toy_model hidden_size", lambda v: tasks.toy_model(hidden_size=v)),
       ("tasks.line_draw_batch batch_size", lambda v: tasks.line_draw_batch(key, v, npoints=3)),
-      ("tasks.mnist_permutation perm_seed", lambda v: tasks.mnist_permutation(v)),
+      ("internals.mnist_permutation perm_seed", lambda v: internals.mnist_permutation(v)),
       ("tasks.curriculum_step batch_size",
        lambda v: tasks.curriculum_step(lambda s, b: (s, {}), batch_size=v, max_len=20)),
       ("make_model hidden_size", lambda v: bl.make_model("lstm", "mse", 3, 2, hidden_size=v)),

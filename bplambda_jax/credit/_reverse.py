@@ -18,7 +18,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from bplambda_jax.credit._protocol import Reverse, Sensitivity
+from bplambda_jax.credit._sensitivities._protocol import Reverse, Sensitivity
 
 
 def reverse_recurrence(x_t: jax.Array, link: Callable[[Any, jax.Array], jax.Array], ctx_t: Any,

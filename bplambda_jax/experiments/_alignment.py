@@ -18,12 +18,13 @@ from typing import Optional
 
 import jax
 
+from bplambda_jax import _validation
 from bplambda_jax import tasks
 from bplambda_jax._errors import ConfigError
 from bplambda_jax.experiments import _metrics
 from bplambda_jax.experiments import _results as results
 from bplambda_jax.experiments._config import RunConfig
-from bplambda_jax.experiments._runner import Run, _stop_signals, train_one
+from bplambda_jax.experiments._runner import Run, stop_signals, train_one
 from bplambda_jax.experiments._setup import Setup, make_run_rule
 from bplambda_jax.model import make_model
 from bplambda_jax.rules import rule_options
@@ -39,8 +40,8 @@ def task_sizes(task: str, cell: Optional[str] = None, hidden: Optional[int] = No
   if task not in TASKS:
     raise ConfigError(f"task must be one of {TASKS}, got {task!r}.")
   for name, v in (("hidden", hidden), ("batch_size", batch_size)):
-    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-      raise ConfigError(f"{name} must be a positive integer, got {v!r}.")
+    if v is not None:
+      _validation.integer(name, v, minimum=1)
   own = {"toy": ("linear", 30, 10), "copy": ("lstm", 16, 16)}[task]
   return (own[0] if cell is None else cell, own[1] if hidden is None else hidden,
           own[2] if batch_size is None else batch_size)
@@ -85,8 +86,7 @@ def run_alignment(task: str, rule_specs, seeds, *, cell: Optional[str] = None,
     overwrite: replace the run in ``out``.
     progress: show progress bars.
   """
-  if isinstance(synth_steps, bool) or not isinstance(synth_steps, int) or synth_steps < 1:
-    raise ConfigError(f"synth_steps must be a positive integer, got {synth_steps!r}.")
+  _validation.integer("synth_steps", synth_steps, minimum=1)
   seeds = [int(s) for s in seeds]
   if not seeds:
     raise ConfigError("seeds must name at least one seed, got none.")
@@ -122,7 +122,7 @@ def run_alignment(task: str, rule_specs, seeds, *, cell: Optional[str] = None,
       stack.callback(lock.release)
     else:
       directory = stack.enter_context(tempfile.TemporaryDirectory())
-    stop = stack.enter_context(_stop_signals())
+    stop = stack.enter_context(stop_signals())
     results.write_json(os.path.join(directory, "config.json"), cfg.to_dict())
     log = results.MetricsLog(os.path.join(directory, "metrics.jsonl"))
     for spec in rule_specs:

@@ -34,9 +34,10 @@ from typing import Optional
 
 from bplambda_jax._errors import ConfigError
 from bplambda_jax.experiments import _grid
-from bplambda_jax.model import CELLS
-from bplambda_jax.rules import parse_rule_spec, rule_options, rules_with_option
 from bplambda_jax.experiments._tasks import RUN_TASKS, run_task
+from bplambda_jax.model import CELLS
+from bplambda_jax.rules import parse_rule_spec, rule_options
+from bplambda_jax.rules._registry import rules_with_option
 from bplambda_jax.training import SEED_AXIS_CHOICES, Divergence
 
 MODES = ("auto", "online", "sequence")

@@ -8,13 +8,13 @@ from typing import Optional, Sequence
 import jax
 
 from bplambda_jax._errors import ConfigError
+from bplambda_jax.experiments import _grid
 from bplambda_jax.experiments import _plots as plots
 from bplambda_jax.experiments import _results as results
-from bplambda_jax.experiments import _grid
 from bplambda_jax.experiments._config import RunConfig, split_rule_entry
 from bplambda_jax.experiments._runner import Interrupted, Run, RunError, group_config
 from bplambda_jax.experiments._runner import group_rule, group_runs, train_group
-from bplambda_jax.experiments._runner import _stop_signals
+from bplambda_jax.experiments._runner import stop_signals
 from bplambda_jax.experiments._setup import load_data, make_setup
 from bplambda_jax.experiments._tasks import run_task
 
@@ -56,7 +56,7 @@ def _check_resume(out: str, cfg: RunConfig, runs, log: results.MetricsLog) -> No
           f">= {done} to continue or extend it, or use --overwrite or another --out.")
 
 
-def run(config: RunConfig, out: str, *, grid: Optional[dict] = None,
+def run_experiment(config: RunConfig, out: str, *, grid: Optional[dict] = None,
         runs: Optional[Sequence[Run]] = None, resume: bool = False, overwrite: bool = False,
         progress: bool = True, verbose: bool = True) -> dict:
   """Train every rule of ``config`` (each with its seeds) into the results directory ``out``.
@@ -154,7 +154,7 @@ def _run_locked(config, out, runs, resume, progress, verbose):
   summary = results.read_json(path) if resume and os.path.exists(path) else {
       "task": cfg.task, "data": source, "rules": {}}
   summary["provenance"] = results.provenance()
-  with _stop_signals() as stop:
+  with stop_signals() as stop:
     for group, setup in groups:
       if all(summary["rules"].get(r.label, {}).get("budget") == cfg.steps for r in group):
         continue  # finished before: never recomputed, never lost

@@ -7,7 +7,7 @@ trained at every point of the product, each with the run's seeds. Two kinds of k
 - *traced* (:data:`TRACED`): λ, γ, the synthetic gradient's scale and the three learning rates.
   They are arguments of the compiled programs, not constants: λ, γ and sg_scale go to the rule as
   hyper-parameters (``rule.grads(params, batch, hparams)``), the learning rates live in the
-  optimiser state (``training.set_learning_rates``). All points of one rule and one structural
+  optimiser state (``_train.set_learning_rates``). All points of one rule and one structural
   configuration share one program.
 - *structural* (:data:`STRUCTURAL`): the cell, the hidden size, the toy tasks' sequence length
   and the mode change the shapes or the program itself: one program per value. (Rule options
@@ -39,6 +39,7 @@ from typing import NamedTuple
 import numpy as np
 
 from bplambda_jax._errors import ConfigError
+from bplambda_jax.training import _train
 
 RULE_KEYS = ("lambda_", "gamma", "sg_scale")  # the rules' hyper-parameters
 RATES = {"lr_cell": "cell", "lr_readout": "readout", "lr_synth": "synth"}  # key -> group

@@ -43,6 +43,8 @@ from bplambda_jax.experiments._config import RunConfig
 from bplambda_jax.experiments._setup import Setup, make_run_rule
 from bplambda_jax.rules import parse_rule_spec
 from bplambda_jax.training import _guards as guards
+from bplambda_jax.training import _parallel
+from bplambda_jax.training import _train
 
 
 class RunError(RuntimeError):
@@ -102,7 +104,7 @@ class Run(NamedTuple):
 
 
 @contextlib.contextmanager
-def _stop_signals():
+def stop_signals():
   """Turn SIGINT and SIGTERM into a flag the loop reads between chunks; a second one aborts."""
   flag = {"signal": None}
   previous = {}
@@ -183,7 +185,7 @@ def _init_seed(setup: Setup, rule, opt, key_data, point) -> SeedState:
   k_model, k_rule, k_data = jax.random.split(jax.random.wrap_key_data(key_data), 3)
   params = {**rule.init(k_rule), **setup.model.init(k_model)}
   rates = {_grid.RATES[k]: v for k, v in point.items() if k in _grid.RATES}
-  opt_state = training.set_learning_rates(opt.init(params), rates)
+  opt_state = _train.set_learning_rates(opt.init(params), rates)
   train = training.TrainState(params, opt_state, jnp.zeros((), jnp.int32))
   best = None
   if setup.select:
@@ -250,7 +252,7 @@ def _programs(setup: Setup, rule, opt, cfg: RunConfig):
     params = ss.train.params if ss.best is None else ss.best.params
     return setup.test(params, data)
 
-  seeds = lambda fn, in_axes=0: training.map_seeds(fn, cfg.seed_axis, in_axes)  # vmap or loop
+  seeds = lambda fn, in_axes=0: _parallel.map_seeds(fn, cfg.seed_axis, in_axes)  # vmap or loop
   init = seeds(lambda k, point: _init_seed(setup, rule, opt, k, point))
   chunk = seeds(chunk_one, in_axes=(0, None, None))
   evaluate = seeds(eval_one, in_axes=(0, None, None)) if setup.evaluate else None

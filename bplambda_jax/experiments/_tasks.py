@@ -19,6 +19,7 @@ from bplambda_jax import tasks
 from bplambda_jax._errors import ConfigError
 from bplambda_jax.experiments import _metrics
 from bplambda_jax.experiments import _task_metrics
+from bplambda_jax.tasks import _curriculum
 
 
 class Parts(NamedTuple):
@@ -179,7 +180,7 @@ def _copy_repeat(cfg, task, model, data):
                                   max_len, dtype)
 
   def advance(level, loss):
-    return tasks.curriculum_update(level, loss, max_len)
+    return _curriculum.curriculum_update(level, loss, max_len)
 
   return Parts(batch, tasks.curriculum_init(), advance)
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from bplambda_jax._errors import ConfigError
 from bplambda_jax.experiments._config import RunConfig
-from bplambda_jax.experiments._experiment import run
+from bplambda_jax.experiments._experiment import run_experiment
 from bplambda_jax.experiments._runner import RunError
 
 
@@ -64,10 +64,10 @@ def run_toy(lambdas=(0.0, 0.5, 0.9, 1.0), seeds=(0, 1, 2, 3, 4), *, steps: int =
                   grid={"lambda_": lambdas})
   with tempfile.TemporaryDirectory() as out:
     try:
-      summary = run(cfg, out, progress=False, verbose=False)
+      summary = run_experiment(cfg, out, progress=False, verbose=False)
     except RunError as e:  # its checkpoint goes with the temporary directory
       raise RunError(f"{e.reason} (run_toy keeps no results: run 'bplambda toy' or "
-                     f"experiments.run for a checkpoint of the last good state)",
+                     f"experiments.run_experiment for a checkpoint of the last good state)",
                      e.reason) from None
     with open(os.path.join(out, "metrics.jsonl")) as f:
       lines = [json.loads(l) for l in f if l.strip()]

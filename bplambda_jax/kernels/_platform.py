@@ -126,7 +126,7 @@ def select_impl(backend: Optional[str] = None, dtype: Any = None) -> str:
   choose by the platform a program is *lowered* for (``jax.lax.platform_dependent``), so one
   jitted or exported program holds the right path for each platform; this function serves
   decisions that must be taken before tracing, such as the padded layout of a stored trace
-  (:func:`~bplambda_jax.kernels.padded_columns`). A Pallas kernel that cannot serve a shape on
+  (:func:`~bplambda_jax.internals.padded_columns`). A Pallas kernel that cannot serve a shape on
   its platform falls back to XLA there (with a warning).
 
   Args:

@@ -416,7 +416,7 @@ def structured_step_pallas(E: Array, M: Array, a: Array, delta: Array, c: Any,
 
   Args:
     E, M, a, delta, c, pattern: as in :func:`structured_step_reference`.
-    interpret: as in :func:`~bplambda_jax.kernels.trace_step_pallas` (None: the interpreter when
+    interpret: as in :func:`~bplambda_jax.internals.trace_step_pallas` (None: the interpreter when
       lowered for CPU, the compiled kernel otherwise).
     block_u: units per tile, a power of two (at least 8 on TPU, smaller on GPU for large batches).
     block_p: columns per tile, a power of two (at least 128 on TPU); smaller U or P use one

@@ -1,7 +1,6 @@
 """What is trained: cells, synthesisers, losses, the model and its data (``Batch``)."""
 
 from bplambda_jax.model._cells import Cell
-from bplambda_jax.model._cells import JACOBIANS
 from bplambda_jax.model._cells import LSTMParts
 from bplambda_jax.model._cells import columnar_lstm
 from bplambda_jax.model._cells import gru
@@ -9,10 +8,9 @@ from bplambda_jax.model._cells import linear_rnn
 from bplambda_jax.model._cells import lstm
 from bplambda_jax.model._cells import rnn
 from bplambda_jax.model._cells import tanh_rnn
-from bplambda_jax.model._elementwise import CELLS
-from bplambda_jax.model._elementwise import LRU_ACTIVATIONS
+from bplambda_jax.model._registry import CELLS
 from bplambda_jax.model._elementwise import elementwise_lstm
-from bplambda_jax.model._elementwise import get_cell
+from bplambda_jax.model._registry import get_cell
 from bplambda_jax.model._elementwise import linear_lru
 from bplambda_jax.model._elementwise import lru
 from bplambda_jax.model._flax import from_flax
@@ -23,7 +21,6 @@ from bplambda_jax.model._losses import objective
 from bplambda_jax.model._losses import step_weights
 from bplambda_jax.model._model import Batch
 from bplambda_jax.model._model import Model
-from bplambda_jax.model._model import loss_and_states
 from bplambda_jax.model._model import make_model
 from bplambda_jax.model._model import unroll
 from bplambda_jax.model._model import validate_batch
@@ -36,9 +33,7 @@ __all__ = [
     "Batch",
     "CELLS",
     "Cell",
-    "JACOBIANS",
     "LOSSES",
-    "LRU_ACTIVATIONS",
     "LSTMParts",
     "Loss",
     "Model",
@@ -53,7 +48,6 @@ __all__ = [
     "linear_lru",
     "linear_rnn",
     "linear_synthesiser",
-    "loss_and_states",
     "lru",
     "lstm",
     "make_model",

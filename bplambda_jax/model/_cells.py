@@ -184,7 +184,7 @@ def zeros_state(n: int) -> Callable[..., Array]:
   return initial_state
 
 
-def _uniform(key, shape, bound, dtype):
+def uniform(key, shape, bound, dtype):
   return jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
@@ -195,13 +195,13 @@ def _pytorch_init(key, hidden_size, input_size, gates, dtype):
   k1, k2, k3, k4 = jax.random.split(key, 4)
   g = gates * hidden_size
   return {
-      "w_ih": _uniform(k1, (g, input_size), bound, dtype),
-      "w_hh": _uniform(k2, (g, hidden_size), bound, dtype),
-      "b": _uniform(k3, (g,), bound, dtype) + _uniform(k4, (g,), bound, dtype),
+      "w_ih": uniform(k1, (g, input_size), bound, dtype),
+      "w_hh": uniform(k2, (g, hidden_size), bound, dtype),
+      "b": uniform(k3, (g,), bound, dtype) + uniform(k4, (g,), bound, dtype),
   }
 
 
-def _weight_units(gates, hidden_size):
+def weight_units(gates, hidden_size):
   """param_units for gate-major [gates·H, ·] leaves: row q·H + k feeds unit k."""
   rows = np.tile(np.arange(hidden_size), gates)
 
@@ -223,7 +223,7 @@ def _self_and_cross(w_hh: Array, gates: int, hidden_size: int, h_imp: Array, h_e
 
 # ----------------------------------------------------------------------------------- RNN cells
 
-_ACTIVATIONS = {
+ACTIVATIONS = {
     "identity": lambda a: a,
     "tanh": jnp.tanh,
     "relu": jax.nn.relu,
@@ -242,9 +242,9 @@ def rnn(hidden_size: int, activation: str = "tanh") -> Cell:
     activation: one of 'identity' (the authors' linear RNN), 'tanh', 'relu', 'sigmoid'.
   """
   H = check_size("hidden_size", hidden_size)
-  if activation not in _ACTIVATIONS:
-    raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}.")
-  phi = _ACTIVATIONS[activation]
+  if activation not in ACTIVATIONS:
+    raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}.")
+  phi = ACTIVATIONS[activation]
 
   def init(key, input_size, dtype=None):
     return _pytorch_init(key, H, check_size("input_size", input_size), 1, dtype)
@@ -258,7 +258,7 @@ def rnn(hidden_size: int, activation: str = "tanh") -> Cell:
 
   name = "linear" if activation == "identity" else activation
   return Cell(name, H, H, init, step, zeros_state(H), split_step, np.arange(H),
-              _weight_units(1, H), implicit_units=True)
+              weight_units(1, H), implicit_units=True)
 
 
 def linear_rnn(hidden_size: int) -> Cell:
@@ -310,7 +310,7 @@ def lstm(hidden_size: int) -> Cell:
 
   units = np.concatenate([np.arange(H), np.arange(H)])
   return Cell("lstm", H, 2 * H, init, step, zeros_state(2 * H), split_step, units,
-              _weight_units(4, H), lstm=LIBRARY_LSTM)
+              weight_units(4, H), lstm=LIBRARY_LSTM)
 
 
 # -------------------------------------------------------------------------------------- GRU
@@ -332,10 +332,10 @@ def gru(hidden_size: int) -> Cell:
     bound = 1.0 / np.sqrt(H)
     k = jax.random.split(key, 4)
     return {
-        "w_ih": _uniform(k[0], (3 * H, d), bound, dtype),
-        "w_hh": _uniform(k[1], (3 * H, H), bound, dtype),
-        "b_ih": _uniform(k[2], (3 * H,), bound, dtype),
-        "b_hh": _uniform(k[3], (3 * H,), bound, dtype),
+        "w_ih": uniform(k[0], (3 * H, d), bound, dtype),
+        "w_hh": uniform(k[1], (3 * H, H), bound, dtype),
+        "b_ih": uniform(k[2], (3 * H,), bound, dtype),
+        "b_hh": uniform(k[3], (3 * H,), bound, dtype),
     }
 
   def split_step(params, s_imp, s_exp, x):
@@ -352,7 +352,7 @@ def gru(hidden_size: int) -> Cell:
     return split_step(params, s, s, x)
 
   return Cell("gru", H, H, init, step, zeros_state(H), split_step, np.arange(H),
-              _weight_units(3, H), implicit_units=True)
+              weight_units(3, H), implicit_units=True)
 
 
 # ----------------------------------------------------------------------------- columnar LSTM
@@ -388,12 +388,12 @@ def columnar_lstm(hidden_size: int, connections: Optional[np.ndarray] = None) ->
     bound = 1.0 / np.sqrt(d)
     k = jax.random.split(key, 4)
     params = {
-        "w_ih": _uniform(k[0], (4 * H, d), bound, dtype),
-        "w_self": _uniform(k[1], (4 * H,), 1.0, dtype),
-        "b": _uniform(k[2], (4 * H,), bound, dtype),
+        "w_ih": uniform(k[0], (4 * H, d), bound, dtype),
+        "w_self": uniform(k[1], (4 * H,), 1.0, dtype),
+        "b": uniform(k[2], (4 * H,), bound, dtype),
     }
     if gate_mask is not None:
-      params["w_hh"] = _uniform(k[3], (4 * H, H), 1.0 / np.sqrt(H), dtype) * gate_mask
+      params["w_hh"] = uniform(k[3], (4 * H, H), 1.0 / np.sqrt(H), dtype) * gate_mask
     return params
 
   def preactivations(params, h_self, h_cross, x):
@@ -421,6 +421,6 @@ def columnar_lstm(hidden_size: int, connections: Optional[np.ndarray] = None) ->
 
   units = np.concatenate([np.arange(H), np.arange(H)])
   return Cell("columnar_lstm", H, 2 * H, init, step, zeros_state(2 * H), split_step, units,
-              _weight_units(4, H), jacobian="block" if mask is None else "dense",
+              weight_units(4, H), jacobian="block" if mask is None else "dense",
               implicit_units=True, lstm=parts)
 

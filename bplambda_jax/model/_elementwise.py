@@ -1,9 +1,9 @@
-"""Element-wise recurrent cells, and the library's cells by name (``CELLS``, ``get_cell``).
+"""Element-wise recurrent cells: the recurrent weights are vectors, not matrices.
 
-In an element-wise cell every unit's state depends only on its own previous state (recurrent
-weights are vectors, not matrices), so the state Jacobian J_t is diagonal or unit-block-diagonal.
-For these cells e-prop is exact RTRL (the implicit part D_t is all of J_t) at O(k·P) memory, and
-BP(λ)'s online trace keeps J_t's structure (:mod:`bplambda_jax.credit`'s structured traces):
+In an element-wise cell every unit's state depends only on its own previous state, so the state
+Jacobian J_t is diagonal or unit-block-diagonal. For these cells e-prop is exact RTRL (the implicit
+part D_t is all of J_t) at O(k·P) memory, and BP(λ)'s online trace keeps J_t's structure
+(:mod:`bplambda_jax.credit`'s structured traces):
 
 * :func:`lru`: a real-valued diagonal linear recurrent unit with an element-wise output
   non-linearity (``jacobian='block'``: a unit is (h_k, x_k)), or without one (``'diagonal'``);
@@ -18,11 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from bplambda_jax import _validation
-from bplambda_jax.model._cells import (_ACTIVATIONS, Cell, _uniform, _weight_units, check_size,
-                                       columnar_lstm, float_dtype, gru, linear_rnn, lstm,
-                                       tanh_rnn, zeros_state)
+from bplambda_jax.model._cells import (ACTIVATIONS, Cell, check_size, columnar_lstm, float_dtype,
+                                       uniform, weight_units, zeros_state)
 
-LRU_ACTIVATIONS = {**_ACTIVATIONS, "gelu": jax.nn.gelu}
+LRU_ACTIVATIONS = {**ACTIVATIONS, "gelu": jax.nn.gelu}
 
 
 def _check_radius(name, value):
@@ -72,7 +71,7 @@ def lru(hidden_size: int, activation: str = "gelu", *, r_min: float = 0.9,
     k1, k2, k3 = jax.random.split(key, 3)
     lam_sq = jax.random.uniform(k1, (H,), dtype, r_min ** 2, r_max ** 2)
     bound = 1.0 / np.sqrt(d)
-    return {"w_in": _uniform(k2, (H, d), bound, dtype), "b": _uniform(k3, (H,), bound, dtype),
+    return {"w_in": uniform(k2, (H, d), bound, dtype), "b": uniform(k3, (H,), bound, dtype),
             "nu": jnp.log(-0.5 * jnp.log(lam_sq))}  # exp(−exp(ν)) = √(λ²)
 
   def recur(params, x_tm1, u):
@@ -94,7 +93,7 @@ def lru(hidden_size: int, activation: str = "gelu", *, r_min: float = 0.9,
   n = H if linear else 2 * H
   units = np.arange(H) if linear else np.concatenate([np.arange(H), np.arange(H)])
   return Cell("linear_lru" if linear else "lru", H, n, init, step, zeros_state(n), split_step,
-              units, _weight_units(1, H), jacobian="diagonal" if linear else "block",
+              units, weight_units(1, H), jacobian="diagonal" if linear else "block",
               implicit_units=True)
 
 
@@ -114,26 +113,3 @@ def elementwise_lstm(hidden_size: int) -> Cell:
   flavour transition K_t = ∂c_t/∂c_{t−1} is diagonal.
   """
   return columnar_lstm(hidden_size)._replace(name="elementwise_lstm")
-
-
-CELLS = {
-    "linear": linear_rnn,
-    "tanh": tanh_rnn,
-    "lstm": lstm,
-    "gru": gru,
-    "columnar_lstm": columnar_lstm,
-    "elementwise_lstm": elementwise_lstm,
-    "lru": lru,
-    "linear_lru": linear_lru,
-}
-
-
-def get_cell(name: str, hidden_size: int) -> Cell:
-  """A library cell by name, with its default options: one of ``CELLS``.
-
-  'linear', 'tanh', 'lstm', 'gru', 'columnar_lstm' (no connections), 'elementwise_lstm', 'lru'
-  (φ = gelu) and 'linear_lru'.
-  """
-  if name not in CELLS:
-    raise ValueError(f"cell must be one of {sorted(CELLS)}, got {name!r}.")
-  return CELLS[name](hidden_size)

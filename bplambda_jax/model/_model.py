@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from bplambda_jax.model._cells import Cell, check_size, float_dtype
-from bplambda_jax.model._elementwise import get_cell
 from bplambda_jax.model._losses import Loss, get_loss, objective, step_weights
+from bplambda_jax.model._registry import get_cell
 
 Params = Any
 

@@ -20,9 +20,7 @@ from bplambda_jax.rules._registry import RuleSpec
 from bplambda_jax.rules._registry import make_rule
 from bplambda_jax.rules._registry import parse_rule_spec
 from bplambda_jax.rules._registry import rule_options
-from bplambda_jax.rules._registry import rules_with_option
 from bplambda_jax.rules._tbptt import ChunkState
-from bplambda_jax.rules._tbptt import chunk_grads
 from bplambda_jax.rules._tbptt import tbptt
 
 __all__ = [
@@ -37,7 +35,6 @@ __all__ = [
     "TDState",
     "bp_lambda",
     "bptt",
-    "chunk_grads",
     "columnar_rtrl",
     "dni",
     "eprop",
@@ -47,7 +44,6 @@ __all__ = [
     "parse_rule_spec",
     "rtrl",
     "rule_options",
-    "rules_with_option",
     "snap",
     "tbptt",
 ]

@@ -41,6 +41,8 @@ import jax.numpy as jnp
 
 from bplambda_jax import _validation
 from bplambda_jax import credit
+from bplambda_jax.credit import _reverse
+from bplambda_jax.credit._sensitivities import _protocol
 from bplambda_jax.model import Batch, Model, objective, step_weights, validate_batch
 from bplambda_jax.rules import _base as base
 from bplambda_jax.rules._signals import (hidden_signal, output_grads, pad_state, readout_grads,
@@ -149,7 +151,7 @@ def from_sensitivity(model: Model, sensitivity, *, mode: str = "online",
     z = jax.tree.map(lambda new, old: new.astype(old.dtype), z, state.sens)
     dy, loss = output_grads(model, params, s, y_t, mask_t)
     ell = pad_state(hidden_signal(params, dy), n)  # [B, n]
-    cell_sum = credit.batch_credit(sens, cp, z, state.s, x_t, ell)  # Σ_b ℓ_b·Z_b
+    cell_sum = _protocol.batch_credit(sens, cp, z, state.s, x_t, ell)  # Σ_b ℓ_b·Z_b
     grads = {"cell": jax.tree.map(lambda g, p: (g / B).astype(p.dtype), cell_sum, cp),
              "readout": readout_grads(dy, cell.hidden(s), 1.0 / B)}
     if "synth" in params:
@@ -176,7 +178,7 @@ def from_sensitivity(model: Model, sensitivity, *, mode: str = "online",
     states = jax.lax.scan(lambda s, x: (step_b(cp, s, x),) * 2, s0, batch.x)[1]  # [T, B, n]
     dy, loss = jax.vmap(lambda s, y, m: output_grads(model, params, s, y, m))(states, batch.y, w)
     ell = pad_state(hidden_signal(params, dy), n)  # [T, B, n]
-    cell_sum = credit.sequence_credit(sens, cell.step, cp, ell, states, batch.x, s0)
+    cell_sum = _reverse.sequence_credit(sens, cell.step, cp, ell, states, batch.x, s0)
     out = {"cell": jax.tree.map(lambda g: g / B, cell_sum),
            "readout": readout_grads(dy.reshape(-1, dy.shape[-1]),
                                     cell.hidden(states).reshape(-1, cell.hidden_size), 1.0 / B)}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple, Optional
 
+from bplambda_jax import _validation
 from bplambda_jax.model import Model, make_model
 from bplambda_jax.tasks import _copy_repeat as copy_repeat
 from bplambda_jax.tasks import _line_draw as line_draw
@@ -127,9 +128,8 @@ def get_task(name: str, *, max_n: Optional[int] = None, pattern_length: Optional
     raise ValueError(f"max_n applies only to task 'copy-repeat', got task {name!r}.")
   if name == "copy":
     pattern_length = DEFAULT_PATTERN_LENGTH if pattern_length is None else pattern_length
-    for arg, v in (("pattern_length", pattern_length), ("repeats", repeats)):
-      if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"task 'copy' needs {arg} as a positive integer, got {v!r}.")
+    pattern_length = _validation.integer("pattern_length", pattern_length, minimum=1)
+    repeats = _validation.integer("repeats", repeats, minimum=1)
     return Task("copy", seq_len=copy_repeat.seq_len(pattern_length, repeats),
                 input_size=copy_repeat.INPUT_SIZE, output_size=copy_repeat.OUTPUT_SIZE,
                 loss="bce", metrics=("loss", "bits", "accuracy"), score="bits", eval_split=None,
@@ -141,8 +141,7 @@ def get_task(name: str, *, max_n: Optional[int] = None, pattern_length: Optional
     return _mnist_task(name[len("seqmnist-"):])
   if name == "copy-repeat":
     max_n = DEFAULT_MAX_N if max_n is None else max_n
-    if isinstance(max_n, bool) or not isinstance(max_n, int) or max_n < 1:
-      raise ValueError(f"max_n must be a positive integer, got {max_n!r}.")
+    max_n = _validation.integer("max_n", max_n, minimum=1)
     return Task("copy-repeat", seq_len=copy_repeat.seq_len(max_n, max_n),
                 input_size=copy_repeat.INPUT_SIZE, output_size=copy_repeat.OUTPUT_SIZE,
                 loss="bce", metrics=("loss", "bits", "accuracy", "n", "r"), score="solved",

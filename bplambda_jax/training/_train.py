@@ -243,7 +243,7 @@ def sweep(rule: Rule, opt: optax.GradientTransformation, data_fn: Callable, keys
       turns a failure of any seed into a :class:`~bplambda_jax.training.GuardError` naming the
       seed (its index in ``keys``) and the update.
     seed_axis: 'vmap', 'loop' or 'auto' (default: a loop on CPU, a vmap on GPU/TPU; see
-      :func:`~bplambda_jax.training.resolve_seed_axis`). The numbers agree to rounding.
+      :func:`~bplambda_jax.internals.resolve_seed_axis`). The numbers agree to rounding.
 
   Returns:
     (final states, metrics [S, num_steps]), every leaf with a leading [S] axis.

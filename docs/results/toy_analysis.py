@@ -41,7 +41,7 @@ import numpy as np
 
 import bplambda_jax as bl
 from bplambda_jax import experiments, oracles, tasks, training
-from bplambda_jax.model import loss_and_states
+from bplambda_jax.internals import loss_and_states
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIGURES = os.path.join(os.path.dirname(HERE), "figures")

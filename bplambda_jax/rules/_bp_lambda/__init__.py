@@ -56,9 +56,11 @@ from bplambda_jax.rules._bp_lambda._online import (BIAS_NAMES, CHECKS, BPLambdaS
 from bplambda_jax.rules._bp_lambda._sequence import make_sequence
 from bplambda_jax.rules._bp_lambda._trace_forms import TDState, trace_form
 from bplambda_jax.rules._from_sensitivity import scan_steps
+from bplambda_jax.credit._synth_traces import _chunked
+from bplambda_jax.credit._synth_traces import _structured
 
 FLAVOURS = ("state", "eprop")
-TRACES = ("auto", "dense", "chunked") + credit.STRUCTURES
+TRACES = ("auto", "dense", "chunked") + _structured.STRUCTURES
 
 
 def bp_lambda(model: Model,
@@ -105,10 +107,10 @@ def bp_lambda(model: Model,
       * 'dense': E [B, d_out, *θ], E ← γλ·M·E + ∂ĝ/∂θ with M formed (the fused trace-step
         kernel): O(B·d_out³·d_in) per step.
       * 'chunked' (linear ĝ): chunks of L steps kept as link contexts
-        (:class:`~bplambda_jax.credit.ChunkedTrace`): O(B·L·d_out²) per step plus a fold.
+        (:class:`~bplambda_jax.internals.ChunkedTrace`): O(B·L·d_out²) per step plus a fold.
       * 'diagonal' (linear ĝ, M diagonal: the state flavour on a cell declaring
         ``jacobian='diagonal'``, or the e-prop flavour when K_t is diagonal,
-        :func:`~bplambda_jax.credit.eprop_transition`): E [B, d_out, d_in], O(B·d_out·d_in).
+        :func:`~bplambda_jax.internals.eprop_transition`): E [B, d_out, d_in], O(B·d_out·d_in).
       * 'block' (linear ĝ, M unit-block-diagonal: the state flavour on a cell declaring
         ``jacobian='block'``, over its units; a diagonal M counts): M's blocks only,
         O(B·k²·U·d_in) for U units of k components (:mod:`bplambda_jax.credit`).
@@ -117,7 +119,7 @@ def bp_lambda(model: Model,
       'auto') make the reverse recursion's link a product with M's diagonal or blocks instead of
       a vjp, and ``trace`` sets the form of the trace ``step`` carries. ValueError when the
       synthesiser or the cell lacks what the form needs.
-    trace_chunk: the chunked trace's chunk length: None (default ``credit.DEFAULT_CHUNK``) or an
+    trace_chunk: the chunked trace's chunk length: None (default ``bplambda_jax.internals.DEFAULT_CHUNK``) or an
       int L ≥ 1. Also a shorthand kept from before ``trace``: with trace='auto', L ≥ 1 selects
       trace='chunked' and 0 selects trace='dense'. Any other combination with trace_chunk set
       (e.g. trace='diagonal', or trace='chunked' with 0) is a ValueError.
@@ -183,11 +185,11 @@ def _configure(model: Model, synthesiser: Optional[Synthesiser], *, lambda_, gam
   trace_dtype = _trace_dtype(trace_dtype)
   hc_parts, link, d_in, d_out = _flavour_parts(cell, flavour, faithful)
   structure = None
-  if trace in ("auto",) + credit.STRUCTURES and synthesiser.linear:
-    structure = credit.trace_structure(cell, flavour, link, want=trace)
+  if trace in ("auto",) + _structured.STRUCTURES and synthesiser.linear:
+    structure = _structured.trace_structure(cell, flavour, link, want=trace)
   chunk = 0
   if structure is None and synthesiser.linear and trace in ("auto", "chunked"):
-    chunk = credit.DEFAULT_CHUNK if trace_chunk is None else trace_chunk
+    chunk = _chunked.DEFAULT_CHUNK if trace_chunk is None else trace_chunk
   form = trace_form(synthesiser, link, d_in, d_out, input_size=model.input_size,
                     structure=structure, chunk=chunk,
                     context_zeros=functools.partial(context_zeros, flavour, cell, model.input_size))
@@ -335,7 +337,7 @@ def _resolve_trace(trace, trace_chunk, synthesiser) -> str:
                        f"{'chunked' if trace_chunk else 'dense'} trace, but trace={trace!r}; "
                        f"pass trace_chunk only with trace='auto' or "
                        f"trace='{'chunked' if trace_chunk else 'dense'}'.")
-  if trace in ("chunked",) + credit.STRUCTURES and not synthesiser.linear:
+  if trace in ("chunked",) + _structured.STRUCTURES and not synthesiser.linear:
     what = f"trace_chunk={trace_chunk} (the chunked trace)" if trace_chunk else f"trace={trace!r}"
     raise ValueError(f"{what} needs a linear synthesiser; {synthesiser.name!r} uses the dense "
                      f"trace (trace='dense' or 'auto').")

@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from bplambda_jax import credit
+from bplambda_jax.credit._sensitivities import _protocol
+from bplambda_jax.credit._synth_traces import _structured
 from bplambda_jax.model import Model, Synthesiser
 from bplambda_jax.rules import _base as base
 from bplambda_jax.rules._bp_lambda._flavours import HC, Context, eprop_q
@@ -108,7 +110,7 @@ class Config(NamedTuple):
   clip: bool
   readout_scale: float
   bias_grad_scale: float
-  structure: Optional[credit.TraceStructure]
+  structure: Optional[_structured.TraceStructure]
   trace: TraceForm
   trace_dtype: Optional[np.dtype]
   defaults: Mapping[str, float]
@@ -226,10 +228,10 @@ def state_step(eng: Engine, params, state: BPLambdaState, x_t, y_t, mask_t, hp, 
   r = td_step(eng, hp, cp, theta, frozen, state.td, inp, synth_sgd)  # δ_t and E_t
   ls = v + hp["sg_scale"] * r.g  # the learning signal for s_t
   if cfg.hc:  # the network's credit
-    cell_sum = credit.sum_leading(
+    cell_sum = _protocol.sum_leading(
         jax.vmap(cfg.hc.credit, in_axes=(None, 0, 0, 0))(cp, s_tm1, x_t, ls))
   else:
-    cell_sum = credit.batch_credit(cfg.sens, cp, sens_t, s_tm1, x_t, ls)
+    cell_sum = _protocol.batch_credit(cfg.sens, cp, sens_t, s_tm1, x_t, ls)
   new = BPLambdaState(s, sens_t, r.td, None, state.t + 1)
   return _outputs(cfg, params, state, new, cell_sum, r.inc, dy, loss, mask_t, ls,
                   {"td_error_norm": r.delta_norm})
@@ -261,7 +263,7 @@ def eprop_step(eng: Engine, params, state: BPLambdaState, x_t, y_t, mask_t, hp, 
   r = td_step(eng, hp, cp, theta, frozen, state.td, inp, synth_sgd)  # δ_t and E_t
   q = jax.vmap(eprop_q(cell), in_axes=(None, 0, 0))(cp, ctx, r.g)  # ĝ·∂c_t/∂h_{t−1}
   ls = pad_state(lag.ell + hp["sg_scale"] * q, n)  # the learning signal for s_{t−1}
-  cell_sum = credit.batch_credit(cfg.sens, cp, state.sens, lag.s, lag.x, ls)  # its credit
+  cell_sum = _protocol.batch_credit(cfg.sens, cp, state.sens, lag.s, lag.x, ls)  # its credit
   cell_sum = jax.tree.map(lambda a: a * (1.0 - first), cell_sum)
   lag_t = EpropLag(s_tm1, x_t, hidden_signal(params, dy),
                    cell.lstm.output_derivative(o, s[:, cell.hidden_size:]))
@@ -293,7 +295,7 @@ def _eprop_final(eng: Engine, hp, params, new: BPLambdaState, r: TDResult, cell_
     inp = TDInputs(new.s, pi_f + (lag.d,), lag.ell * lag.d, zero, one)
     f = td_step(eng, hp, cp, theta, frozen, td, inp, synth_sgd)
     ell = pad_state(lag.ell, cfg.model.cell.state_size)
-    return _Final(f.td, f.inc, credit.batch_credit(cfg.sens, cp, new.sens, lag.s, lag.x, ell),
+    return _Final(f.td, f.inc, _protocol.batch_credit(cfg.sens, cp, new.sens, lag.s, lag.x, ell),
                   f.delta_norm)
 
   def no_flush(args):

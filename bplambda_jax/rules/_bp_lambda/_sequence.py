@@ -4,7 +4,7 @@ With θ fixed within the sequence, Σ_τ δ_τ·E_τ = Σ_k w_k·∂ĝ(z_k)/∂�
 
     w_{N−1} = 0,     w_k = δ_{k+1} + γλ·w_{k+1}·M_{k+1}
 
-(:func:`bplambda_jax.credit.reverse_recurrence`), so the whole update is one vjp of ĝ over every
+(:func:`bplambda_jax.internals.reverse_recurrence`), so the whole update is one vjp of ĝ over every
 (k, b) and the recursion needs only the flavour's link: the same numbers as the online mode at
 about the cost of one BPTT pass. With a structured trace (M diagonal or unit-blocked) M's blocks
 are prepared for every (k, b) in parallel and the link is a product with them, not a vjp. The
@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from bplambda_jax import credit
+from bplambda_jax.credit import _reverse
+from bplambda_jax.credit._synth_traces import _structured
 from bplambda_jax.model import objective
 from bplambda_jax.rules import _base as base
 from bplambda_jax.rules._bp_lambda._flavours import eprop_q
@@ -62,7 +64,7 @@ def make_sequence(cfg: Config):
     states = jax.lax.scan(lambda s, x: (step_b(cp, s, x),) * 2, s0, batch.x)[1]  # [T, B, n]
     dy, loss = jax.vmap(functools.partial(output_grads, model, params, faithful=cfg.faithful))(
         states, batch.y, weights)
-    fwd = _Forward(s0, states, credit.previous_states(states, s0), hidden_signal(params, dy))
+    fwd = _Forward(s0, states, _reverse.previous_states(states, s0), hidden_signal(params, dy))
     inp, v = td_inputs(cfg, cp, fwd, batch.x)  # the TD steps' inputs, [N, B, ...]
     p, qg, delta, synth_grad = _synthesiser(cfg, hp, cp, params["synth"], inp)
     if v is not None:  # the learning signal for s_t
@@ -74,7 +76,7 @@ def make_sequence(cfg: Config):
                           cp)
       cell_sum = hc_vjp(ls)[0]
     else:
-      cell_sum = credit.sequence_credit(cfg.sens, cell.step, cp, ls, states, batch.x, s0)
+      cell_sum = _reverse.sequence_credit(cfg.sens, cell.step, cp, ls, states, batch.x, s0)
     flat = lambda a: a.reshape((-1,) + a.shape[2:])
     grads = {
         "cell": network_grads(cfg, cell_sum, B),
@@ -125,7 +127,7 @@ def _synthesiser(cfg: Config, hp, cp, synth, inp: TDInputs):
   dtype, B = inp.final.dtype, inp.u.shape[1]
   if cfg.structure is not None:  # M_τ's blocks for every (τ, b), [N, B, k, k, U]
     layout = cfg.structure.layout
-    blocks = lambda c: credit.unit_blocks(functools.partial(cfg.link, cp, c), layout, cfg.d_out,
+    blocks = lambda c: _structured.unit_blocks(functools.partial(cfg.link, cp, c), layout, cfg.d_out,
                                           dtype)
     ctx_m = _tb(blocks)(inp.ctx)
     link_m = functools.partial(_apply_blocks, layout=layout)
@@ -146,9 +148,9 @@ def _synthesiser(cfg: Config, hp, cp, synth, inp: TDInputs):
   # batch (time-major operands, no transposes).
   x_k = jnp.concatenate([delta[1:], jnp.zeros_like(delta[:1])])
   ctx_next = jax.tree.map(lambda a: a[1:], ctx_m)
-  w_all = credit.reverse_recurrence(x_k, jax.vmap(link_m), ctx_next, gamma * lam)
+  w_all = _reverse.reverse_recurrence(x_k, jax.vmap(link_m), ctx_next, gamma * lam)
   return p, qg, delta, jax.tree.map(lambda g: -g / B, synth_vjp(w_all)[0])
 
 
 def _apply_blocks(blocks, v, *, layout):
-  return credit.apply_blocks(blocks, v, layout)
+  return _structured.apply_blocks(blocks, v, layout)

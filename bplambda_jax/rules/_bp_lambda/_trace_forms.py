@@ -13,7 +13,7 @@ structure:
 form          ``TDState.m`` (M_{τ−1})           ``TDState.trace`` (E_{τ−1})               for
 ============  ===============================  ========================================  =====
 structured    M's blocks, [B, k, k, U]          the stored block pairs, [B, S, U, P]      (a)
-chunked       the flavour's link context of     :class:`~bplambda_jax.credit.ChunkedTrace` (b)
+chunked       the flavour's link context of     :class:`~bplambda_jax.internals.ChunkedTrace` (b)
               M (a tuple of [B, ...] arrays)
 dense_linear  M, [B, d_out, d_out]              {'w': [B, d_out, d_out, d_in],            (c)
                                                 'b': [B, d_out, d_out]}
@@ -22,7 +22,7 @@ dense         M, [B, d_out, d_out]              θ's tree, leaves [B, d_out, *θ
 
 (a) a linear ĝ = W z + β when the flavour's M is diagonal (k = 1, S = 1, U = d_out:
 e[o, j] = E[o, o, j]) or unit-block-diagonal over U units of k components; P = d_in + 1 with β,
-padded to whole kernel tiles on GPU/TPU (:func:`bplambda_jax.credit.structured_step`).
+padded to whole kernel tiles on GPU/TPU (:func:`bplambda_jax.internals.structured_trace_step`).
 (b) a linear ĝ otherwise: chunks of L steps kept as link contexts, folded into a dense E⁰.
 (c) a linear ĝ with ``trace='dense'``: M formed, ∂ĝ/∂θ never formed (the fused trace-step kernel).
 (d) a non-linear ĝ: ∂ĝ/∂θ by ``jacrev``, M formed.
@@ -40,7 +40,9 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from bplambda_jax import credit
+from bplambda_jax.credit._synth_traces import _chunked
+from bplambda_jax.credit._synth_traces import _dense
+from bplambda_jax.credit._synth_traces import _structured
 from bplambda_jax.model import Synthesiser
 from bplambda_jax.rules._bp_lambda._flavours import Context, transition
 
@@ -58,7 +60,7 @@ class TDState(NamedTuple, Generic[M, E]):
     diagonal M: [B, 1, d_out, P] with e[o, j] = E[o, o, j]; P = d_in + 1 with β, padded to
     whole kernel tiles on GPU/TPU).
   * chunked: m = the flavour's link context of M, a tuple of [B, ...] arrays; trace = a
-    :class:`~bplambda_jax.credit.ChunkedTrace`.
+    :class:`~bplambda_jax.internals.ChunkedTrace`.
   * dense: m = M, [B, d_out, d_out]; trace = θ's tree with leaves [B, d_out, *θ_leaf] (for the
     linear ĝ {'w': [B, d_out, d_out, d_in], 'b': [B, d_out, d_out]}).
 
@@ -76,7 +78,7 @@ class TDState(NamedTuple, Generic[M, E]):
 
 
 StructuredTD = TDState[jax.Array, jax.Array]  # m: blocks [B, k, k, U]; trace: [B, S, U, P]
-ChunkedTD = TDState[Context, credit.ChunkedTrace]  # m: M's link context; trace: a ChunkedTrace
+ChunkedTD = TDState[Context, _chunked.ChunkedTrace]  # m: M's link context; trace: a ChunkedTrace
 DenseTD = TDState[jax.Array, chex.ArrayTree]  # m: [B, d_out, d_out]; trace: θ's tree
 
 
@@ -110,7 +112,7 @@ def synth_apply(synthesiser: Synthesiser, theta, frozen, z):
 
 
 def trace_form(synthesiser: Synthesiser, link: Callable, d_in: int, d_out: int, *,
-               input_size: int, structure: Optional[credit.TraceStructure], chunk: int,
+               input_size: int, structure: Optional[_structured.TraceStructure], chunk: int,
                context_zeros: Callable) -> TraceForm:
   """The form of the trace: structured when ``structure`` is given, chunked when ``chunk`` ≥ 1,
   otherwise dense (linear or tree, by the synthesiser).
@@ -125,10 +127,10 @@ def trace_form(synthesiser: Synthesiser, link: Callable, d_in: int, d_out: int, 
     context_zeros: ``context_zeros(B, dtype)``, a zero link context for a batch.
   """
   if structure is not None:
-    return _structured(structure, link, d_in, d_out, input_size)
+    return _structured_form(structure, link, d_in, d_out, input_size)
   if chunk:
-    return _chunked(link, d_in, d_out, chunk, context_zeros)
-  return _dense(synthesiser, link, d_out)
+    return _chunked_form(link, d_in, d_out, chunk, context_zeros)
+  return _dense_form(synthesiser, link, d_out)
 
 
 def _linear_inputs(z, keep, bias: bool):
@@ -149,10 +151,11 @@ def _split_columns(inc_wb, d_in: int, bias: bool) -> dict:
 
 
 def _unit_blocks(link, cp, ctx, *, layout, d_out, dtype):
-  return credit.unit_blocks(functools.partial(link, cp, ctx), layout, d_out, dtype)
+  return _structured.unit_blocks(functools.partial(link, cp, ctx), layout, d_out, dtype)
 
 
-def _structured(structure: credit.TraceStructure, link, d_in, d_out, input_size) -> TraceForm:
+def _structured_form(structure: _structured.TraceStructure, link, d_in, d_out,
+                     input_size) -> TraceForm:
   layout = structure.layout
 
   def pattern(cp, dtype):
@@ -162,7 +165,7 @@ def _structured(structure: credit.TraceStructure, link, d_in, d_out, input_size)
     del steps
     pat = pattern(cp, dtype)
     m0 = jnp.zeros((B, pat.k, pat.k, layout.units), dtype)
-    return m0, credit.structured_init(B, pat, layout.units, d_in + ("b" in theta), trace_dtype)
+    return m0, _structured.structured_trace_init(B, pat, layout.units, d_in + ("b" in theta), trace_dtype)
 
   def next_m(cp, ctx, dtype):  # M_τ's blocks from k links per example, [B, k, k, U]
     blocks = functools.partial(_unit_blocks, link, cp, layout=layout, d_out=d_out, dtype=dtype)
@@ -170,25 +173,25 @@ def _structured(structure: credit.TraceStructure, link, d_in, d_out, input_size)
 
   def apply_m(cp, ctx, m, v):  # p·M_τ without a vjp
     del cp, ctx
-    return credit.apply_blocks(m, v, layout)
+    return _structured.apply_blocks(m, v, layout)
 
   def step(cp, theta, frozen, td: StructuredTD, delta, c, keep):
     del frozen
     a = _linear_inputs(td.z, keep, "b" in theta)
-    trace, inc_wb = credit.structured_step(td.trace, td.m, a, delta, c, pattern(cp, td.z.dtype),
+    trace, inc_wb = _structured.structured_trace_step(td.trace, td.m, a, delta, c, pattern(cp, td.z.dtype),
                                            layout)
     return trace, _split_columns(inc_wb, d_in, "b" in theta)
 
   return TraceForm("structured", init, next_m, apply_m, step)
 
 
-def _chunked(link, d_in, d_out, chunk, context_zeros) -> TraceForm:
+def _chunked_form(link, d_in, d_out, chunk, context_zeros) -> TraceForm:
   link_b = jax.vmap(link, in_axes=(None, 0, 0))
 
   def init(cp, theta, B, dtype, trace_dtype, steps):
     del cp
     m0 = context_zeros(B, dtype)
-    return m0, credit.chunked_init(m0, d_out, d_in, bias="b" in theta, chunk=chunk, steps=steps,
+    return m0, _chunked.chunked_init(m0, d_out, d_in, bias="b" in theta, chunk=chunk, steps=steps,
                                    dtype=trace_dtype)
 
   def next_m(cp, ctx, dtype):  # the chunked trace keeps contexts, not matrices
@@ -202,14 +205,14 @@ def _chunked(link, d_in, d_out, chunk, context_zeros) -> TraceForm:
   def step(cp, theta, frozen, td: ChunkedTD, delta, c, keep):
     del frozen
     a = _linear_inputs(td.z, keep, "b" in theta)
-    trace, inc_wb = credit.chunked_step(td.trace, td.m, a, delta, c,
+    trace, inc_wb = _chunked.chunked_step(td.trace, td.m, a, delta, c,
                                         functools.partial(link_b, cp))
     return trace, _split_columns(inc_wb, d_in, "b" in theta)
 
   return TraceForm("chunked", init, next_m, apply_m, step)
 
 
-def _dense(synthesiser: Synthesiser, link, d_out) -> TraceForm:
+def _dense_form(synthesiser: Synthesiser, link, d_out) -> TraceForm:
   link_b = jax.vmap(link, in_axes=(None, 0, 0))
   jac_b = jax.vmap(jax.jacrev(functools.partial(synth_apply, synthesiser), argnums=0),
                    in_axes=(None, None, 0))
@@ -228,12 +231,12 @@ def _dense(synthesiser: Synthesiser, link, d_out) -> TraceForm:
 
   def linear_step(cp, theta, frozen, td: DenseTD, delta, c, keep):
     del cp, theta, frozen
-    return credit.linear_trace_step(td.trace, td.m, td.z, delta, c, g_scale=keep)
+    return _dense.linear_trace_step(td.trace, td.m, td.z, delta, c, g_scale=keep)
 
   def tree_step(cp, theta, frozen, td: DenseTD, delta, c, keep):
     del cp
     dgdth = jac_b(theta, frozen, td.z)
-    return credit.trace_step_tree(td.trace, td.m, jax.tree.map(lambda g: g * keep, dgdth), delta,
+    return _dense.trace_step_tree(td.trace, td.m, jax.tree.map(lambda g: g * keep, dgdth), delta,
                                   c)
 
   if synthesiser.linear:

@@ -13,13 +13,14 @@ import jax
 import jax.numpy as jnp
 
 from bplambda_jax import kernels
+from bplambda_jax.kernels import _trace_step
 
 Array = jax.Array
 
 
 def trace_step_tree(trace: Any, M: Array, G: Any, delta: Array, c: Any, *,
                     impl: Optional[str] = None, backend: Optional[str] = None,
-                    block_p: int = kernels.DEFAULT_BLOCK_P) -> tuple[Any, Any]:
+                    block_p: int = _trace_step.DEFAULT_BLOCK_P) -> tuple[Any, Any]:
   """:func:`trace_step` on every leaf of a trace pytree (the layout ``td_step`` carries).
 
   Args:
@@ -56,7 +57,7 @@ def trace_step_tree(trace: Any, M: Array, G: Any, delta: Array, c: Any, *,
 def linear_trace_step(trace: dict, M: Array, z: Array, delta: Array, c: Any, *,
                       g_scale: Any = 1.0, impl: Optional[str] = None,
                       backend: Optional[str] = None,
-                      block_p: int = kernels.DEFAULT_BLOCK_P) -> tuple[dict, dict]:
+                      block_p: int = _trace_step.DEFAULT_BLOCK_P) -> tuple[dict, dict]:
   """The trace step of :func:`bplambda_jax.linear_synthesiser`'s 'train' subtree, without G.
 
   ĝ(z) = W z + β gives ∂ĝ_o/∂W_ij = 1[o = i]·z_j and ∂ĝ_o/∂β_i = 1[o = i]; both are applied with

@@ -9,15 +9,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from bplambda_jax import _validation
-from bplambda_jax.credit._jacobians import (explicit_jacobian, immediate_credit,
-                                            immediate_jacobian, implicit_jacobian, implicit_vjp,
-                                            require_split, state_jacobian, state_vjp)
-from bplambda_jax.credit._protocol import Reverse, Sensitivity, step_context
-from bplambda_jax.credit._structure import (UnitLayout, _cached, _nonzeros_over_probes,
-                                            _unit_blocks_dense, _unit_blocks_jvp,
-                                            _unit_jacobians_at, resolve_compressed, snap_pattern,
-                                            unit_layout)
-from bplambda_jax.credit._traces import compressed_trace, dense_trace
+from bplambda_jax.credit._cell_structure import (UnitLayout, cached_by_shape, nonzeros_over_probes,
+                                                 unit_blocks_dense, unit_blocks_jvp,
+                                                 unit_jacobians_at, resolve_compressed,
+                                                 snap_pattern, unit_layout)
+from bplambda_jax.credit._sensitivities._influence import compressed_trace, dense_trace
+from bplambda_jax.credit._sensitivities._jacobians import (explicit_jacobian, immediate_credit,
+                                                           immediate_jacobian, implicit_jacobian,
+                                                           implicit_vjp, require_split,
+                                                           state_jacobian, state_vjp)
+from bplambda_jax.credit._sensitivities._protocol import Reverse, Sensitivity, step_context
 from bplambda_jax.model import Cell
 
 
@@ -38,7 +39,7 @@ def _implicit_blocks(cell: Cell, layout: UnitLayout) -> Callable:
   """The unit blocks [U, k, k] of D_t, from k jvps of split_step (D_t is unit-block-diagonal)."""
 
   def blocks(params, s_tm1, x_t):
-    return _unit_blocks_jvp(lambda si: cell.split_step(params, si, s_tm1, x_t), s_tm1, layout)
+    return unit_blocks_jvp(lambda si: cell.split_step(params, si, s_tm1, x_t), s_tm1, layout)
 
   return blocks
 
@@ -51,8 +52,8 @@ def _state_blocks(cell: Cell, layout: UnitLayout) -> Callable:
 
   def blocks(params, s_tm1, x_t):
     if cell.jacobian in ("block", "diagonal"):
-      return _unit_blocks_jvp(lambda s: cell.step(params, s, x_t), s_tm1, layout)
-    return _unit_blocks_dense(state_jacobian(cell, params, s_tm1, x_t), layout)
+      return unit_blocks_jvp(lambda s: cell.step(params, s, x_t), s_tm1, layout)
+    return unit_blocks_dense(state_jacobian(cell, params, s_tm1, x_t), layout)
 
   return blocks
 
@@ -129,7 +130,7 @@ def snap(cell: Cell, n: int = 1, compressed: Optional[bool] = None) -> Sensitivi
                      f"n={n}. Use compressed=None or False.")
   use_compressed = n == 1 and resolve_compressed(cell, compressed, name)
   if not use_compressed:
-    pattern = _cached(lambda params, x_t: snap_pattern(cell, params, x_t, n))
+    pattern = cached_by_shape(lambda params, x_t: snap_pattern(cell, params, x_t, n))
     return dense_trace(cell, name, lambda p, s, x: state_jacobian(cell, p, s, x), None,
                        mask=pattern)
 
@@ -137,12 +138,12 @@ def snap(cell: Cell, n: int = 1, compressed: Optional[bool] = None) -> Sensitivi
 
   def pattern(params, x_t):  # the one-step pattern nz(Ī) in compressed form, [k, *P]
     basis = layout.basis(cell.state_size, jnp.result_type(x_t.dtype, float))
-    return _nonzeros_over_probes(
-        lambda p, s, x: _unit_jacobians_at(cell.step, p, s, x, basis)[1], params,
+    return nonzeros_over_probes(
+        lambda p, s, x: unit_jacobians_at(cell.step, p, s, x, basis)[1], params,
         cell.state_size, x_t)
 
   return compressed_trace(cell, name, _state_blocks(cell, layout), what=name,
-                          mask=_cached(pattern))
+                          mask=cached_by_shape(pattern))
 
 
 def columnar_rtrl(cell: Cell, compressed: Optional[bool] = None) -> Sensitivity:

@@ -36,8 +36,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from bplambda_jax import kernels
-from bplambda_jax.credit._structure import (UnitLayout, _cached, _run_probes, eprop_transition,
-                                            unit_layout)
+from bplambda_jax.credit._cell_structure import (UnitLayout, cached_by_shape, run_probes,
+                                                 eprop_transition, unit_layout)
+from bplambda_jax.kernels import _platform
+from bplambda_jax.kernels import _structured_step
 from bplambda_jax.model import Cell
 
 STRUCTURES = ("diagonal", "block")
@@ -50,7 +52,7 @@ class TraceStructure(NamedTuple):
 
   Attributes:
     kind: 'diagonal' (k = 1) or 'block'.
-    layout: the units of ĝ's output space (:class:`~bplambda_jax.credit.UnitLayout` [U, k]).
+    layout: the units of ĝ's output space (:class:`~bplambda_jax.internals.UnitLayout` [U, k]).
     pattern: ``pattern(params, x_t) -> BlockPattern`` of M's blocks (only shapes of the cell's
       parameters and of an input x_t [D_in] are used; cached by shape).
   """
@@ -71,7 +73,7 @@ def trace_structure(cell: Cell, flavour: str, link: Callable, *,
   * ``'state'`` (M = J_t, or the faithful J^{hc}, in state space [n]): 'diagonal' when the cell
     declares ``jacobian='diagonal'``; 'block' over the cell's units (``unit_of_state``) when it
     declares ``jacobian='block'`` (or 'diagonal' with units, if ``want='block'``).
-  * ``'eprop'`` (M = K_t in [H]): 'diagonal' when :func:`~bplambda_jax.credit.eprop_transition`
+  * ``'eprop'`` (M = K_t in [H]): 'diagonal' when :func:`~bplambda_jax.internals.eprop_transition`
     derives it from the cell's declarations.
 
   Args:
@@ -113,10 +115,10 @@ def trace_structure(cell: Cell, flavour: str, link: Callable, *,
       del r, v
       return jnp.any(unit_blocks(lambda w: link(p, (s, x), w), layout, d, s.dtype) != 0, -1)
 
-    nz = np.any(_run_probes(nonzero, params, cell.state_size, x_t), axis=0)  # [k, k]
+    nz = np.any(run_probes(nonzero, params, cell.state_size, x_t), axis=0)  # [k, k]
     return kernels.block_pattern(nz.tolist())
 
-  return TraceStructure("block", layout, _cached(pattern))
+  return TraceStructure("block", layout, cached_by_shape(pattern))
 
 
 # ----------------------------------------------------------------------------- components
@@ -168,7 +170,7 @@ def apply_blocks(blocks: Array, v: Array, layout: UnitLayout) -> Array:
 
 
 # ----------------------------------------------------------------------------- the trace
-def structured_init(batch_size: int, pattern: kernels.BlockPattern, units: int, n_cols: int,
+def structured_trace_init(batch_size: int, pattern: kernels.BlockPattern, units: int, n_cols: int,
                     dtype, *, impl: Optional[str] = None) -> Array:
   """An empty structured trace, [B, S, U, P] (S stored pairs; P = n_cols, padded to whole
   kernel tiles when the Pallas kernel will run, so the step never copies the trace to pad it).
@@ -181,18 +183,18 @@ def structured_init(batch_size: int, pattern: kernels.BlockPattern, units: int, 
     dtype: the trace's float dtype.
     impl: the kernel implementation the steps will use; None: the automatic choice.
   """
-  impl = impl or kernels.select_impl(None, dtype)
-  P = kernels.padded_columns(n_cols, impl)
+  impl = impl or _platform.select_impl(None, dtype)
+  P = _structured_step.padded_columns(n_cols, impl)
   return jnp.zeros((batch_size, len(pattern.stored), units, P), dtype)
 
 
-def structured_step(trace: Array, blocks: Array, a: Array, delta: Array, c: Any,
+def structured_trace_step(trace: Array, blocks: Array, a: Array, delta: Array, c: Any,
                     pattern: kernels.BlockPattern, layout: UnitLayout,
                     *, impl: Optional[str] = None) -> tuple[Array, Array]:
   """One TD step E ← c·M·E + D(a), inc = (1/B)·Σ_b δ_b·E_b on the structured trace.
 
   Args:
-    trace: [B, S, U, P] (:func:`structured_init`; P ≥ n').
+    trace: [B, S, U, P] (:func:`structured_trace_init`; P ≥ n').
     blocks: M_{τ−1}'s blocks, [B, k, k, U].
     a: the new inputs [z_{τ−1}; 1], [B, n'].
     delta: TD errors δ_τ, [B, d].

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from bplambda_jax._spec import parse_spec
-from bplambda_jax.credit._family import columnar_rtrl, eprop, eprop_m, immediate, rtrl, snap
-from bplambda_jax.credit._protocol import Sensitivity
+from bplambda_jax.credit._sensitivities._family import (columnar_rtrl, eprop, eprop_m, immediate,
+                                                        rtrl, snap)
+from bplambda_jax.credit._sensitivities._protocol import Sensitivity
 from bplambda_jax.model import Cell
 
 PLAIN = {"immediate": immediate, "eprop": eprop, "rtrl": rtrl, "columnar_rtrl": columnar_rtrl}

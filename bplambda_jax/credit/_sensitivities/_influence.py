@@ -7,10 +7,10 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from bplambda_jax.credit._jacobians import contract, immediate_jacobian
-from bplambda_jax.credit._protocol import Reverse, Sensitivity, sum_leading
-from bplambda_jax.credit._structure import (_cached, _compressed_ibar, _spread_of,
-                                            param_unit_arrays, unit_layout)
+from bplambda_jax.credit._cell_structure import (cached_by_shape, compressed_ibar, spread_of,
+                                                 param_unit_arrays, unit_layout)
+from bplambda_jax.credit._sensitivities._jacobians import contract, immediate_jacobian
+from bplambda_jax.credit._sensitivities._protocol import Reverse, Sensitivity, sum_leading
 from bplambda_jax.model import Cell
 
 Params = Any
@@ -78,11 +78,11 @@ def compressed_trace(cell: Cell, name: str,
   layout = unit_layout(cell, what)
   k, num_units = layout.width, layout.units
 
-  def spreads_of(params, x_t):  # one _Spread per leaf of params, in leaf order
+  def spreads_of(params, x_t):  # one Spread per leaf of params, in leaf order
     pu = param_unit_arrays(cell, params, layout, what)
-    return [_spread_of(ul, num_units) for ul in jax.tree.leaves(pu)]
+    return [spread_of(ul, num_units) for ul in jax.tree.leaves(pu)]
 
-  spreads_of = _cached(spreads_of)
+  spreads_of = cached_by_shape(spreads_of)
 
   def init(params):
     param_unit_arrays(cell, params, layout, what)
@@ -90,7 +90,7 @@ def compressed_trace(cell: Cell, name: str,
 
   def update(params, z, s_tm1, x_t):
     bt = jnp.moveaxis(blocks(params, s_tm1, x_t), 0, -1)  # [U, k, k] -> [k, k, U]
-    ibar = _compressed_ibar(cell, params, s_tm1, x_t, layout.basis(s_tm1.shape[0], s_tm1.dtype))
+    ibar = compressed_ibar(cell, params, s_tm1, x_t, layout.basis(s_tm1.shape[0], s_tm1.dtype))
 
     def leaf(zl, il, sp):  # zl, il [k, *P]: new[a] = Σ_b A[(u, a), (u, b)]·zl[b] + il[a]
       zv = sp.view(zl)

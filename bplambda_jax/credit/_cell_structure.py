@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bplambda_jax.credit._jacobians import immediate_credit
+from bplambda_jax.credit._sensitivities._jacobians import immediate_credit
 from bplambda_jax.model import Cell
 
 _PROBES = 3
@@ -25,7 +25,7 @@ def _shape_key(*trees):
   return treedef, tuple((tuple(l.shape), jnp.dtype(l.dtype).name) for l in leaves)
 
 
-def _cached(fn):
+def cached_by_shape(fn):
   """Memoise ``fn(params, x_t)`` on the shapes and dtypes of its arguments (values unused)."""
   cache = {}
 
@@ -52,7 +52,7 @@ def _probe_points(params, n, x_t, count=_PROBES):
       (n,), dtype)
 
 
-def _run_probes(fn, params, n, x_t):
+def run_probes(fn, params, n, x_t):
   """``fn(p, s, x, r, v)`` at every probe point, as numpy arrays with a leading probe axis.
 
   Evaluated eagerly (``ensure_compile_time_eval``) in one jitted, vmapped call, so it may run
@@ -71,13 +71,13 @@ def _jacobians_at(step, p, s, x):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _unit_jacobians_at(step, p, s, x, basis):
+def unit_jacobians_at(step, p, s, x, basis):
   """J [n, n] and the compressed Ī (pytree of [k, *P], k vjps) of ``step`` at one point."""
   _, vjp = jax.vjp(lambda q: step(q, s, x), p)
   return jax.jacfwd(step, argnums=1)(p, s, x), jax.vmap(lambda e: vjp(e)[0])(basis)
 
 
-def _nonzeros_over_probes(fn, params, n, x_t):
+def nonzeros_over_probes(fn, params, n, x_t):
   """Non-zero patterns of ``fn(p, s, x)`` (a pytree), OR-ed over the random probe points."""
   p_all, s_all, x_all, _, _ = _probe_points(params, n, x_t)
   out = None
@@ -91,7 +91,7 @@ def _nonzeros_over_probes(fn, params, n, x_t):
 
 def _dense_structure(cell: Cell, params, x_t):
   """Structural non-zeros of J [n, n] and Ī (pytree of [n, *P]), OR-ed over random probes."""
-  return _nonzeros_over_probes(lambda p, s, x: _jacobians_at(cell.step, p, s, x), params,
+  return nonzeros_over_probes(lambda p, s, x: _jacobians_at(cell.step, p, s, x), params,
                                cell.state_size, x_t)
 
 
@@ -217,7 +217,7 @@ def param_unit_arrays(cell: Cell, params, layout: UnitLayout, what: str):
   return jax.tree.unflatten(treedef, out)
 
 
-def _unit_blocks_jvp(fn, s_tm1, layout: UnitLayout):
+def unit_blocks_jvp(fn, s_tm1, layout: UnitLayout):
   """The k×k diagonal blocks [U, k, k] of ∂fn/∂s, exact when that Jacobian is unit-block-diagonal.
 
   Column c of every block comes from one jvp whose tangent is 1 at component c of every unit.
@@ -227,19 +227,19 @@ def _unit_blocks_jvp(fn, s_tm1, layout: UnitLayout):
   return jnp.transpose(layout.gather(cols), (1, 2, 0))  # [c, U, a] -> [U, a, c]
 
 
-def _unit_blocks_dense(jac, layout: UnitLayout):
+def unit_blocks_dense(jac, layout: UnitLayout):
   """The k×k diagonal blocks [U, k, k] of a dense Jacobian [n, n]."""
   idx = layout.index
   return jac[idx[:, :, None], idx[:, None, :]]
 
 
-def _compressed_ibar(cell, params, s_tm1, x_t, basis):
+def compressed_ibar(cell, params, s_tm1, x_t, basis):
   """Compressed Ī_t: leaves [k, *P], row c = ∂s_(u(p), c)/∂p, by k vjps of the step."""
   _, vjp = jax.vjp(lambda p: cell.step(p, s_tm1, x_t), params)
   return jax.vmap(lambda e: vjp(e)[0])(basis)
 
 
-class _Spread(NamedTuple):
+class Spread(NamedTuple):
   """How a per-unit table reaches the entries of one parameter leaf (static, numpy).
 
   Attributes:
@@ -265,7 +265,7 @@ class _Spread(NamedTuple):
     return t.reshape(t.shape[:-1] + (1,) * self.axis + (t.shape[-1],) + (1,) * ones)
 
 
-def _spread_of(pu: np.ndarray, num_units: int) -> _Spread:
+def spread_of(pu: np.ndarray, num_units: int) -> Spread:
   """Find a view of pu's shape where pu is arange(U) broadcast along one axis (no gathers).
 
   Splits one axis of size m = q·U into (q, U) and checks pu against the broadcast arange; the
@@ -279,8 +279,8 @@ def _spread_of(pu: np.ndarray, num_units: int) -> _Spread:
     axis = ax + 1
     ar = np.arange(num_units).reshape((1,) * axis + (num_units,) + (1,) * (len(shape) - axis - 1))
     if np.array_equal(pu.reshape(shape), np.broadcast_to(ar, shape)):
-      return _Spread(pu, shape, axis)
-  return _Spread(pu, pu.shape, None)
+      return Spread(pu, shape, axis)
+  return Spread(pu, pu.shape, None)
 
 
 def _gather_ls(ls_t, layout, pu):
@@ -378,7 +378,7 @@ def check_structure(cell: Cell, params, x_t) -> None:
       out["imp"] = jax.jacfwd(cell.split_step, argnums=1)(p, s, s, x)
     if layout is not None:
       pu = param_unit_arrays(cell, p, layout, "unit-local")
-      comp = _compressed_ibar(cell, p, s, x, layout.basis(n, s.dtype))  # [k, *P]
+      comp = compressed_ibar(cell, p, s, x, layout.basis(n, s.dtype))  # [k, *P]
       out["full"] = immediate_credit(cell, p, s, x, r)
       out["via_units"] = jax.tree.map(
           lambda zl, ul: jnp.sum(_gather_ls(r, layout, ul) * zl, axis=0), comp, pu)
@@ -393,7 +393,7 @@ def check_structure(cell: Cell, params, x_t) -> None:
         out["c_h"] = jax.vmap(lambda e: cell.lstm.c_vjp(p, pi * e))(jnp.eye(H, dtype=s.dtype))
     return out
 
-  probes = _run_probes(fn, params, n, x_t)
+  probes = run_probes(fn, params, n, x_t)
   if cell.split_step is not None and not _close(probes["step"], probes["split"]):
     raise ValueError(f"cell {cell.name!r}: split_step(p, s, s, x) differs from step(p, s, x).")
   if layout is not None and not _close(probes["full"], probes["via_units"]):
