@@ -17,12 +17,17 @@ config, the data source, provenance, the per-rule summary copied from the run's
 same file (``{"ref": "runs/<run>/rules/<label>/eval/alignment", "fmt": "pm", "digits": 3}``);
 ``--report`` renders every table into ``docs/reproduction.md`` between
 ``<!-- table FILE#ID -->`` and ``<!-- /table -->``, and ``tests/test_reproduction.py`` checks that
-the rendered numbers equal the JSON (README.md's tables too: the toy table and the speed table).
+the rendered numbers equal the JSON (README.md's tables too: the toy table, the table of the rules
+and the speed table). A single number inside prose is rendered the same way between
+``<!-- value FILE#PATH FMT[:DIGITS] -->`` and ``<!-- /value -->`` (``VALUE``); the ratios README
+quotes from the benchmark are derived into cost.json's ``derived`` (``speed_claims``).
 A planned run not found in ``--runs`` keeps its committed record; one never run is listed in
 its section's ``commands`` table as not run. ``--run NAME ...`` first runs planned commands and
 keeps their timing records. Every run whose commit's ``bplambda_jax/`` differs from HEAD's
 (``CODE_PATHS``), or which ran with uncommitted changes there, is marked **stale** in its
 commands table; after a change to the library, ``collect.py --report`` re-marks them.
+``--regen`` re-runs the cheap command of every section (``REGEN``) into
+``docs/results/regen.json``, which ``tests/test_regeneration.py`` checks at HEAD.
 """
 
 from __future__ import annotations
@@ -140,7 +145,7 @@ PLAN = {
 }
 # the code each section's numbers depend on: a number measured at a commit where these paths
 # differed from HEAD's is stale
-CODE_PATHS = {**{s: ("bplambda_jax",) for s in PLAN}, "align": ("bplambda_jax",),
+CODE_PATHS = {**{s: ("bplambda_jax",) for s in PLAN}, "stream": ("bplambda_jax",),
               "cost": ("bplambda_jax", "benchmarks")}
 # the runner's own log directory of a section (the long horizons keep theirs apart)
 LOG_DIR = {"long": os.path.join("logs", "long")}
@@ -1026,50 +1031,102 @@ def run_planned(name: str, runs: str = "runs"):
   return rc
 
 
-# one cheap command per section, re-run at HEAD by tests/test_regeneration.py; its per-seed values
-# are committed in docs/results/regen.json (written by ``collect.py --regen``)
-REGEN = {"toy": ("bplambda toy --seq-len 10 --lambdas 0,1 --seeds 2 --steps 20 --set chunk=10 "
-                 "--set eval_every=10 --set checkpoint_every=20 --no-progress --out {out}")}
+# one cheap command per section (a few updates of the section's planned command on 1–2 seeds, small
+# sizes) and the metrics of its summary it checks: re-run at HEAD by tests/test_regeneration.py;
+# the per-seed values are committed in docs/results/regen.json (written by ``collect.py --regen``)
+_E = "--no-progress --out {out}"
+REGEN = {
+    "toy": {"command": "bplambda toy --seq-len 10 --lambdas 0,1 --seeds 2 --steps 20 "
+                       "--set chunk=10 --set eval_every=10 --set checkpoint_every=20 " + _E,
+            "metrics": ("eval/alignment",)},
+    "plastic": {"command": "bplambda toy --plastic --seq-len 10 --lambdas 0,1 --seeds 2 --steps 20 "
+                           "--set chunk=10 --set eval_every=10 --set checkpoint_every=20 " + _E,
+                "metrics": ("eval/alignment", "eval/loss")},
+    "seqmnist": {"command": "bplambda run seqmnist-row --rule bp_lambda --seeds 1 --steps 4 "
+                            "--set hidden_size=8 --set batch_size=10 --set chunk=4 "
+                            "--set eval_every=4 --set eval_batch_size=500 "
+                            "--set checkpoint_every=4 " + _E,
+                 "metrics": ("test/accuracy", "test/loss")},
+    "copy_repeat": {"command": "bplambda run copy-repeat --rule bp_lambda --seeds 2 --steps 20 "
+                               "--set hidden_size=8 --set batch_size=4 --set max_n=3 "
+                               "--set chunk=10 --set checkpoint_every=20 " + _E,
+                    "metrics": ("final/loss",)},
+    "long": {"command": "bplambda run copy --rule bp_lambda --seeds 1 --steps 4 "
+                        "--set cell=elementwise_lstm --set hidden_size=8 --set pattern_length=4 "
+                        "--set mode=online --set repeats=2 --set chunk=4 --set eval_every=4 "
+                        "--set eval_batch_size=16 --set checkpoint_every=4 " + _E,
+             "metrics": ("eval/bits",)},
+    "align": {"command": "bplambda align --task toy --rule bp_lambda --seeds 2 "
+                         "--synth-steps 10 " + _E,
+              "metrics": ("cell",)},
+    # the planned streaming section (docs/reproduction.md, section 7): its score per seed
+    "stream": {"command": "bplambda stream trace-conditioning --rule bp_lambda --isi 8,16 "
+                          "--iti 8,24 --steps 100 --chunk 50 --seeds 2 " + _E,
+               "metrics": ("tail_mse",)},
+}
+# the cheap commands compile with most of XLA's optimisations off, as in the test session: they
+# compile faster, and the committed values and the test's re-runs come from the same programs
+REGEN_ENV = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
 REGEN_PATH = os.path.join(HERE, "regen.json")
-# 20 float32 updates on 2 seeds are far from the chaotic regime: the values agree to float32
+# a few float32 updates on 1–2 seeds are far from the chaotic regime: the values agree to float32
 # rounding across runs (a hand edit of 0.001 or more is caught)
 REGEN_RTOL = 1e-4
 
 
 def regen_values(section: str, out: str) -> dict:
-  """Run the section's cheap command into ``out``; {rule label: per-seed final alignment}."""
-  command = REGEN[section].format(out=out)
-  exe = [sys.executable, "-m", "bplambda_jax.cli"] + shlex.split(command)[1:]
-  subprocess.run(exe, cwd=REPO, check=True, capture_output=True)
+  """Run the section's cheap command into ``out``; {"values": {rule label: {metric: per-seed
+  values}}, "data": the data source's name or None}. A metric is a path into the rule's entry of
+  the run's ``summary.json`` (e.g. 'eval/alignment', 'test/accuracy'); for ``bplambda align``, a
+  column of its table, each seed's value from ``metrics.jsonl``; for ``bplambda stream``, a
+  per-seed entry of the rule's results in ``stream.json``."""
+  spec = REGEN[section]
+  exe = [sys.executable, "-m", "bplambda_jax.cli"] + shlex.split(spec["command"].format(out=out))[1:]
+  subprocess.run(exe, cwd=REPO, check=True, capture_output=True, env={**os.environ, **REGEN_ENV})
+  if section == "align":
+    seeds = align_seed_values(out)
+    return {"values": {rule: {m: cols[m] for m in spec["metrics"]} for rule, cols in seeds.items()},
+            "data": None}
+  if section == "stream":
+    results = json.load(open(os.path.join(out, "stream.json")))["results"]
+    return {"values": {rule: {m: r[m] for m in spec["metrics"]} for rule, r in results.items()},
+            "data": None}
   summary = json.load(open(os.path.join(out, "summary.json")))
-  return {label: r["eval"]["alignment"]["values"] for label, r in summary["rules"].items()}
+  values = {label: {m: resolve(r, m)["values"] for m in spec["metrics"]}
+            for label, r in summary["rules"].items()}
+  return {"values": values, "data": (summary.get("data") or {}).get("name")}
 
 
 def regen_mismatches(entry: dict, values: dict) -> list:
-  """Where the re-run ``values`` differ from the committed ``entry['values']`` (REGEN_RTOL)."""
+  """Where the re-run ``values`` ({label: {metric: per-seed values}}) differ from the committed
+  ``entry['values']`` (REGEN_RTOL): [(label, metric, committed, re-run)]."""
   bad = []
-  for label, want in entry["values"].items():
-    got = values.get(label)
-    if got is None or len(got) != len(want) or not np.allclose(got, want, rtol=REGEN_RTOL,
-                                                               atol=1e-6):
-      bad.append((label, want, got))
+  for label, metrics in entry["values"].items():
+    for metric, want in metrics.items():
+      got = values.get(label, {}).get(metric)
+      if got is None or len(got) != len(want) or not np.allclose(got, want, rtol=REGEN_RTOL,
+                                                                 atol=1e-6):
+        bad.append((label, metric, want, got))
   if set(values) != set(entry["values"]):
-    bad.append(("labels", sorted(entry["values"]), sorted(values)))
+    bad.append(("labels", None, sorted(entry["values"]), sorted(values)))
   return bad
 
 
-def write_regen():
+def write_regen(sections=()):
+  """Re-run the cheap command of each of ``sections`` (every section if empty) and write their
+  values into docs/results/regen.json (other sections keep their committed entries)."""
   import tempfile
-  doc = {}
-  for section in REGEN:
+  doc = json.load(open(REGEN_PATH)) if sections and os.path.exists(REGEN_PATH) else {}
+  for section in sections or REGEN:
     with tempfile.TemporaryDirectory() as tmp:
       t0 = time.perf_counter()
-      values = regen_values(section, os.path.join(tmp, "out"))
-      doc[section] = {"command": REGEN[section], "values": values,
-                      "wall_s": round(time.perf_counter() - t0, 1),
+      got = regen_values(section, os.path.join(tmp, "out"))
+      doc[section] = {"command": REGEN[section]["command"],
+                      "metrics": list(REGEN[section]["metrics"]), "data": got["data"],
+                      "values": got["values"], "wall_s": round(time.perf_counter() - t0, 1),
                       "git_sha": git("rev-parse", "HEAD") or None,
                       "code_dirty": bool(git("status", "--porcelain", "--",
                                              *CODE_PATHS[section]))}
+  doc = {s: doc[s] for s in REGEN if s in doc}
   with open(REGEN_PATH, "w") as f:
     json.dump(doc, f, indent=1, ensure_ascii=False)
   print(f"wrote {REGEN_PATH}")
@@ -1082,11 +1139,12 @@ def main(argv=None):
   p.add_argument("--no-collect", action="store_true", help="only re-render the tables")
   p.add_argument("--run", metavar="NAME", nargs="+", default=(),
                  help="first run these planned commands (by run name) and keep their timing")
-  p.add_argument("--regen", action="store_true",
-                 help="re-run each section's cheap command and write docs/results/regen.json")
+  p.add_argument("--regen", metavar="SECTION", nargs="*", default=None, choices=list(REGEN),
+                 help="re-run the cheap command of these sections (all if none named) and write "
+                 "their values into docs/results/regen.json")
   args = p.parse_args(argv)
-  if args.regen:
-    write_regen()
+  if args.regen is not None:
+    write_regen(args.regen)
   for name in args.run:
     if run_planned(name, args.runs):
       raise SystemExit(f"{name} failed")
