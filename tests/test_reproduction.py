@@ -287,9 +287,11 @@ def test_an_inline_value_edited_by_hand_is_caught():
   text = _report(README)
   m = VALUE.search(text)
   assert m, "README quotes no value from docs/results/"
+  before = _value_mismatches(text)
   for printed in ("9" + m.group(5), m.group(5)[:-1] + ("1" if m.group(5)[-1] != "1" else "2")):
     edited = text[:m.start(5)] + printed + text[m.end(5):]
-    assert [b[:3] for b in _value_mismatches(edited)] == [(m.group(1), m.group(2), printed)]
+    new = [b[:3] for b in _value_mismatches(edited) if b not in before]
+    assert new == [(m.group(1), m.group(2), printed)]
 
 
 def _section(text, head):
