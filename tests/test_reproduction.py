@@ -54,6 +54,8 @@ def _render(doc, cell):
   """The expected text of a cell (written independently of docs/results/collect.py)."""
   if isinstance(cell, str):
     return cell
+  if "join" in cell:
+    return "".join(_render(doc, c) for c in cell["join"])
   v = _resolve(doc, cell["ref"])
   d = cell.get("digits", 3)
   fmt = cell["fmt"]
@@ -73,6 +75,10 @@ def _render(doc, cell):
     return " ".join(f"({n},{r})" for n, r in zip(v["n"], v["r"]))
   if fmt == "ints":
     return " ".join(str(int(x)) for x in v)
+  if fmt == "minutes":
+    return "{:.{d}f}".format(v / 60, d=d)
+  if fmt == "text":
+    return str(v)
   raise AssertionError(f"unknown cell format {fmt!r}")
 
 
@@ -154,7 +160,7 @@ def _refs(cells):
   for row in cells:
     for c in row:
       if isinstance(c, dict):
-        yield c
+        yield from (p for p in c["join"] if isinstance(p, dict)) if "join" in c else [c]
 
 
 @pytest.mark.parametrize("file", sorted({t[0] for p in (REPORT, README) for t in _tables(p)})
@@ -248,3 +254,77 @@ def test_a_number_edited_by_hand_is_caught(tmp_path):
   assert printed in [c for row in rows for c in row]
   cell["mean"] += 0.001
   assert _render(doc, ref) != printed
+
+
+# one number inside prose, rendered by ``collect.py --report`` like the tables:
+# <!-- value FILE#PATH FMT[:DIGITS] -->printed text<!-- /value -->
+VALUE = re.compile(r"<!-- value (\S+?)#(\S+) (\w+)(?::(\d+))? -->(.*?)<!-- /value -->")
+
+
+def _value_mismatches(text):
+  """[(file, path, printed, expected)] for every inline value whose printed text is not its JSON
+  value rendered; a malformed or unclosed value marker counts as a mismatch."""
+  bad = []
+  found = list(VALUE.finditer(text))
+  if len(found) != text.count("<!-- value ") or len(found) != text.count("<!-- /value -->"):
+    bad.append(("markers", text.count("<!-- value "), text.count("<!-- /value -->"), len(found)))
+  for m in found:
+    cell = {"ref": m.group(2), "fmt": m.group(3)}
+    if m.group(4) is not None:
+      cell["digits"] = int(m.group(4))
+    want = _render(_load(m.group(1)), cell)
+    if m.group(5) != want:
+      bad.append((m.group(1), m.group(2), m.group(5), want))
+  return bad
+
+
+@pytest.mark.parametrize("path", [REPORT, README], ids=["report", "README"])
+def test_inline_values_match_their_json(path):
+  assert _value_mismatches(_report(path)) == [], "run: python docs/results/collect.py --report"
+
+
+def test_an_inline_value_edited_by_hand_is_caught():
+  text = _report(README)
+  m = VALUE.search(text)
+  assert m, "README quotes no value from docs/results/"
+  before = _value_mismatches(text)
+  for printed in ("9" + m.group(5), m.group(5)[:-1] + ("1" if m.group(5)[-1] != "1" else "2")):
+    edited = text[:m.start(5)] + printed + text[m.end(5):]
+    new = [b[:3] for b in _value_mismatches(edited) if b not in before]
+    assert new == [(m.group(1), m.group(2), printed)]
+
+
+def _section(text, head):
+  return re.split(r"^## ", text.split(f"\n## {head}\n", 1)[1], maxsplit=1, flags=re.M)[0]
+
+
+def test_readme_speed_paragraph_quotes_every_number_from_json():
+  """The prose after README's speed table: every ratio and decimal number is an inline value."""
+  speed = _section(_report(README), "Speed")
+  prose = re.sub(r"<!-- table .*?<!-- /table -->", "", speed, flags=re.S)
+  assert len(VALUE.findall(prose)) >= 9
+  rest = VALUE.sub("", prose)
+  assert not re.findall(r"\d+(?:\.\d+)?\s*×|\d\.\d|\b\d+ cases", rest), rest
+
+
+def test_derived_speed_numbers_follow_from_the_benchmark_rows():
+  doc = _load("cost.json")
+  with open(os.path.join(ROOT, doc["benchmark"]["file"]), encoding="utf-8") as f:
+    bench = {r["name"]: r for r in json.load(f)}
+  rows, derived = doc["benchmark"]["rows"], doc["derived"]
+  for name, row in rows.items():  # the copies are the benchmark file's rows
+    assert row["median_s"] == bench[name]["median_s"], name
+  seq = derived["sequence_over_bptt"]
+  assert seq["cases"] == [n for n, r in bench.items() if n.endswith("_bplambda_sequence")
+                          and r["status"] == "ok" and r["ratio_to_bptt"] is not None]
+  ratios = [rows[c]["ratio_to_bptt"] for c in seq["cases"]]
+  assert seq["ratios"] == ratios and seq["count"] == len(ratios)
+  assert (seq["min"], seq["max"]) == (min(ratios), max(ratios))
+  assert seq["median"] == pytest.approx(float(np.median(ratios)), rel=1e-12)
+  ratio_keys = [k for k, v in derived.items() if isinstance(v, dict) and "of" in v]
+  assert len(ratio_keys) >= 5
+  for key in ratio_keys:
+    v = derived[key]
+    assert v["value"] == pytest.approx(rows[v["of"]]["median_s"] / rows[v["over"]]["median_s"],
+                                       rel=1e-12), key
+  assert derived["peer_version"] in bench["peer_seqmnist_lstm30_braintrace_eprop"]["note"]

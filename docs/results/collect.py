@@ -17,12 +17,17 @@ config, the data source, provenance, the per-rule summary copied from the run's
 same file (``{"ref": "runs/<run>/rules/<label>/eval/alignment", "fmt": "pm", "digits": 3}``);
 ``--report`` renders every table into ``docs/reproduction.md`` between
 ``<!-- table FILE#ID -->`` and ``<!-- /table -->``, and ``tests/test_reproduction.py`` checks that
-the rendered numbers equal the JSON (README.md's tables too: the toy table and the speed table).
+the rendered numbers equal the JSON (README.md's tables too: the toy table, the table of the rules
+and the speed table). A single number inside prose is rendered the same way between
+``<!-- value FILE#PATH FMT[:DIGITS] -->`` and ``<!-- /value -->`` (``VALUE``); the ratios README
+quotes from the benchmark are derived into cost.json's ``derived`` (``speed_claims``).
 A planned run not found in ``--runs`` keeps its committed record; one never run is listed in
 its section's ``commands`` table as not run. ``--run NAME ...`` first runs planned commands and
 keeps their timing records. Every run whose commit's ``bplambda_jax/`` differs from HEAD's
 (``CODE_PATHS``), or which ran with uncommitted changes there, is marked **stale** in its
 commands table; after a change to the library, ``collect.py --report`` re-marks them.
+``--regen`` re-runs the cheap command of every section (``REGEN``) into
+``docs/results/regen.json``, which ``tests/test_regeneration.py`` checks at HEAD.
 """
 
 from __future__ import annotations
@@ -135,10 +140,12 @@ PLAN = {
         "copy_q_eprop": f"bplambda run copy-repeat --rule eprop {_Q} --out runs/copy_q_eprop"},
     "long": {"long_T103": _long(24, 2000, 100, 500), "long_T303": _long(74, 1000, 50, 250),
              "long_T1003": _long(249, 300, 25, 100)},
+    "align": {f"align_{task}": f"bplambda align --task {task} --seeds 5 --out runs/align_{task} "
+                               "--no-progress" for task in ("toy", "copy")},
 }
 # the code each section's numbers depend on: a number measured at a commit where these paths
 # differed from HEAD's is stale
-CODE_PATHS = {**{s: ("bplambda_jax",) for s in PLAN}, "align": ("bplambda_jax",),
+CODE_PATHS = {**{s: ("bplambda_jax",) for s in PLAN}, "stream": ("bplambda_jax",),
               "cost": ("bplambda_jax", "benchmarks")}
 # the runner's own log directory of a section (the long horizons keep theirs apart)
 LOG_DIR = {"long": os.path.join("logs", "long")}
@@ -160,9 +167,12 @@ def resolve(doc: dict, path: str):
 
 
 def render(doc: dict, cell) -> str:
-  """The text of a table cell (a string, or a reference into ``doc``)."""
+  """The text of a table cell: a string, a reference into ``doc`` (``{"ref": path, "fmt": ...,
+  "digits": d}``) or several of these written one after another (``{"join": [cell, ...]}``)."""
   if isinstance(cell, str):
     return cell
+  if "join" in cell:
+    return "".join(render(doc, c) for c in cell["join"])
   value = resolve(doc, cell["ref"])
   fmt, d = cell["fmt"], cell.get("digits", 3)
   if fmt == "pm":
@@ -182,6 +192,10 @@ def render(doc: dict, cell) -> str:
     return " ".join(f"({n},{r})" for n, r in zip(value["n"], value["r"]))
   if fmt == "ints":
     return " ".join(str(int(v)) for v in value)
+  if fmt == "minutes":  # a number of seconds, in minutes
+    return f"{value / 60:.{d}f}"
+  if fmt == "text":
+    return str(value)
   raise ValueError(f"unknown cell format {fmt!r}")
 
 
@@ -301,6 +315,65 @@ def load_run(runs: str, name: str, section: str, planned: str):
           "provenance": {k: prov.get(k) for k in ("bplambda_jax", "git_sha", "jax", "devices",
                                                   "date")},
           "rules": rules, "curves": curves(d, section)}
+
+
+ALIGN_COLUMNS = ("cell", "readout", "all", "learning_signal")
+
+
+def align_seed_values(d: str) -> dict:
+  """{rule: {column: per-seed values}} of a ``bplambda align`` results directory: each seed's
+  last evaluation in ``metrics.jsonl`` (after the synthesiser's training, if any)."""
+  last = {}
+  for line in open(os.path.join(d, "metrics.jsonl")):
+    if not line.strip():
+      continue
+    row = json.loads(line)
+    if row["kind"] != "eval":
+      continue
+    key = (row["rule"], row["seed"])
+    if key not in last or row["step"] >= last[key]["step"]:
+      last[key] = row
+  out = {}
+  for (rule, seed), row in sorted(last.items(), key=lambda kv: kv[0][1]):
+    for c in ALIGN_COLUMNS:
+      out.setdefault(rule, {}).setdefault(c, []).append(row[c])
+  return out
+
+
+def load_align(runs: str, name: str, planned: str):
+  """The record of one finished ``bplambda align`` run (``alignment.json`` and the per-seed
+  values of ``metrics.jsonl``), or None. Per rule: each column's statistics over the seeds (and
+  their min and max), which must agree with the means the command printed and wrote; a rule that could not be measured
+  keeps its error."""
+  out = _out(planned)
+  d = os.path.join(runs, os.path.relpath(out, "runs"))
+  timing_path = os.path.join(runs, "logs", f"{name}.time.json")
+  if not (os.path.exists(os.path.join(d, "alignment.json")) and os.path.exists(timing_path)):
+    return None
+  timing = json.load(open(timing_path))
+  if timing["rc"] != 0:
+    return None
+  result = json.load(open(os.path.join(d, "alignment.json")))
+  seeds = align_seed_values(d)
+  prov = result["provenance"]
+  rules = {}
+  for row in result["rows"]:
+    if "error" in row:
+      rules[row["rule"]] = {"error": row["error"]}
+      continue
+    rules[row["rule"]] = {c: {**_stats(v), "min": min(v), "max": max(v)}
+                          for c, v in seeds[row["rule"]].items()}
+    for c in ALIGN_COLUMNS:
+      if not math.isclose(rules[row["rule"]][c]["mean"], row[c], rel_tol=1e-6, abs_tol=1e-9):
+        raise ValueError(f"{name}: {row['rule']} {c}: the seeds' mean differs from the printed")
+  return {"command": timing["command"], "out": _out(timing["command"]),
+          "code_dirty": timing.get("code_dirty"),
+          "wall_s": timing["wall_s"], "start": timing["start"], "end": timing["end"],
+          "loadavg_1m": [timing["loadavg_1m_start"], timing["loadavg_1m_end"]],
+          "timing_note": timing.get("note"), "config": result["config"],
+          "provenance": {k: prov.get(k) for k in ("bplambda_jax", "git_sha", "jax", "devices",
+                                                  "date")},
+          "rules": rules}
 
 
 def first_eval(d: str, label: str):
@@ -544,6 +617,85 @@ def long_tables(doc):
           "commands": commands_table(doc, "long")}
 
 
+# README's table of the rules: (rule, what it tracks, memory, time per step) and, per task, the
+# rules whose cell alignment it quotes as [(align spec, text after the number)] joined by
+# ALIGN_SEP[rule] (', ' if absent), or a text
+_SAME = "(same numbers)"
+README_RULES = (
+    ("`bptt`", "all states, exact gradient", "O(T·n)", "O(P) (backward pass)",
+     [("bptt", "")]),
+    ("`tbptt:n`", "states of an n-step chunk", "O(n·n)", "O(P)",
+     [("tbptt:1", " (n=1)"), ("tbptt:3", " (n=3)")]),
+    ("`dni:n`", "chunk states + ĝ at chunk ends", "O(n·n + n²)", "O(P + n²)",
+     [("dni:1", " (n=1)"), ("dni:3", " (n=3)")]),
+    ("`bp_lambda`, online (default trace)",
+     "E⁰ [d_out, d_out, d_in] + L step contexts + the sensitivity's state; on element-wise cells "
+     "a structured trace [units, k, d_in]",
+     "O(d_out²·d_in + L·(c + d_in)); structured: O(n·d_in)",
+     "O(d_out²·d_in + L·(ℓ + d_out·d_in)); structured: O(k²·n·d_in)", [("bp_lambda", "")]),
+    ("`bp_lambda`, online, `trace_chunk=0`", "dense trace E [d_out, \\|θ\\|]", "O(d_out²·d_in)",
+     "O(d_out³·d_in)", _SAME),
+    ("`bp_lambda`, sequence", "states (same numbers as online)", "O(T·n)", "O(P + d_out·d_in)",
+     _SAME),
+    ("`rtrl`", "full influence Z [n, P]", "O(n·P)", "O(n²·P)", [("rtrl", "")]),
+    ("`eprop`", "unit-local eligibility traces [k, P]", "O(k·P)", "O(k²·P)", [("eprop", "")]),
+    ("`snap:1`", "Z on the one-step pattern", "O(k·P)", "O(k²·P) (+ O(n²) for a dense J)",
+     [("snap:1", "")]),
+    ("`snap:n` (n ≥ 2)", "Z on the n-step reachability pattern", "O(nnz) ≤ O(n·P)",
+     "O(n²·P) (dense implementation)", [("snap:2", " (n=2)")]),
+    ("`columnar_rtrl`", "per-column influence (exact on independent columns)", "O(P)", "O(P)",
+     [("columnar_rtrl", "")]),
+    ("`eprop_m:m`", "Z⁽⁰⁾…Z⁽ᵐ⁾, terms with ≤ m explicit factors", "O((m+1)·n·P)",
+     "O((m+1)·n²·P)", [("eprop_m:1", ""), ("eprop_m:2", ""), ("eprop_m:3", " (m=1/2/3)")]),
+)
+ALIGN_SEP = {"`eprop_m:m`": " / "}
+
+
+def align_tables(doc):
+  """The alignment section: its commands, every column of both runs, and README's rules table
+  (the descriptive columns of ``README_RULES`` and the cell alignment of each task's run)."""
+  results = []
+  for run in PLAN["align"]:
+    rec = doc["runs"].get(run)
+    if rec is None:
+      continue
+    for label, r in rec["rules"].items():
+      base = f"runs/{run}/rules/{label}"
+      results.append([rec["config"]["task"], f"`{label}`"]
+                     + ([f"n/a: {r['error']}"] * len(ALIGN_COLUMNS) if "error" in r
+                        else [pm(f"{base}/{c}", 3) for c in ALIGN_COLUMNS]) + [f"`{run}`"])
+  tables = {"results": {"note": "cosine between the rule's gradient and BPTT's on a fresh batch "
+                        "(recurrent parameters: cell; readout; all parameters; the learning "
+                        "signal), mean ± sd over seeds 0–4; synthesisers first trained with the "
+                        "network fixed",
+                        "header": ["task", "rule", "cell", "readout", "all", "learning signal",
+                                   "run"], "rows": results},
+            "commands": commands_table(doc, "align")}
+  rows = []
+  for *text, quoted in README_RULES:
+    cells = list(text)
+    for run in PLAN["align"]:
+      rec = doc["runs"].get(run)
+      if isinstance(quoted, str):
+        cells.append(quoted)
+      elif rec is None or any("error" in rec["rules"].get(l, {"error": 1}) for l, _ in quoted):
+        cells.append("–")
+      else:
+        parts = []
+        for i, (label, after) in enumerate(quoted):
+          parts += ([ALIGN_SEP.get(text[0], ", ")] if i else []) + [
+              pm(f"runs/{run}/rules/{label}/cell", 3)] + ([after] if after else [])
+        cells.append({"join": parts})
+    rows.append(cells)
+  tables["readme_rules"] = {"note": "cell alignment: `" + "` and `".join(
+                                PLAN["align"][r].split(" --out")[0] for r in PLAN["align"])
+                            + "`, mean ± sd over 5 seeds (below)",
+                            "header": ["rule (`bplambda align` spec)", "what it tracks", "memory",
+                                       "time per step", "toy: cell cos", "copy: cell cos"],
+                            "rows": rows}
+  return tables
+
+
 COST_MNIST = [("seqmnist_lstm30_bptt", "mnist_dni45_bptt", "bptt"),
               ("seqmnist_lstm30_tbptt3", "mnist_tbptt123", "tbptt:3"),
               ("seqmnist_lstm30_dni3", "mnist_dni123", "dni:3"),
@@ -648,8 +800,59 @@ def cost_doc(docs: dict, bench_path: str = BENCH):
                        "header": ["T", "benchmark case", "cell", "mode", "ms per update",
                                   "peak MiB", "× BPTT"], "rows": hrows}
   tables["readme_speed"] = speed_table(doc)
+  doc["derived"] = speed_claims(doc, bench_path)
   doc["tables"] = tables
   return doc
+
+
+# README's speed paragraph: the ratio of two benchmark rows' median seconds per update, {name:
+# (numerator row, denominator row)}
+SPEED_RATIOS = {
+    "dense_over_chunked_copy": ("copyrepeat_lstm100_bplambda_online_dense",
+                                "copyrepeat_lstm100_bplambda_online"),
+    "online_over_eprop_lstm_n1024": ("elementwise_lstm_n1024_t1000_bplambda_online",
+                                     "elementwise_lstm_n1024_t1000_eprop"),
+    "online_over_eprop_lru_n1024": ("elementwise_lru_n1024_t1000_bplambda_online",
+                                    "elementwise_lru_n1024_t1000_eprop"),
+    "braintrace_over_ours_seqmnist": ("peer_seqmnist_lstm30_braintrace_eprop",
+                                      "peer_seqmnist_lstm30_eprop"),
+    "braintrace_over_ours_copy": ("peer_copyrepeat_lstm100_braintrace_eprop",
+                                  "peer_copyrepeat_lstm100_eprop"),
+}
+
+
+def speed_claims(doc, bench_path: str = BENCH) -> dict:
+  """The numbers of README's speed paragraph, derived from benchmark rows (each row used is
+  copied into ``doc['benchmark']['rows']``):
+
+  * ``sequence_over_bptt``: BP(λ)'s sequence mode against BPTT on the same case (the row's
+    ``ratio_to_bptt``) over every ``*_bplambda_sequence`` case: the cases, their ratios, min,
+    max, median and count;
+  * one entry per ``SPEED_RATIOS`` item: {"of", "over", "value"}, value = of's median seconds per
+    update / over's;
+  * ``peer_version``: the version of the peer library of the ``peer_*`` rows (from their note).
+  """
+  rows_all = {r["name"]: r for r in json.load(open(bench_path))}
+  keep = doc["benchmark"]["rows"]
+
+  def copy(name):
+    r = rows_all[name]
+    if r["status"] != "ok":
+      raise ValueError(f"benchmark row {name} is {r['status']}")
+    keep.setdefault(name, {k: r.get(k) for k in _BENCH_KEYS})
+    return r
+
+  cases = [n for n, r in rows_all.items() if n.endswith("_bplambda_sequence")
+           and r["status"] == "ok" and r.get("ratio_to_bptt") is not None]
+  ratios = [copy(n)["ratio_to_bptt"] for n in cases]
+  out = {"sequence_over_bptt": {"cases": cases, "ratios": ratios, "min": min(ratios),
+                                "max": max(ratios), "median": float(np.median(ratios)),
+                                "count": len(ratios)}}
+  for key, (of, over) in SPEED_RATIOS.items():
+    out[key] = {"of": of, "over": over, "value": copy(of)["median_s"] / copy(over)["median_s"]}
+  m = re.search(r"braintrace (\d[\w.]*)", rows_all["peer_seqmnist_lstm30_braintrace_eprop"]["note"])
+  out["peer_version"] = m.group(1) if m else None
+  return out
 
 
 SPEED_ROWS = (("seqMNIST (LSTM 30, B = 50, T = 28)", "seqmnist_lstm30"),
@@ -711,7 +914,8 @@ def build(runs: str) -> dict:
     doc = {"section": section, "runs": {}}
     old = committed(section)["runs"]
     for name, planned in plan.items():
-      rec = load_run(runs, name, section, planned) or old.get(name)
+      rec = ((load_align(runs, name, planned) if section == "align"
+              else load_run(runs, name, section, planned)) or old.get(name))
       if rec is None:
         missing.append(name)
       else:
@@ -724,6 +928,8 @@ def build(runs: str) -> dict:
       doc["tables"] = copy_tables(doc)
     elif section == "long":
       doc["tables"] = long_tables(doc)
+    elif section == "align":
+      doc["tables"] = align_tables(doc)
     docs[section] = doc
   docs["cost"] = cost_doc(docs)
   if missing:
@@ -741,13 +947,26 @@ def write(docs: dict):
 
 
 BLOCK = re.compile(r"<!-- table (\S+?)#(\S+?) -->\n.*?<!-- /table -->", re.S)
+# one number inside prose: <!-- value FILE#PATH FMT[:DIGITS] -->text<!-- /value -->, e.g.
+# <!-- value cost.json#derived/dense_over_chunked_copy/value sig:2 -->32<!-- /value -->; FMT is a
+# cell format of ``render`` (num, sig, pm, mean, ci, pct_pm, minutes, text), DIGITS its digits
+VALUE = re.compile(r"<!-- value (\S+?)#(\S+) (\w+)(?::(\d+))? -->(.*?)<!-- /value -->")
+
+
+def value_cell(m) -> dict:
+  """The cell ({"ref", "fmt", "digits"}) of a match of ``VALUE``."""
+  cell = {"ref": m.group(2), "fmt": m.group(3)}
+  if m.group(4) is not None:
+    cell["digits"] = int(m.group(4))
+  return cell
 
 
 README = os.path.join(REPO, "README.md")
 
 
 def update_report():
-  """Re-render every table block of docs/reproduction.md and README.md from the JSON files."""
+  """Re-render every table block and inline value of docs/reproduction.md and README.md from the
+  JSON files."""
   for path in (REPORT, README):
     _update_tables(path)
 
@@ -756,16 +975,23 @@ def _update_tables(path):
   text = open(path).read()
   cache = {}
 
-  def sub(m):
-    file, tid = m.group(1), m.group(2)
+  def load(file):
     if file not in cache:
       cache[file] = json.load(open(os.path.join(HERE, file)))
-    return f"<!-- table {file}#{tid} -->\n{render_table(cache[file], file, tid)}\n<!-- /table -->"
+    return cache[file]
 
-  new = BLOCK.sub(sub, text)
+  def table(m):
+    file, tid = m.group(1), m.group(2)
+    return f"<!-- table {file}#{tid} -->\n{render_table(load(file), file, tid)}\n<!-- /table -->"
+
+  def value(m):
+    head = m.group(0)[:m.start(5) - m.start(0)]
+    return f"{head}{render(load(m.group(1)), value_cell(m))}<!-- /value -->"
+
+  new = VALUE.sub(value, BLOCK.sub(table, text))
   with open(path, "w") as f:
     f.write(new)
-  print(f"rewrote the tables of {path}")
+  print(f"rewrote the tables and values of {path}")
 
 
 def git(*args) -> str:
@@ -805,50 +1031,102 @@ def run_planned(name: str, runs: str = "runs"):
   return rc
 
 
-# one cheap command per section, re-run at HEAD by tests/test_regeneration.py; its per-seed values
-# are committed in docs/results/regen.json (written by ``collect.py --regen``)
-REGEN = {"toy": ("bplambda toy --seq-len 10 --lambdas 0,1 --seeds 2 --steps 20 --set chunk=10 "
-                 "--set eval_every=10 --set checkpoint_every=20 --no-progress --out {out}")}
+# one cheap command per section (a few updates of the section's planned command on 1–2 seeds, small
+# sizes) and the metrics of its summary it checks: re-run at HEAD by tests/test_regeneration.py;
+# the per-seed values are committed in docs/results/regen.json (written by ``collect.py --regen``)
+_E = "--no-progress --out {out}"
+REGEN = {
+    "toy": {"command": "bplambda toy --seq-len 10 --lambdas 0,1 --seeds 2 --steps 20 "
+                       "--set chunk=10 --set eval_every=10 --set checkpoint_every=20 " + _E,
+            "metrics": ("eval/alignment",)},
+    "plastic": {"command": "bplambda toy --plastic --seq-len 10 --lambdas 0,1 --seeds 2 --steps 20 "
+                           "--set chunk=10 --set eval_every=10 --set checkpoint_every=20 " + _E,
+                "metrics": ("eval/alignment", "eval/loss")},
+    "seqmnist": {"command": "bplambda run seqmnist-row --rule bp_lambda --seeds 1 --steps 4 "
+                            "--set hidden_size=8 --set batch_size=10 --set chunk=4 "
+                            "--set eval_every=4 --set eval_batch_size=500 "
+                            "--set checkpoint_every=4 " + _E,
+                 "metrics": ("test/accuracy", "test/loss")},
+    "copy_repeat": {"command": "bplambda run copy-repeat --rule bp_lambda --seeds 2 --steps 20 "
+                               "--set hidden_size=8 --set batch_size=4 --set max_n=3 "
+                               "--set chunk=10 --set checkpoint_every=20 " + _E,
+                    "metrics": ("final/loss",)},
+    "long": {"command": "bplambda run copy --rule bp_lambda --seeds 1 --steps 4 "
+                        "--set cell=elementwise_lstm --set hidden_size=8 --set pattern_length=4 "
+                        "--set mode=online --set repeats=2 --set chunk=4 --set eval_every=4 "
+                        "--set eval_batch_size=16 --set checkpoint_every=4 " + _E,
+             "metrics": ("eval/bits",)},
+    "align": {"command": "bplambda align --task toy --rule bp_lambda --seeds 2 "
+                         "--synth-steps 10 " + _E,
+              "metrics": ("cell",)},
+    # the planned streaming section (docs/reproduction.md, section 7): its score per seed
+    "stream": {"command": "bplambda stream trace-conditioning --rule bp_lambda --isi 8,16 "
+                          "--iti 8,24 --steps 100 --chunk 50 --seeds 2 " + _E,
+               "metrics": ("tail_mse",)},
+}
+# the cheap commands compile with most of XLA's optimisations off, as in the test session: they
+# compile faster, and the committed values and the test's re-runs come from the same programs
+REGEN_ENV = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
 REGEN_PATH = os.path.join(HERE, "regen.json")
-# 20 float32 updates on 2 seeds are far from the chaotic regime: the values agree to float32
+# a few float32 updates on 1–2 seeds are far from the chaotic regime: the values agree to float32
 # rounding across runs (a hand edit of 0.001 or more is caught)
 REGEN_RTOL = 1e-4
 
 
 def regen_values(section: str, out: str) -> dict:
-  """Run the section's cheap command into ``out``; {rule label: per-seed final alignment}."""
-  command = REGEN[section].format(out=out)
-  exe = [sys.executable, "-m", "bplambda_jax.cli"] + shlex.split(command)[1:]
-  subprocess.run(exe, cwd=REPO, check=True, capture_output=True)
+  """Run the section's cheap command into ``out``; {"values": {rule label: {metric: per-seed
+  values}}, "data": the data source's name or None}. A metric is a path into the rule's entry of
+  the run's ``summary.json`` (e.g. 'eval/alignment', 'test/accuracy'); for ``bplambda align``, a
+  column of its table, each seed's value from ``metrics.jsonl``; for ``bplambda stream``, a
+  per-seed entry of the rule's results in ``stream.json``."""
+  spec = REGEN[section]
+  exe = [sys.executable, "-m", "bplambda_jax.cli"] + shlex.split(spec["command"].format(out=out))[1:]
+  subprocess.run(exe, cwd=REPO, check=True, capture_output=True, env={**os.environ, **REGEN_ENV})
+  if section == "align":
+    seeds = align_seed_values(out)
+    return {"values": {rule: {m: cols[m] for m in spec["metrics"]} for rule, cols in seeds.items()},
+            "data": None}
+  if section == "stream":
+    results = json.load(open(os.path.join(out, "stream.json")))["results"]
+    return {"values": {rule: {m: r[m] for m in spec["metrics"]} for rule, r in results.items()},
+            "data": None}
   summary = json.load(open(os.path.join(out, "summary.json")))
-  return {label: r["eval"]["alignment"]["values"] for label, r in summary["rules"].items()}
+  values = {label: {m: resolve(r, m)["values"] for m in spec["metrics"]}
+            for label, r in summary["rules"].items()}
+  return {"values": values, "data": (summary.get("data") or {}).get("name")}
 
 
 def regen_mismatches(entry: dict, values: dict) -> list:
-  """Where the re-run ``values`` differ from the committed ``entry['values']`` (REGEN_RTOL)."""
+  """Where the re-run ``values`` ({label: {metric: per-seed values}}) differ from the committed
+  ``entry['values']`` (REGEN_RTOL): [(label, metric, committed, re-run)]."""
   bad = []
-  for label, want in entry["values"].items():
-    got = values.get(label)
-    if got is None or len(got) != len(want) or not np.allclose(got, want, rtol=REGEN_RTOL,
-                                                               atol=1e-6):
-      bad.append((label, want, got))
+  for label, metrics in entry["values"].items():
+    for metric, want in metrics.items():
+      got = values.get(label, {}).get(metric)
+      if got is None or len(got) != len(want) or not np.allclose(got, want, rtol=REGEN_RTOL,
+                                                                 atol=1e-6):
+        bad.append((label, metric, want, got))
   if set(values) != set(entry["values"]):
-    bad.append(("labels", sorted(entry["values"]), sorted(values)))
+    bad.append(("labels", None, sorted(entry["values"]), sorted(values)))
   return bad
 
 
-def write_regen():
+def write_regen(sections=()):
+  """Re-run the cheap command of each of ``sections`` (every section if empty) and write their
+  values into docs/results/regen.json (other sections keep their committed entries)."""
   import tempfile
-  doc = {}
-  for section in REGEN:
+  doc = json.load(open(REGEN_PATH)) if sections and os.path.exists(REGEN_PATH) else {}
+  for section in sections or REGEN:
     with tempfile.TemporaryDirectory() as tmp:
       t0 = time.perf_counter()
-      values = regen_values(section, os.path.join(tmp, "out"))
-      doc[section] = {"command": REGEN[section], "values": values,
-                      "wall_s": round(time.perf_counter() - t0, 1),
+      got = regen_values(section, os.path.join(tmp, "out"))
+      doc[section] = {"command": REGEN[section]["command"],
+                      "metrics": list(REGEN[section]["metrics"]), "data": got["data"],
+                      "values": got["values"], "wall_s": round(time.perf_counter() - t0, 1),
                       "git_sha": git("rev-parse", "HEAD") or None,
                       "code_dirty": bool(git("status", "--porcelain", "--",
                                              *CODE_PATHS[section]))}
+  doc = {s: doc[s] for s in REGEN if s in doc}
   with open(REGEN_PATH, "w") as f:
     json.dump(doc, f, indent=1, ensure_ascii=False)
   print(f"wrote {REGEN_PATH}")
@@ -861,11 +1139,12 @@ def main(argv=None):
   p.add_argument("--no-collect", action="store_true", help="only re-render the tables")
   p.add_argument("--run", metavar="NAME", nargs="+", default=(),
                  help="first run these planned commands (by run name) and keep their timing")
-  p.add_argument("--regen", action="store_true",
-                 help="re-run each section's cheap command and write docs/results/regen.json")
+  p.add_argument("--regen", metavar="SECTION", nargs="*", default=None, choices=list(REGEN),
+                 help="re-run the cheap command of these sections (all if none named) and write "
+                 "their values into docs/results/regen.json")
   args = p.parse_args(argv)
-  if args.regen:
-    write_regen()
+  if args.regen is not None:
+    write_regen(args.regen)
   for name in args.run:
     if run_planned(name, args.runs):
       raise SystemExit(f"{name} failed")
