@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Callable, Optional
 
 import numpy as np
@@ -210,11 +211,26 @@ def targets(rows: list[dict], spec: Optional[dict] = None) -> str:
 def report(rows: list[dict], spec: Optional[dict] = None) -> str:
   """The tables, the targets and the peak-memory exponents (what ``--table`` prints)."""
   spec = spec or load_targets()
-  out = [table(rows), "#### Targets\n", targets(rows, spec),
-         f"\n#### Peak-memory exponents (log-log slope of peak bytes; H at T = {FIT_T}, T at "
+  out = [table(rows), "### Targets\n", targets(rows, spec),
+         f"\n### Peak-memory exponents (log-log slope of peak bytes; H at T = {FIT_T}, T at "
          f"H = {FIT_H})\n"]
   for label, mode in spec.get("memory_exponents", ()):
     fit = memory_fit(rows, label, mode)
     if fit:
       out.append(f"- {label} ({mode}): " + ", ".join(f"{k} {v:.2f}" for k, v in fit.items()))
   return "\n".join(out)
+
+
+# benchmarks/README.md holds the report of a results file between these markers; ``python -m
+# benchmarks.run --readme`` re-renders it and tests/test_benchmarks.py checks that it is current
+README_BLOCK = re.compile(r"(<!-- results (\S+) -->\n).*?(<!-- /results -->)", re.S)
+
+
+def render_readme(text: str, root: str) -> str:
+  """``text`` (benchmarks/README.md) with every results block re-rendered from its JSON file (a
+  path relative to ``root``, the repository)."""
+  def sub(m):
+    with open(os.path.join(root, m.group(2))) as f:
+      rows = json.load(f)
+    return f"{m.group(1)}{report(rows)}\n{m.group(3)}"
+  return README_BLOCK.sub(sub, text)

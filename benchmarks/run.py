@@ -18,7 +18,8 @@ from benchmarks import cases as cases_lib
 from benchmarks import harness
 from benchmarks import report
 
-DEFAULT_JSON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "latest.json")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_JSON = os.path.join(ROOT, "benchmarks", "results", "latest.json")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--tiny", action="store_true", help="run every case at a tiny size (smoke test)")
   p.add_argument("--table", metavar="FILE.json",
                  help="print the markdown table and targets for a results file and exit")
+  p.add_argument("--readme", action="store_true",
+                 help="re-render the results blocks of benchmarks/README.md from their JSON files "
+                      "and exit")
   return p
 
 
@@ -48,6 +52,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     with open(args.table) as f:
       rows = json.load(f)
     print(report.report(rows))
+    return 0
+  if args.readme:
+    path = os.path.join(ROOT, "benchmarks", "README.md")
+    with open(path) as f:
+      text = report.render_readme(f.read(), ROOT)
+    with open(path, "w") as f:
+      f.write(text)
+    print(f"rewrote the results blocks of {path}")
     return 0
   if args.list:
     for c in cases_lib.all_cases():

@@ -4,6 +4,7 @@ No timing asserts: only that each row is complete and self-consistent.
 """
 
 import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -257,3 +258,14 @@ def test_check_row_rejects_bad_rows(tiny_rows):
     harness.check_row(row)
   with pytest.raises(ValueError, match="status"):
     harness.check_row(dict(tiny_rows[0], status="unavailable"))
+
+
+def test_the_readme_results_are_rendered_from_the_results_file():
+  """benchmarks/README.md's results block is the report of benchmarks/results/latest.json, and an
+  edited number in it is caught."""
+  root = pathlib.Path(__file__).resolve().parent.parent
+  text = (root / "benchmarks" / "README.md").read_text()
+  assert report.README_BLOCK.search(text), "benchmarks/README.md has no results block"
+  assert report.render_readme(text, str(root)) == text, "run: python -m benchmarks.run --readme"
+  edited = text.replace("| floor_matmul |", "| floor_matmul_x |", 1)
+  assert report.render_readme(edited, str(root)) != edited
