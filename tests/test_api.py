@@ -131,3 +131,16 @@ def test_arguments_that_used_to_do_nothing_now_raise():
     bl.bp_lambda(bl.make_model(lstm, "mse", 2, 2), alpha_learning=True)
   with pytest.raises(TypeError):
     bl.optimiser(1e-3, 1e-3, 0.0, alpha_learning=True)
+
+
+def test_no_public_name_is_an_engine_helper():
+  """The engine helpers live in ``bplambda_jax.internals`` only: none of them is re-exported by
+  the package or a layer (a name moved back to a layer's ``__all__`` must leave internals)."""
+  helpers = {id(getattr(bl.internals, n)) for n in bl.internals.__all__
+             if not isinstance(getattr(bl.internals, n), (str, int, float, tuple, dict))}
+  for package in PACKAGES[:-1]:
+    mod = importlib.import_module(package)
+    public = [n for n in mod.__all__ if id(getattr(mod, n)) in helpers]
+    assert public == [], f"{package} exports engine helpers: {public}"
+  assert set(bl.internals.__all__).isdisjoint(
+      set().union(*(importlib.import_module(p).__all__ for p in PACKAGES[:-1])))
