@@ -818,6 +818,8 @@ SPEED_RATIOS = {
                                       "peer_seqmnist_lstm30_eprop"),
     "braintrace_over_ours_copy": ("peer_copyrepeat_lstm100_braintrace_eprop",
                                   "peer_copyrepeat_lstm100_eprop"),
+    "online_over_eprop_seqmnist": ("seqmnist_lstm30_bplambda_online", "seqmnist_lstm30_eprop"),
+    "online_over_eprop_copy": ("copyrepeat_lstm100_bplambda_online", "copyrepeat_lstm100_eprop"),
 }
 
 
@@ -878,12 +880,13 @@ def speed_table(doc):
       doc["benchmark"]["rows"].setdefault(name, {k: r.get(k) for k in _BENCH_KEYS})
       cells.append({"ref": f"benchmark/rows/{name}/median_s", "fmt": "sig", "digits": 2})
     rows.append(cells)
-  dates = sorted(r["date"][:10] for r in rows_all.values() if r.get("date"))
+  dates = sorted(r["date"][:16] for r in rows_all.values() if r.get("date"))
+  loads = [r["loadavg_1m"] for r in rows_all.values() if r.get("loadavg_1m") is not None]
   return {"note": "seconds per training update (gradients + Adam), median of the timed calls, "
-          f"one run of `benchmarks/results/latest.json` ({dates[0]} to {dates[-1]}, 2-core CPU, "
-          "shared: see its load averages); on the element-wise LSTM BP(λ) online uses the "
-          "structured trace; the benchmark rows record no commit, so their provenance is the "
-          "date only",
+          f"one run of `benchmarks/results/latest.json` ({dates[0]} to {dates[-1]} UTC, "
+          f"2-core CPU, 1-minute load average {min(loads):.1f}–{max(loads):.1f}); on the "
+          "element-wise LSTM BP(λ) online uses the structured trace; the benchmark rows record "
+          "no commit (benchmarks/README.md's \"This run\" names it)",
           "header": ["case"] + [c for c, _ in SPEED_COLS], "rows": rows}
 
 
