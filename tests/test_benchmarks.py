@@ -119,7 +119,7 @@ def test_table_and_targets_render(tiny_rows):
   summary = report.targets(tiny_rows)
   for tag in ("(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "(g)", "(h)", "(i)", "(j)"):
     assert tag in summary
-  assert "#### Targets" in report.report(tiny_rows)
+  assert "\n### Targets\n" in report.report(tiny_rows)
 
 
 @pytest.mark.slow
