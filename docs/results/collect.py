@@ -271,12 +271,12 @@ def _report_label(label: str) -> str:
   return f"λ={float(m.group(1))!r}" if m else label
 
 
-def load_run(runs: str, name: str, section: str, planned: str):
-  """The record of one finished run, or None (no results or no successful timing record)."""
-  out = _out(planned)
-  d = os.path.join(runs, os.path.relpath(out, "runs"))
+def _finished(runs: str, name: str, section: str, planned: str, result: str):
+  """(results directory, timing record) of the planned run ``name`` if it finished (its
+  ``result`` file and a timing record with exit status 0 exist), else None."""
+  d = os.path.join(runs, os.path.relpath(_out(planned), "runs"))
   timing_path = os.path.join(runs, LOG_DIR.get(section, "logs"), f"{name}.time.json")
-  if not (os.path.exists(os.path.join(d, "summary.json")) and os.path.exists(timing_path)):
+  if not (os.path.exists(os.path.join(d, result)) and os.path.exists(timing_path)):
     return None
   timing = json.load(open(timing_path))
   if timing["rc"] != 0:
@@ -284,6 +284,26 @@ def load_run(runs: str, name: str, section: str, planned: str):
   if timing["command"] != planned:
     print(f"warning: {name} ran {timing['command']!r}, not the planned {planned!r}",
           file=sys.stderr)
+  return d, timing
+
+
+def _record(timing: dict, prov: dict) -> dict:
+  """What every run's record holds about how it ran: its command, wall time, load, commit."""
+  return {"command": timing["command"], "out": _out(timing["command"]),
+          "code_dirty": timing.get("code_dirty"),
+          "wall_s": timing["wall_s"], "start": timing["start"], "end": timing["end"],
+          "loadavg_1m": [timing["loadavg_1m_start"], timing["loadavg_1m_end"]],
+          "timing_note": timing.get("note"),
+          "provenance": {k: prov.get(k) for k in ("bplambda_jax", "git_sha", "jax", "devices",
+                                                  "date")}}
+
+
+def load_run(runs: str, name: str, section: str, planned: str):
+  """The record of one finished run, or None (no results or no successful timing record)."""
+  found = _finished(runs, name, section, planned, "summary.json")
+  if found is None:
+    return None
+  d, timing = found
   cfg = json.load(open(os.path.join(d, "config.json")))
   cfg.pop("runs", None)
   summary = json.load(open(os.path.join(d, "summary.json")))
@@ -306,18 +326,11 @@ def load_run(runs: str, name: str, section: str, planned: str):
       keep["solved_level"] = _stats([level_index(n, rr) for n, rr in
                                      zip(r["solved"]["n"], r["solved"]["r"])])
     rules[_report_label(label)] = keep
-  return {"command": timing["command"], "out": _out(timing["command"]),
-          "code_dirty": timing.get("code_dirty"),
-          "wall_s": timing["wall_s"], "start": timing["start"], "end": timing["end"],
-          "loadavg_1m": [timing["loadavg_1m_start"], timing["loadavg_1m_end"]],
-          "timing_note": timing.get("note"),
-          "config": cfg, "data": summary.get("data"),
-          "provenance": {k: prov.get(k) for k in ("bplambda_jax", "git_sha", "jax", "devices",
-                                                  "date")},
-          "rules": rules, "curves": curves(d, section)}
+  return {**_record(timing, prov), "config": cfg, "data": summary.get("data"), "rules": rules,
+          "curves": curves(d, section)}
 
 
-ALIGN_COLUMNS = ("cell", "readout", "all", "learning_signal")
+from bplambda_jax.internals import ALIGNMENT_COLUMNS as ALIGN_COLUMNS  # noqa: E402
 
 
 def align_seed_values(d: str) -> dict:
@@ -343,16 +356,12 @@ def align_seed_values(d: str) -> dict:
 def load_align(runs: str, name: str, planned: str):
   """The record of one finished ``bplambda align`` run (``alignment.json`` and the per-seed
   values of ``metrics.jsonl``), or None. Per rule: each column's statistics over the seeds (and
-  their min and max), which must agree with the means the command printed and wrote; a rule that could not be measured
-  keeps its error."""
-  out = _out(planned)
-  d = os.path.join(runs, os.path.relpath(out, "runs"))
-  timing_path = os.path.join(runs, "logs", f"{name}.time.json")
-  if not (os.path.exists(os.path.join(d, "alignment.json")) and os.path.exists(timing_path)):
+  their min and max), which must agree with the means the command printed and wrote; a rule
+  that could not be measured keeps its error."""
+  found = _finished(runs, name, "align", planned, "alignment.json")
+  if found is None:
     return None
-  timing = json.load(open(timing_path))
-  if timing["rc"] != 0:
-    return None
+  d, timing = found
   result = json.load(open(os.path.join(d, "alignment.json")))
   seeds = align_seed_values(d)
   prov = result["provenance"]
@@ -366,14 +375,7 @@ def load_align(runs: str, name: str, planned: str):
     for c in ALIGN_COLUMNS:
       if not math.isclose(rules[row["rule"]][c]["mean"], row[c], rel_tol=1e-6, abs_tol=1e-9):
         raise ValueError(f"{name}: {row['rule']} {c}: the seeds' mean differs from the printed")
-  return {"command": timing["command"], "out": _out(timing["command"]),
-          "code_dirty": timing.get("code_dirty"),
-          "wall_s": timing["wall_s"], "start": timing["start"], "end": timing["end"],
-          "loadavg_1m": [timing["loadavg_1m_start"], timing["loadavg_1m_end"]],
-          "timing_note": timing.get("note"), "config": result["config"],
-          "provenance": {k: prov.get(k) for k in ("bplambda_jax", "git_sha", "jax", "devices",
-                                                  "date")},
-          "rules": rules}
+  return {**_record(timing, prov), "config": result["config"], "rules": rules}
 
 
 def first_eval(d: str, label: str):
