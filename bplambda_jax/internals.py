@@ -1,9 +1,9 @@
 """Engine internals: the parts the rules and drivers are built from. **No stability promise.**
 
 Everything here may change, move or disappear in any release, without notice. The public surface
-is ``bplambda_jax`` and the ``__all__`` of its layers; this module collects the engine helpers behind
-it for the users who build a new rule, trace form or kernel on them, and for the tests. The names
-are grouped by the layer that defines them; each keeps its docstring there.
+is ``bplambda_jax`` and the ``__all__`` of its layers; this module collects the engine helpers
+behind it for the users who build a new rule, trace form or kernel on them, and for the tests.
+The names are grouped by the layer that defines them; each keeps its docstring there.
 """
 
 # model
@@ -30,7 +30,8 @@ from bplambda_jax.credit._sensitivities._protocol import batch_credit
 from bplambda_jax.credit._sensitivities._protocol import sum_leading
 from bplambda_jax.credit._synth_traces._chunked import ChunkedTrace
 from bplambda_jax.credit._synth_traces._chunked import DEFAULT_CHUNK
-from bplambda_jax.credit._synth_traces._chunked import bytes_per_example as chunked_bytes_per_example
+from bplambda_jax.credit._synth_traces._chunked import (
+    bytes_per_example as chunked_bytes_per_example)
 from bplambda_jax.credit._synth_traces._chunked import chunked_init
 from bplambda_jax.credit._synth_traces._chunked import chunked_step
 from bplambda_jax.credit._synth_traces._dense import linear_trace_step

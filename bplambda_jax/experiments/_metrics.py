@@ -145,7 +145,8 @@ def alignment(rule: Rule, params, batch: Batch, hparams=None, *,
       raise ValueError(f"rule {rule.name!r}: the {group!r} gradient tree does not match the "
                        f"parameters ({len(leaves_est)} vs {len(leaves_exact)} leaves).")
     for (path, g), g_exact in zip(leaves_est, leaves_exact):
-      out[f"{group}/{jax.tree_util.keystr(path, simple=True, separator='/')}"] = _against_exact(g, g_exact)
+      key = jax.tree_util.keystr(path, simple=True, separator="/")
+      out[f"{group}/{key}"] = _against_exact(g, g_exact)
     out[group] = _against_exact(est[group], exact[group])
   out["all"] = _against_exact({k: est[k] for k in ("cell", "readout")},
                               {k: exact[k] for k in ("cell", "readout")})

@@ -89,7 +89,8 @@ def _check_dense(E, M, G, delta, c):
 def _check_diag(E, M, z, delta, c):
   E, M, z, delta = (jnp.asarray(a) for a in (E, M, z, delta))
   if E.ndim != 4 or E.shape[1] != E.shape[2]:
-    raise ValueError(f"E must have shape [B, d, d, n] (the trace of W [d, n]), got shape {E.shape}.")
+    raise ValueError(
+        f"E must have shape [B, d, d, n] (the trace of W [d, n]), got shape {E.shape}.")
   B, d, _, n = E.shape
   _check_common(E.reshape(B, d, d * n), M, delta, c)
   if z.shape != (B, n):

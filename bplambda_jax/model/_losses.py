@@ -2,7 +2,8 @@
 
 The objective of a batch is
 
-    L = mean_b Σ_t w_{t,b} · loss(y_{t,b}, y*_{t,b}),   w_{t,b} = mask_{t,b} / max(Σ_t mask_{t,b}, 1),
+    L = mean_b Σ_t w_{t,b} · loss(y_{t,b}, y*_{t,b}),
+    w_{t,b} = mask_{t,b} / max(Σ_t mask_{t,b}, 1),
 
 i.e. the mean over examples of the mean over target steps, with per-step losses ``mse`` = mean over
 features of (y − y*)², ``ce`` = softmax cross-entropy (integer labels), ``bce`` = mean over

@@ -33,7 +33,8 @@ class Synthesiser(NamedTuple):
     name: short name.
     init: ``init(key, d_in, d_out, dtype=None) -> {'train': pytree, 'frozen': pytree}``.
     apply: ``apply(params, z [d_in]) -> g [d_out]``.
-    linear: True when ĝ(z) = W z + β with W, β the whole 'train' subtree (enables structured traces).
+    linear: True when ĝ(z) = W z + β with W, β the whole 'train' subtree (enables structured
+      traces).
   """
 
   name: str

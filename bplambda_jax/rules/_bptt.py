@@ -1,4 +1,7 @@
-"""Backpropagation through time: the exact gradient, the oracle every other rule is tested against."""
+"""Backpropagation through time: the exact gradient.
+
+It is the oracle every other rule is tested against.
+"""
 
 from __future__ import annotations
 

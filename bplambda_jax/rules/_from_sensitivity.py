@@ -196,7 +196,10 @@ def rtrl(model: Model, *, mode: str = "online") -> base.Rule:
 
 
 def eprop(model: Model, *, mode: str = "online", compressed: Optional[bool] = None) -> base.Rule:
-  """e-prop (Bellec et al. 2020) with the immediate signal; see :func:`bplambda_jax.credit.eprop`."""
+  """e-prop (Bellec et al. 2020) with the immediate signal.
+
+  See :func:`bplambda_jax.credit.eprop`.
+  """
   return from_sensitivity(model, credit.eprop(model.cell, compressed), mode=mode)
 
 

@@ -120,7 +120,8 @@ def compressed_trace(cell: Cell, name: str,
 
   rev = None
   if reverse:  # a·A_t from A_t's diagonal blocks, prepared for all steps at once
-    def apply(params, bl, a):  # bl [U, k, k], a [1, n]: (a·A)[(u, c)] = Σ_b a[(u, b)]·A[(u, b), (u, c)]
+    # bl [U, k, k], a [1, n]: (a·A)[(u, c)] = Σ_b a[(u, b)]·A[(u, b), (u, c)]
+    def apply(params, bl, a):
       del params
       return layout.scatter(jnp.einsum("ub,ubc->uc", layout.gather(a[0]), bl))[None]
     rev = Reverse(1, blocks, apply)

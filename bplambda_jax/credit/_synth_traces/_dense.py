@@ -44,8 +44,8 @@ def trace_step_tree(trace: Any, M: Array, G: Any, delta: Array, c: Any, *,
       raise ValueError(f"each trace leaf must be [B, d, ...] with a G leaf of the same shape; got "
                        f"trace leaf {e.shape} and G leaf {g.shape}.")
     B, d = e.shape[:2]
-    e_new, inc = kernels.trace_step(e.reshape(B, d, -1), M, g.reshape(B, d, -1), delta, c, impl=impl,
-                            backend=backend, block_p=block_p)
+    e_new, inc = kernels.trace_step(e.reshape(B, d, -1), M, g.reshape(B, d, -1), delta, c,
+                                    impl=impl, backend=backend, block_p=block_p)
     return e_new.reshape(e.shape), inc.reshape(e.shape[2:])
 
   pairs = jax.tree.map(leaf, trace, G)
@@ -84,14 +84,15 @@ def linear_trace_step(trace: dict, M: Array, z: Array, delta: Array, c: Any, *,
     raise ValueError(f"g_scale must be a scalar, got shape {jnp.shape(g_scale)}.")
   z = jnp.asarray(z)
   new, inc = {}, {}
-  new["w"], inc["w"] = kernels.trace_step_diag(trace["w"], M, jnp.asarray(g_scale, z.dtype) * z, delta, c, impl=impl,
-                                       backend=backend, block_p=block_p)
+  gz = jnp.asarray(g_scale, z.dtype) * z
+  new["w"], inc["w"] = kernels.trace_step_diag(trace["w"], M, gz, delta, c, impl=impl,
+                                               backend=backend, block_p=block_p)
   if "b" in trace:
     eb = jnp.asarray(trace["b"])
     if eb.ndim != 3:
       raise ValueError(f"trace['b'] must have shape [B, d, d], got shape {eb.shape}.")
     ones = jnp.full((eb.shape[0], 1), g_scale, dtype=jnp.result_type(eb, z))  # β's "input", [B, 1]
-    e_new, inc_b = kernels.trace_step_diag(eb[..., None], M, ones, delta, c, impl=impl, backend=backend,
-                                   block_p=block_p)
+    e_new, inc_b = kernels.trace_step_diag(eb[..., None], M, ones, delta, c, impl=impl,
+                                           backend=backend, block_p=block_p)
     new["b"], inc["b"] = e_new[..., 0], inc_b[:, 0]
   return new, inc

@@ -119,9 +119,10 @@ def bp_lambda(model: Model,
       'auto') make the reverse recursion's link a product with M's diagonal or blocks instead of
       a vjp, and ``trace`` sets the form of the trace ``step`` carries. ValueError when the
       synthesiser or the cell lacks what the form needs.
-    trace_chunk: the chunked trace's chunk length: None (default ``bplambda_jax.internals.DEFAULT_CHUNK``) or an
-      int L ≥ 1. Also a shorthand kept from before ``trace``: with trace='auto', L ≥ 1 selects
-      trace='chunked' and 0 selects trace='dense'. Any other combination with trace_chunk set
+    trace_chunk: the chunked trace's chunk length: None (default
+      ``bplambda_jax.internals.DEFAULT_CHUNK``) or an int L ≥ 1. Also a shorthand kept from
+      before ``trace``: with trace='auto', L ≥ 1 selects trace='chunked' and 0 selects
+      trace='dense'. Any other combination with trace_chunk set
       (e.g. trace='diagonal', or trace='chunked' with 0) is a ValueError.
     trace_dtype: dtype of the traces in the step state (synthesiser and sensitivity); None: the
       parameters' dtype. E.g. float32 traces for a bfloat16 model.

@@ -127,8 +127,8 @@ def _synthesiser(cfg: Config, hp, cp, synth, inp: TDInputs):
   dtype, B = inp.final.dtype, inp.u.shape[1]
   if cfg.structure is not None:  # M_τ's blocks for every (τ, b), [N, B, k, k, U]
     layout = cfg.structure.layout
-    blocks = lambda c: _structured.unit_blocks(functools.partial(cfg.link, cp, c), layout, cfg.d_out,
-                                          dtype)
+    blocks = lambda c: _structured.unit_blocks(functools.partial(cfg.link, cp, c), layout,
+                                               cfg.d_out, dtype)
     ctx_m = _tb(blocks)(inp.ctx)
     link_m = functools.partial(_apply_blocks, layout=layout)
   else:

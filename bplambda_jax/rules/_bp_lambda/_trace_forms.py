@@ -165,7 +165,8 @@ def _structured_form(structure: _structured.TraceStructure, link, d_in, d_out,
     del steps
     pat = pattern(cp, dtype)
     m0 = jnp.zeros((B, pat.k, pat.k, layout.units), dtype)
-    return m0, _structured.structured_trace_init(B, pat, layout.units, d_in + ("b" in theta), trace_dtype)
+    return m0, _structured.structured_trace_init(B, pat, layout.units, d_in + ("b" in theta),
+                                                 trace_dtype)
 
   def next_m(cp, ctx, dtype):  # M_τ's blocks from k links per example, [B, k, k, U]
     blocks = functools.partial(_unit_blocks, link, cp, layout=layout, d_out=d_out, dtype=dtype)
@@ -178,8 +179,8 @@ def _structured_form(structure: _structured.TraceStructure, link, d_in, d_out,
   def step(cp, theta, frozen, td: StructuredTD, delta, c, keep):
     del frozen
     a = _linear_inputs(td.z, keep, "b" in theta)
-    trace, inc_wb = _structured.structured_trace_step(td.trace, td.m, a, delta, c, pattern(cp, td.z.dtype),
-                                           layout)
+    trace, inc_wb = _structured.structured_trace_step(td.trace, td.m, a, delta, c,
+                                                      pattern(cp, td.z.dtype), layout)
     return trace, _split_columns(inc_wb, d_in, "b" in theta)
 
   return TraceForm("structured", init, next_m, apply_m, step)
