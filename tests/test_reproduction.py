@@ -71,6 +71,11 @@ def _render(doc, cell):
     return "{:.{d}f}".format(v, d=d)
   if fmt == "sig":
     return "{:.{p}f}".format(v, p=max(d - 1 - math.floor(math.log10(abs(v))), 0))
+  if fmt == "pow10":  # scientific notation, written m·10ᵏ (10ᵏ alone for m = 1)
+    mant, exp = "{:.{p}e}".format(v, p=d - 1).split("e")
+    sup = dict(zip("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹"))
+    power = "10" + "".join(sup[c] for c in str(int(exp)))
+    return power if mant == "1" else f"{mant}·{power}"
   if fmt == "levels":
     return " ".join(f"({n},{r})" for n, r in zip(v["n"], v["r"]))
   if fmt == "ints":
@@ -229,7 +234,8 @@ def test_runs_measured_before_the_current_code_are_marked_stale():
     if tid != "commands":
       continue
     doc = _load(file)
-    by_out = {rec["out"]: rec for rec in doc["runs"].values()}
+    by_out = {rec["out"]: rec for rec in [*doc["runs"].values(), doc.get("analysis") or {}]
+              if rec}
     for row in rows:
       rec = by_out.get(row[0].strip("`"))
       if rec is None:

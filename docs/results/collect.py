@@ -188,6 +188,14 @@ def render(doc: dict, cell) -> str:
     return f"{value:.{d}f}"
   if fmt == "sig":  # d significant digits, no exponent
     return f"{value:.{max(d - 1 - math.floor(math.log10(abs(value))), 0)}f}"
+  if fmt == "pow10":  # d significant digits as m·10ᵏ (a power of ten alone when m rounds to 1)
+    k = math.floor(math.log10(abs(value)))
+    m = round(value / 10 ** k, d - 1)
+    if abs(m) >= 10:
+      m, k = m / 10, k + 1
+    exp = str(k).translate(str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹"))
+    mant = f"{m:.{d - 1}f}"
+    return f"10{exp}" if mant == "1" else f"{mant}·10{exp}"
   if fmt == "levels":
     return " ".join(f"({n},{r})" for n, r in zip(value["n"], value["r"]))
   if fmt == "ints":
@@ -446,6 +454,14 @@ def commands_table(doc, section):
                    + (f" **stale**: {why}" if why else "")])
     else:
       rows.append([f"`{_out(planned)}`", f"`{planned}`", "not run in this budget", "–", "–"])
+  rec = doc.get("analysis")
+  if rec:  # section 1's analysis script: a command of the section, with its commit and timing
+    why = stale(rec, section)
+    rows.append([f"`{rec['out']}`", f"`{rec['command']}`", num("analysis/wall_s"),
+                 "{:.1f} / {:.1f}".format(*rec["loadavg_1m"]) if None not in rec["loadavg_1m"]
+                 else "not recorded",
+                 f"`{(rec['provenance']['git_sha'] or '?')[:7]}`"
+                 + (f" **stale**: {why}" if why else "")])
   return {"note": "one row per command, run from the repository root; wall time of the whole "
           "command (all its rules and seeds) on 2 CPU cores shared with other jobs; 1-minute "
           "load average at its start / end; the library's commit when it ran",
@@ -920,6 +936,18 @@ def speed_table(doc):
           "header": ["case"] + [c for c, _ in SPEED_COLS], "rows": rows}
 
 
+ANALYSIS = os.path.join(HERE, "toy_analysis.json")
+
+
+def analysis_record() -> dict:
+  """The header of section 1's analysis (``toy_analysis.py``): its command, timing and commit."""
+  d = json.load(open(ANALYSIS))
+  return {"command": "python docs/results/toy_analysis.py",
+          "out": "docs/results/toy_analysis.json", "wall_s": d["wall_s"],
+          "loadavg_1m": d.get("loadavg_1m", [None, None]), "code_dirty": d.get("code_dirty"),
+          "provenance": d["provenance"]}
+
+
 def committed(section: str) -> dict:
   path = os.path.join(HERE, f"{section}.json")
   return json.load(open(path)) if os.path.exists(path) else {"runs": {}}
@@ -953,6 +981,8 @@ def build(runs: str) -> dict:
         missing.append(name)
       else:
         doc["runs"][name] = add_ci(rec)
+    if section == "toy" and os.path.exists(ANALYSIS):
+      doc["analysis"] = analysis_record()
     if section in ("toy", "plastic"):
       doc["tables"] = toy_tables(doc, section)
       doc["derived"] = toy_derived(doc)

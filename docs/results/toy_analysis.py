@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import time
 
 import jax
@@ -44,6 +45,7 @@ from bplambda_jax import experiments, oracles, tasks, training
 from bplambda_jax.internals import loss_and_states
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
 FIGURES = os.path.join(os.path.dirname(HERE), "figures")
 OUT = os.path.join(HERE, "toy_analysis.json")
 SEEDS = tuple(range(10))
@@ -166,6 +168,43 @@ def trained(model, T, steps):
   return {k: np.asarray(v, np.float64).tolist() for k, v in out.items()}
 
 
+def summary(doc):
+  """The numbers the report quotes, from the measurements above (each a min/max or mean over the
+  seeds; the report renders them from ``toy_analysis.json#summary``)."""
+  conv, rot, ls, tr = doc["convergence"], doc["rotation"], doc["least_squares"], doc["trained"]
+  span = lambda v: {"min": float(np.min(v)), "max": float(np.max(v))}  # noqa: E731
+  out = {"spectral_radius": span([c["spectral_radius"] for c in conv]),
+         "t_below_1e-3": span([c["first_t_below_1e-3"] for c in conv]),
+         "t_below_1e-6": span([c["first_t_below_1e-6"] for c in conv])}
+  for T in rot:
+    out[f"late_min_cos_next_T{T}"] = span([r["late_min_cos_next"] for r in rot[T]])
+    out[f"late_lipschitz_T{T}"] = span([r["late_lipschitz"] for r in rot[T]])
+  i_small, i_reg = ALPHAS.index(1e-16), ALPHAS.index(1e-6)
+  for T in ls:
+    align = np.asarray([r["alignment"] for r in ls[T]])  # [S, α]
+    w = np.asarray([r["w_norm"] for r in ls[T]])
+    out[f"ls_T{T}"] = {
+        "alignment_mean_smallest_alpha": float(align[:, i_small].mean()),
+        "w_norm_median_smallest_alpha": float(np.median(w[:, i_small])),
+        "alignment_mean_alpha_1e-6": float(align[:, i_reg].mean()),
+        "w_norm_median_alpha_1e-6": float(np.median(w[:, i_reg])),
+        "alignment_mean_alpha_ge_1e-4": span(align[:, i_reg + 1:].mean(0)),
+        "alignment_mean_every_alpha": span(align.mean(0)),
+        "synth_grad_norm_max_smallest_alpha": float(np.max([r["synth_grad_norm"][i_small]
+                                                            for r in ls[T]]))}
+  for T in tr:
+    mean = {k: np.asarray(tr[T][k]).mean(0) for k in ("summed_signal_cos", "cell_cos",
+                                                      "alignment")}  # [L]
+    out[f"trained_T{T}"] = {
+        "summed_signal_cos_lambda0": float(mean["summed_signal_cos"][0]),
+        "summed_signal_cos_lambda1": float(mean["summed_signal_cos"][-1]),
+        "cell_cos_lambda0": float(mean["cell_cos"][0]),
+        "cell_cos_lambda1": float(mean["cell_cos"][-1]),
+        "alignment_lambda1": float(mean["alignment"][-1]),
+        "synth_w_norm_lambda1": span(np.asarray(tr[T]["synth_w_norm"])[:, -1])}
+  return out
+
+
 def figure(doc):
   import matplotlib
   matplotlib.use("Agg")
@@ -226,12 +265,20 @@ def figure(doc):
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--steps", type=int, default=10_000, help="updates of the trained BP(λ) runs")
-  p.add_argument("--figure-only", action="store_true", help="redraw the figure from the JSON")
+  p.add_argument("--figure-only", action="store_true",
+                 help="redraw the figure and recompute the summary from the JSON")
   args = p.parse_args(argv)
   if args.figure_only:
-    figure(json.load(open(OUT)))
+    doc = json.load(open(OUT))
+    doc["summary"] = summary(doc)
+    with open(OUT, "w") as f:
+      json.dump(doc, f, separators=(",", ":"))
+      f.write("\n")
+    figure(doc)
     return
-  t0 = time.time()
+  t0, load0 = time.time(), os.getloadavg()[0]
+  dirty = subprocess.run(["git", "status", "--porcelain", "--", "bplambda_jax"], cwd=REPO,
+                         capture_output=True, text=True).stdout.strip()
   model = tasks.toy_model(30)
   with jax.enable_x64(True):
     rule64 = bl.bp_lambda(model, flavour="state", lambda_=1.0, gamma=1.0, mode="sequence")
@@ -247,8 +294,11 @@ def main(argv=None):
     print(f"trained BP(λ) at T = {T}: {time.time() - t0:.0f} s", flush=True)
   doc["steps"] = args.steps
   doc["wall_s"] = round(time.time() - t0, 1)
+  doc["loadavg_1m"] = [load0, os.getloadavg()[0]]
+  doc["code_dirty"] = bool(dirty)
   from bplambda_jax.experiments._results import provenance
   doc["provenance"] = provenance()
+  doc["summary"] = summary(doc)
   with open(OUT, "w") as f:
     json.dump(doc, f, separators=(",", ":"))
     f.write("\n")
