@@ -334,3 +334,51 @@ def test_derived_speed_numbers_follow_from_the_benchmark_rows():
     assert v["value"] == pytest.approx(rows[v["of"]]["median_s"] / rows[v["over"]]["median_s"],
                                        rel=1e-12), key
   assert derived["peer_version"] in bench["peer_seqmnist_lstm30_braintrace_eprop"]["note"]
+
+
+@pytest.mark.parametrize("file", ["toy.json", "plastic.json"])
+def test_derived_toy_numbers_follow_from_the_runs(file):
+  """The prose's 'single seeds reach up to …' and 'DNI reaches at most …' at T ≥ 30."""
+  doc = _load(file)
+  ours = {n: r for n, r in doc["runs"].items()
+          if int(re.search(r"_T(\d+)", n).group(1)) >= 30 and not n.endswith("_faithful")
+          and "bptt" not in n}
+  seeds = [v for n, r in ours.items() if "dni" not in n for rule in r["rules"].values()
+           for v in rule["eval"]["alignment"]["values"]]
+  assert doc["derived"]["max_seed_alignment_long"]["value"] == max(seeds)
+  dni = [(rule["eval"]["alignment"]["mean"], n, label) for n, r in ours.items() if "dni" in n
+         for label, rule in r["rules"].items()]
+  top, run, label = max(dni)
+  got = doc["derived"]["max_dni_alignment_long"]
+  assert got["alignment"]["mean"] == top and got["run"] == run
+  assert f"dni:{got['n']}" == label and f"_T{got['T']}" in run
+
+
+def test_derived_mnist_number_follows_from_the_runs():
+  """The prose's 'the best validation loss came at update … or later for every rule and seed'."""
+  doc = _load("seqmnist.json")
+  steps = [s for r in doc["runs"].values() for rule in r["rules"].values()
+           for s in rule["best_step"]]
+  assert len(steps) == 5 * 14  # 14 rules, 5 seeds
+  assert doc["derived"]["earliest_best_step"]["value"] == min(steps)
+
+
+def test_toy_analysis_summary_follows_from_its_measurements():
+  """The section 1 numbers quoted from toy_analysis.json's summary are recomputed from the
+  measurements stored beside it (a few independently, all by the script's own summary)."""
+  import importlib.util
+  path = os.path.join(DOCS, "results", "toy_analysis.py")
+  spec = importlib.util.spec_from_file_location("toy_analysis", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  doc = _load("toy_analysis.json")
+  s = doc["summary"]
+  radii = [c["spectral_radius"] for c in doc["convergence"]]
+  assert (s["spectral_radius"]["min"], s["spectral_radius"]["max"]) == (min(radii), max(radii))
+  lip = [r["late_lipschitz"] for r in doc["rotation"]["30"]]
+  assert s["late_lipschitz_T30"]["max"] == max(lip)
+  ls = doc["least_squares"]["30"]
+  i = ls[0]["alpha"].index(1e-16)
+  assert s["ls_T30"]["alignment_mean_smallest_alpha"] == pytest.approx(
+      np.mean([r["alignment"][i] for r in ls]), rel=1e-12)
+  assert json.loads(json.dumps(mod.summary(doc))) == s

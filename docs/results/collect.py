@@ -437,31 +437,31 @@ def _round(v):
 
 # ----------------------------------------------------------------------------- tables
 
+def _ran_row(rec, command_cell, path, section):
+  """The commands-table row of a command that ran: results, command, wall time (a reference to
+  ``path``/wall_s), load at start / end, commit and stale mark."""
+  load = ("{:.1f} / {:.1f}".format(*rec["loadavg_1m"]) if None not in rec["loadavg_1m"]
+          else "not recorded")
+  why = stale(rec, section)
+  return [f"`{rec['out']}`", command_cell, num(f"{path}/wall_s"), load,
+          f"`{(rec['provenance']['git_sha'] or '?')[:7]}`" + (f" **stale**: {why}" if why else "")]
+
+
 def commands_table(doc, section):
   """Every planned command of the section: its wall time if it ran, else 'not run'."""
   rows = []
   for name, planned in PLAN[section].items():
     rec = doc["runs"].get(name)
     if rec:
-      load = ("{:.1f} / {:.1f}".format(*rec["loadavg_1m"]) if None not in rec["loadavg_1m"]
-              else "not recorded")
-      why = stale(rec, section)
       # the command as it is spelled now; a run made with an earlier spelling or setting keeps
       # what it ran in the JSON record, and the row says so
       ran = "" if rec["command"] == planned else " (ran with an earlier command: see the JSON)"
-      rows.append([f"`{rec['out']}`", f"`{planned}`{ran}", num(f"runs/{name}/wall_s"), load,
-                   f"`{(rec['provenance']['git_sha'] or '?')[:7]}`"
-                   + (f" **stale**: {why}" if why else "")])
+      rows.append(_ran_row(rec, f"`{planned}`{ran}", f"runs/{name}", section))
     else:
       rows.append([f"`{_out(planned)}`", f"`{planned}`", "not run in this budget", "–", "–"])
-  rec = doc.get("analysis")
-  if rec:  # section 1's analysis script: a command of the section, with its commit and timing
-    why = stale(rec, section)
-    rows.append([f"`{rec['out']}`", f"`{rec['command']}`", num("analysis/wall_s"),
-                 "{:.1f} / {:.1f}".format(*rec["loadavg_1m"]) if None not in rec["loadavg_1m"]
-                 else "not recorded",
-                 f"`{(rec['provenance']['git_sha'] or '?')[:7]}`"
-                 + (f" **stale**: {why}" if why else "")])
+  if doc.get("analysis"):  # section 1's analysis script, a command of the section too
+    rows.append(_ran_row(doc["analysis"], f"`{doc['analysis']['command']}`", "analysis",
+                         section))
   return {"note": "one row per command, run from the repository root; wall time of the whole "
           "command (all its rules and seeds) on 2 CPU cores shared with other jobs; 1-minute "
           "load average at its start / end; the library's commit when it ran",
@@ -535,26 +535,28 @@ def toy_tables(doc, section):
   return tables
 
 
+def _long_runs(doc, dni: bool):
+  """(run name, T, its rules) of the runs at T ≥ 30 in our convention: DNI's or BP(λ)'s."""
+  for name, rec in doc["runs"].items():
+    T = int(re.search(r"_T(\d+)", name).group(1))
+    if T >= 30 and not name.endswith("_faithful") and "bptt" not in name and (
+        ("dni" in name) == dni):
+      yield name, T, rec["rules"]
+
+
 def toy_derived(doc):
   """Numbers the prose quotes that no table holds: the largest final alignment a single seed of
   BP(λ) (any λ) reaches at T ≥ 30, and the largest mean alignment of DNI (any n) there."""
-  best = {"value": -math.inf, "run": None, "rule": None}
-  for name, rec in doc["runs"].items():
-    T = int(re.search(r"_T(\d+)", name).group(1))
-    if T < 30 or "dni" in name or "bptt" in name or name.endswith("_faithful"):
-      continue
-    for label, r in rec["rules"].items():
-      top = max(r["eval"]["alignment"]["values"])
-      if top > best["value"]:
-        best = {"value": top, "run": name, "rule": label}
+  best = {"value": -math.inf}
+  for name, _, rules in _long_runs(doc, dni=False):
+    for label, r in rules.items():
+      if max(r["eval"]["alignment"]["values"]) > best["value"]:
+        best = {"value": max(r["eval"]["alignment"]["values"]), "run": name, "rule": label}
   best["note"] = ("the largest final alignment of a single seed of BP(λ), any λ, at T ≥ 30 "
                   "(our convention)")
   dni = {"alignment": {"mean": -math.inf}}
-  for name, rec in doc["runs"].items():
-    T = int(re.search(r"_T(\d+)", name).group(1))
-    if T < 30 or "dni" not in name or name.endswith("_faithful"):
-      continue
-    for label, r in rec["rules"].items():
+  for name, T, rules in _long_runs(doc, dni=True):
+    for label, r in rules.items():
       if r["eval"]["alignment"]["mean"] > dni["alignment"]["mean"]:
         dni = {"alignment": r["eval"]["alignment"], "run": name, "T": T,
                "n": int(label.split(":")[1])}
