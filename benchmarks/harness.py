@@ -21,6 +21,7 @@ import datetime
 import math
 import os
 import statistics
+import subprocess
 import time
 import traceback
 from typing import Any, Callable, Iterable, Optional
@@ -48,7 +49,8 @@ FIELDS = {
     "temp_bytes": int, "flops": float, "xla_flops": float, "gflops": float,
     "analytic_flops": float, "flop_floor_s": float, "ratio_to_flop_floor": float,
     "bptt_ref": str, "ratio_to_bptt": float, "sequences_per_s": float, "jax_version": str,
-    "device": str, "host": str, "date": str, "loadavg_1m": float,
+    "device": str, "host": str, "date": str, "loadavg_1m": float, "git_sha": str,
+    "code_dirty": bool,
 }
 STATUSES = ("ok", "skipped", "error")
 
@@ -80,6 +82,28 @@ def device() -> str:
 def host() -> str:
   info = machine_info()
   return f"{info['nproc']} cores, {info['cpu_model']}, {info['mem_total_gb']} GB"
+
+
+_COMMIT: dict = {}
+
+
+def commit() -> tuple[Optional[str], Optional[bool]]:
+  """(HEAD's sha, whether bplambda_jax/ or benchmarks/ has uncommitted changes) of the checkout
+  the suite runs from; (None, None) outside a git checkout. Asked once per process."""
+  if not _COMMIT:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+      sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                           text=True, timeout=10).stdout.strip() or None
+      dirty = subprocess.run(["git", "status", "--porcelain", "--", "bplambda_jax", "benchmarks"],
+                             cwd=root, capture_output=True, text=True, timeout=10).stdout
+      # the suite's results and their rendering in its README are not code
+      dirty = any(not line[3:].startswith(("benchmarks/results/", "benchmarks/README.md"))
+                  for line in dirty.splitlines())
+    except (OSError, subprocess.SubprocessError):
+      sha, dirty = None, None
+    _COMMIT.update(sha=sha, dirty=dirty if sha else None)
+  return _COMMIT["sha"], _COMMIT["dirty"]
 
 
 def loadavg() -> Optional[float]:
@@ -356,6 +380,7 @@ def base_row(case: cases_lib.Case, tiny: bool) -> dict:
       seeds=case.seeds, seed_impl=case.seed_impl, dtype="float32", tiny=tiny,
       bptt_ref=case.bptt_ref, jax_version=jax.__version__, device=device(), host=host(),
       date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+  row["git_sha"], row["code_dirty"] = commit()
   return row
 
 

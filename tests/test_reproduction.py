@@ -382,3 +382,29 @@ def test_toy_analysis_summary_follows_from_its_measurements():
   assert s["ls_T30"]["alignment_mean_smallest_alpha"] == pytest.approx(
       np.mean([r["alignment"][i] for r in ls]), rel=1e-12)
   assert json.loads(json.dumps(mod.summary(doc))) == s
+
+
+def test_benchmark_numbers_carry_their_commit_and_stale_mark():
+  """The cost tables (report and README) say at which commit the benchmark rows ran, and mark
+  them stale when a row records no commit, or bplambda_jax/ or the suite's code (benchmarks/
+  less its results and README) changed since, or it ran with uncommitted changes there."""
+  if _git("rev-parse", "HEAD") is None:
+    pytest.skip("no git history: staleness cannot be decided")
+  doc = _load("cost.json")
+  with open(os.path.join(ROOT, doc["benchmark"]["file"]), encoding="utf-8") as f:
+    rows = json.load(f)
+  shas = {r.get("git_sha") for r in rows}
+  if None in shas or len(shas) != 1:
+    is_stale = True
+  else:
+    sha = shas.pop()
+    is_stale = (any(r.get("code_dirty") for r in rows)
+                or not _git("rev-parse", "--verify", "--quiet", f"{sha}^{{commit}}")
+                or bool(_git("diff", "--name-only", sha, "HEAD", "--", "bplambda_jax", "benchmarks",
+                             ":(exclude)benchmarks/results", ":(exclude)benchmarks/README.md")))
+    assert f"at `{sha[:7]}`" in doc["tables"]["seqmnist"]["note"]
+  assert bool(doc["benchmark"]["stale"]) == is_stale
+  for path in (REPORT, os.path.join(ROOT, "README.md")):
+    notes = [line for line in open(path, encoding="utf-8")
+             if line.startswith("Source: `docs/results/cost.json`")]
+    assert notes and all(("**stale**" in n) == is_stale for n in notes), path

@@ -119,7 +119,7 @@ def measure(shape: str, python: str, rounds: int, calls: int, tiny: bool, log_di
   theirs = dict.fromkeys(harness.FIELDS)
   theirs.update({k: row[k] for k in ("kind", "mode", "cell", "loss", "batch", "seq_len", "hidden",
                                      "input_size", "output_size", "seeds", "dtype", "tiny",
-                                     "device", "host", "date")})
+                                     "device", "host", "date", "git_sha", "code_dirty")})
   versions = info["versions"]
   theirs.update(name=name_theirs, family="peer", status="ok", rule=PEER_LABEL,
                 timed="train_update", loadavg_1m=load, jax_version=versions["jax"],

@@ -146,7 +146,8 @@ PLAN = {
 # the code each section's numbers depend on: a number measured at a commit where these paths
 # differed from HEAD's is stale
 CODE_PATHS = {**{s: ("bplambda_jax",) for s in PLAN}, "stream": ("bplambda_jax",),
-              "cost": ("bplambda_jax", "benchmarks")}
+              "cost": ("bplambda_jax", "benchmarks", ":(exclude)benchmarks/results",
+                       ":(exclude)benchmarks/README.md")}
 # the runner's own log directory of a section (the long horizons keep theirs apart)
 LOG_DIR = {"long": os.path.join("logs", "long")}
 
@@ -791,14 +792,16 @@ def cost_doc(docs: dict, bench_path: str = BENCH):
       keep[name]["median_ms"] = r["median_s"] * 1e3
       keep[name]["peak_mib"] = r["peak_bytes"] / 2 ** 20
   dates = sorted(r["date"] for r in rows if r.get("date"))
-  measured = f"measured {dates[0][:10]}" + (f" to {dates[-1][:10]}" if dates[-1][:10] != dates[0][:10]
-                                            else "")
+  when = benchmark_commit(rows)
+  measured = (f"measured {dates[0][:10]}"
+              + (f" to {dates[-1][:10]}" if dates[-1][:10] != dates[0][:10] else "")
+              + " " + commit_mark(when))
   doc = {"section": "cost",
          "benchmark": {"file": "benchmarks/results/latest.json",
                        "command": "python -m benchmarks.run --json benchmarks/results/latest.json",
                        "dates": [dates[0], dates[-1]],
                        "jax": rows[0]["jax_version"], "device": rows[0]["device"],
-                       "rows": keep},
+                       **when, "rows": keep},
          "copied": {}, "points": []}
   tables = {}
   for kind, spec, src_file, metric in (("seqmnist", COST_MNIST, "seqmnist", "test/accuracy"),
@@ -943,8 +946,8 @@ def speed_table(doc):
   return {"note": "seconds per training update (gradients + Adam), median of the timed calls, "
           f"one run of `benchmarks/results/latest.json` ({dates[0]} to {dates[-1]} UTC, "
           f"2-core CPU, 1-minute load average {min(loads):.1f}–{max(loads):.1f}); on the "
-          "element-wise LSTM BP(λ) online uses the structured trace; the benchmark rows record "
-          "no commit (benchmarks/README.md's \"This run\" names it)",
+          "element-wise LSTM BP(λ) online uses the structured trace; measured "
+          + commit_mark(doc["benchmark"]),
           "header": ["case"] + [c for c, _ in SPEED_COLS], "rows": rows}
 
 
@@ -972,11 +975,31 @@ def stale(rec, section):
   sha = (rec.get("provenance") or {}).get("git_sha")
   if not sha or not git("rev-parse", "--verify", "--quiet", f"{sha}^{{commit}}"):
     return "its commit is not in this repository"
+  paths = " and ".join(p for p in CODE_PATHS[section] if not p.startswith(":"))
   if rec.get("code_dirty"):
-    return "it ran with uncommitted changes to " + ", ".join(CODE_PATHS[section])
+    return f"it ran with uncommitted changes to {paths}"
   if git("diff", "--name-only", sha, "HEAD", "--", *CODE_PATHS[section]):
-    return f"{', '.join(CODE_PATHS[section])} changed since {sha[:7]}"
+    return f"{paths} changed since {sha[:7]}"
   return None
+
+
+def commit_mark(when) -> str:
+  """'at `sha`', with ', **stale**: why' when the benchmark's numbers are stale."""
+  at = f"at `{when['git_sha'][:7]}`" if when["git_sha"] else "at an unrecorded commit"
+  return at + (f", **stale**: {when['stale']}" if when["stale"] else "")
+
+
+def benchmark_commit(rows) -> dict:
+  """The commit the benchmark rows ran at, and why they are stale (None when they are not): a
+  row without a recorded commit, rows of several commits, uncommitted changes, or code changed
+  since (``CODE_PATHS['cost']``: the library and the suite, not its results)."""
+  shas = sorted({r.get("git_sha") or "" for r in rows})
+  if shas == [""] or "" in shas:
+    return {"git_sha": None, "stale": "the rows do not record their commit"}
+  if len(shas) > 1:
+    return {"git_sha": None, "stale": f"the rows ran at {len(shas)} commits"}
+  rec = {"provenance": {"git_sha": shas[0]}, "code_dirty": any(r.get("code_dirty") for r in rows)}
+  return {"git_sha": shas[0], "stale": stale(rec, "cost")}
 
 
 def build(runs: str) -> dict:
