@@ -77,7 +77,7 @@ def _render(doc, cell):
     power = "10" + "".join(sup[c] for c in str(int(exp)))
     return power if mant == "1" else f"{mant}·{power}"
   if fmt == "levels":
-    return " ".join(f"({n},{r})" for n, r in zip(v["n"], v["r"]))
+    return " ".join("none" if (n, r) == (0, 0) else f"({n},{r})" for n, r in zip(v["n"], v["r"]))
   if fmt == "ints":
     return " ".join(str(int(x)) for x in v)
   if fmt == "minutes":

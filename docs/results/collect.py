@@ -198,7 +198,8 @@ def render(doc: dict, cell) -> str:
     mant = f"{m:.{d - 1}f}"
     return f"10{exp}" if mant == "1" else f"{mant}·10{exp}"
   if fmt == "levels":
-    return " ".join(f"({n},{r})" for n, r in zip(value["n"], value["r"]))
+    # (0, 0): not even the first level solved
+    return " ".join(f"({n},{r})" if n else "none" for n, r in zip(value["n"], value["r"]))
   if fmt == "ints":
     return " ".join(str(int(v)) for v in value)
   if fmt == "minutes":  # a number of seconds, in minutes
@@ -636,8 +637,9 @@ def copy_tables(doc):
                    {"ref": f"{base}/solved", "fmt": "levels"},
                    pm(f"{base}/solved_level", 2), pm(f"{base}/final/loss", 3),
                    num(f"{base}/ms_per_update", 0), f"`{run}`"])
-  return {"results": {"note": "largest (N, R) solved by each of seeds 0–4; its index in the "
-                      "curriculum (1 = (1,1), 2 = (2,1), 3 = (2,2), 4 = (3,2), 5 = (3,3), …), "
+  return {"results": {"note": "largest (N, R) solved by each of seeds 0–4 ('none': not even "
+                      "(1,1)); its index in the curriculum (0 = none, 1 = (1,1), 2 = (2,1), "
+                      "3 = (2,2), 4 = (3,2), 5 = (3,3), …), "
                       "mean ± sd over the 5 seeds; training loss (nats per target step) over "
                       "the last 500 updates; ms per update: 5 seeds at once",
                       "header": ["rule", "setting", "largest (N, R) per seed", "level index",
