@@ -208,10 +208,36 @@ def targets(rows: list[dict], spec: Optional[dict] = None) -> str:
   return "\n".join(lines)
 
 
+def run_summary(rows: list[dict]) -> str:
+  """Where and when the rows ran: commit(s), dates, machine, load, and the matmul floor."""
+  shas = {r.get("git_sha") for r in rows}
+  commit = ", ".join(f"`{s[:7]}`" for s in sorted(s for s in shas if s))
+  if None in shas:
+    commit += ", and not recorded for some rows" if commit else "not recorded"
+  if any(r.get("code_dirty") for r in rows):
+    commit += " (with uncommitted changes to the code)"
+  dates = sorted(r["date"][:16].replace("T", " ") for r in rows if r.get("date"))
+  loads = [r["loadavg_1m"] for r in rows if r.get("loadavg_1m") is not None]
+  floors = {r["name"]: r["gflops"] for r in rows if r["name"].startswith("floor_matmul")
+            and r.get("gflops")}
+  out = ["### Where and when\n", f"- commit: {commit}",
+         f"- rows: {len(rows)}" + (f", measured {dates[0]} to {dates[-1]} UTC" if dates else ""),
+         f"- machine: {rows[0].get('host')}; device `{rows[0].get('device')}`; jax "
+         f"{rows[0].get('jax_version')}"]
+  if loads:
+    out.append(f"- 1-minute load average when a case started: {min(loads):.1f}–{max(loads):.1f}")
+  if "floor_matmul" in floors:
+    out.append(f"- matmul floor: {floors['floor_matmul']:.0f} GFLOP/s at the start"
+               + (f", {floors['floor_matmul_end']:.0f} GFLOP/s at the end"
+                  if "floor_matmul_end" in floors else ""))
+  return "\n".join(out) + "\n"
+
+
 def report(rows: list[dict], spec: Optional[dict] = None) -> str:
-  """The tables, the targets and the peak-memory exponents (what ``--table`` prints)."""
+  """Where the rows ran, the tables, the targets and the peak-memory exponents (what ``--table``
+  prints)."""
   spec = spec or load_targets()
-  out = [table(rows), "### Targets\n", targets(rows, spec),
+  out = [run_summary(rows), table(rows), "### Targets\n", targets(rows, spec),
          f"\n### Peak-memory exponents (log-log slope of peak bytes; H at T = {FIT_T}, T at "
          f"H = {FIT_H})\n"]
   for label, mode in spec.get("memory_exponents", ()):

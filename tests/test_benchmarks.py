@@ -4,6 +4,7 @@ No timing asserts: only that each row is complete and self-consistent.
 """
 
 import json
+import os
 import pathlib
 
 import jax
@@ -22,6 +23,23 @@ from benchmarks import run
 @pytest.fixture(scope="module")
 def tiny_rows():
   return harness.run_cases(tiny=True, repeats=1, log=lambda s: None)
+
+
+def test_rows_record_the_commit_they_ran_at(tiny_rows):
+  """Every row names the checkout's commit (or None outside git), and the rendered report says
+  it, or that it was not recorded."""
+  import subprocess
+  head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), capture_output=True, text=True).stdout.strip() or None
+  assert {r["git_sha"] for r in tiny_rows} == {head}
+  summary = report.run_summary(tiny_rows)
+  assert (f"- commit: `{head[:7]}`" if head else "- commit: not recorded") in summary
+  old = [dict(r, git_sha=None, code_dirty=None) for r in tiny_rows]
+  assert "- commit: not recorded" in report.run_summary(old)
+  mixed = old[:1] + [dict(r, code_dirty=True) for r in tiny_rows[1:]]
+  if head:
+    assert ("and not recorded for some rows (with uncommitted changes to the code)"
+            in report.run_summary(mixed))
 
 
 @pytest.mark.slow
