@@ -778,6 +778,16 @@ _BENCH_KEYS = ("rule", "mode", "cell", "batch", "seq_len", "hidden", "median_s",
                "status")
 
 
+def bench_copy(r: dict) -> dict:
+  """What the report keeps of a benchmark row: ``_BENCH_KEYS``, and for a measured row its time
+  in ms and its peak memory in MiB."""
+  out = {k: r.get(k) for k in _BENCH_KEYS}
+  if r["status"] == "ok" and r.get("median_s") is not None:
+    out["median_ms"] = r["median_s"] * 1e3
+    out["peak_mib"] = r["peak_bytes"] / 2 ** 20 if r.get("peak_bytes") is not None else None
+  return out
+
+
 def cost_doc(docs: dict, bench_path: str = BENCH):
   """Section 5: benchmark rows (seconds per update, peak memory) next to the accuracy and the
   curriculum level they buy (copied from seqmnist.json and copy_repeat.json, with their refs);
@@ -789,10 +799,7 @@ def cost_doc(docs: dict, bench_path: str = BENCH):
     r = by_name.get(name)
     if r is None:
       continue
-    keep[name] = {k: r.get(k) for k in _BENCH_KEYS}
-    if r["status"] == "ok":
-      keep[name]["median_ms"] = r["median_s"] * 1e3
-      keep[name]["peak_mib"] = r["peak_bytes"] / 2 ** 20
+    keep[name] = bench_copy(r)
   dates = sorted(r["date"] for r in rows if r.get("date"))
   when = benchmark_commit(rows)
   measured = (f"measured {dates[0][:10]}"
@@ -904,7 +911,7 @@ def speed_claims(doc, bench_path: str = BENCH) -> dict:
     r = rows_all[name]
     if r["status"] != "ok":
       raise ValueError(f"benchmark row {name} is {r['status']}")
-    keep.setdefault(name, {k: r.get(k) for k in _BENCH_KEYS})
+    keep.setdefault(name, bench_copy(r))
     return r
 
   cases = [n for n, r in rows_all.items() if n.endswith("_bplambda_sequence")
@@ -940,7 +947,7 @@ def speed_table(doc):
       if r is None or r["status"] != "ok":
         cells.append("—")
         continue
-      doc["benchmark"]["rows"].setdefault(name, {k: r.get(k) for k in _BENCH_KEYS})
+      doc["benchmark"]["rows"].setdefault(name, bench_copy(r))
       cells.append({"ref": f"benchmark/rows/{name}/median_s", "fmt": "sig", "digits": 2})
     rows.append(cells)
   dates = sorted(r["date"][:16] for r in rows_all.values() if r.get("date"))
