@@ -552,8 +552,9 @@ def toy_derived(doc):
   best = {"value": -math.inf}
   for name, _, rules in _long_runs(doc, dni=False):
     for label, r in rules.items():
-      if max(r["eval"]["alignment"]["values"]) > best["value"]:
-        best = {"value": max(r["eval"]["alignment"]["values"]), "run": name, "rule": label}
+      top = max(r["eval"]["alignment"]["values"])
+      if top > best["value"]:
+        best = {"value": top, "run": name, "rule": label}
   best["note"] = ("the largest final alignment of a single seed of BP(λ), any λ, at T ≥ 30 "
                   "(our convention)")
   dni = {"alignment": {"mean": -math.inf}}
@@ -1003,7 +1004,7 @@ def benchmark_commit(rows) -> dict:
   row without a recorded commit, rows of several commits, uncommitted changes, or code changed
   since (``CODE_PATHS['cost']``: the library and the suite, not its results)."""
   shas = sorted({r.get("git_sha") or "" for r in rows})
-  if shas == [""] or "" in shas:
+  if "" in shas:
     return {"git_sha": None, "stale": "the rows do not record their commit"}
   if len(shas) > 1:
     return {"git_sha": None, "stale": f"the rows ran at {len(shas)} commits"}
