@@ -45,6 +45,10 @@ def _load(name, cache={}):
 def _resolve(doc, path):
   node = doc
   for key in path.split("/"):
+    if isinstance(node, list):  # a list's element by its index
+      assert key.isdigit() and int(key) < len(node), f"{path}: no index {key!r}"
+      node = node[int(key)]
+      continue
     assert isinstance(node, dict) and key in node, f"{path}: no key {key!r}"
     node = node[key]
   return node
@@ -111,12 +115,12 @@ def _tables(path=REPORT):
 
 
 SECTIONS = ("gradient alignment", "Plastic RNN", "Sequential MNIST", "Copy-repeat", "Cost",
-            "Long horizons")
+            "Long horizons", "Streaming")
 # the fewest seeds a statistic of each results file may have
 MIN_SEEDS = {"long.json": 3}
 
 
-def test_report_has_the_six_sections():
+def test_report_has_its_sections():
   text = _report()
   heads = [l for l in text.splitlines() if l.startswith("## ")]
   for i, word in enumerate(SECTIONS, 1):
@@ -234,8 +238,8 @@ def test_runs_measured_before_the_current_code_are_marked_stale():
     if tid != "commands":
       continue
     doc = _load(file)
-    by_out = {rec["out"]: rec for rec in [*doc["runs"].values(), doc.get("analysis") or {}]
-              if rec}
+    scripts = [doc.get("analysis")] + [t["record"] for t in doc.get("tuning", {}).values()]
+    by_out = {rec["out"]: rec for rec in [*doc["runs"].values(), *scripts] if rec}
     for row in rows:
       rec = by_out.get(row[0].strip("`"))
       if rec is None:
@@ -408,3 +412,37 @@ def test_benchmark_numbers_carry_their_commit_and_stale_mark():
     notes = [line for line in open(path, encoding="utf-8")
              if line.startswith("Source: `docs/results/cost.json`")]
     assert notes and all(("**stale**" in n) == is_stale for n in notes), path
+
+
+def test_stream_runs_use_the_settings_their_tuning_picked():
+  """Section 7: each rule's pick is the lowest validation MSE of its grid (a stopped point never
+  wins), every final run streamed with its rule's pick (or, where a guard stopped that run, at
+  the best point with a smaller learning rate) on other seeds than the tuning's, and the
+  reference ratio is the closed forms' quotient."""
+  doc = _load("stream.json")
+  assert set(doc["tuning"]) == {"elementwise_lstm", "lstm"}
+  checked = 0
+  for cell, t in doc["tuning"].items():
+    assert t["optimal_ratio"] == t["optimal_mse"] / t["memoryless_mse"] < 1
+    for rule, entry in t["rules"].items():
+      ok = [p for p in entry["grid"] if p["tail_mse"] is not None]
+      assert entry["pick"] == min(ok, key=lambda p: p["tail_mse"]), (cell, rule)
+      name = f"stream_{cell}_{rule.replace(':', '')}"
+      rec, point = doc["runs"].get(name), entry["pick"]
+      if rec is None:
+        continue
+      if rec.get("stopped"):  # a guard stopped it: the rule ran again at its fallback point
+        assert rec["stopped"].startswith("stopped"), rec["stopped"]
+        lower = [p for p in ok if p["lr"] < point["lr"]]
+        point = min(lower, key=lambda p: p["tail_mse"])
+        name = f"{name}_lr{point['lr']:g}"
+        rec = doc["runs"][name]
+        assert not rec.get("stopped"), name
+      s = rec["settings"]
+      assert (s["cell"], s["lr"], s["lr_synth"]) == (cell, point["lr"], point["lr_synth"]), name
+      assert rec["rules"][rule]["spec"] == point["spec"]
+      assert s["trace"] == t["trace"] and s["hidden_size"] == t["hidden_size"]
+      assert not set(range(s["seed"], s["seed"] + s["seeds"])) & set(t["validation_seeds"])
+      assert s["seeds"] >= 5 and s["steps"] >= 100_000
+      checked += 1
+  assert checked >= 10

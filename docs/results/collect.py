@@ -13,8 +13,10 @@ results directory ``runs/<name>/``); keep each command's wall time in
 Each ``docs/results/<section>.json`` holds, per run: the command, its wall time, the resolved
 config, the data source, provenance, the per-rule summary copied from the run's
 ``summary.json`` (per-seed values, mean ± sd with ddof = 1, n) and thinned curves from
-``metrics.jsonl``; and the section's tables. A table cell is either text or a reference into the
-same file (``{"ref": "runs/<run>/rules/<label>/eval/alignment", "fmt": "pm", "digits": 3}``);
+``metrics.jsonl`` (the streaming section: each rule's ``stream.json`` of ``bplambda stream``,
+its planned commands made from the picks of ``stream_tuning.py``); and the section's tables. A
+table cell is either text or a reference into the same file
+(``{"ref": "runs/<run>/rules/<label>/eval/alignment", "fmt": "pm", "digits": 3}``);
 ``--report`` renders every table into ``docs/reproduction.md`` between
 ``<!-- table FILE#ID -->`` and ``<!-- /table -->``, and ``tests/test_reproduction.py`` checks that
 the rendered numbers equal the JSON (README.md's tables too: the toy table, the table of the rules
@@ -142,10 +144,81 @@ PLAN = {
              "long_T1003": _long(249, 300, 25, 100)},
     "align": {f"align_{task}": f"bplambda align --task {task} --seeds 5 --out runs/align_{task} "
                                "--no-progress" for task in ("toy", "copy")},
+    "stream": {},  # filled below from the tuning's picks
 }
+
+# section 7, streaming: every rule with the setting its tuning picked on validation streams
+# (docs/results/stream_tuning.py writes stream_tuning_CELL.json), streamed on seeds 0–4
+STREAM_CELLS = ("elementwise_lstm", "lstm")
+STREAM_STEPS = {"elementwise_lstm": 1_000_000, "lstm": 200_000}
+STREAM_SEEDS = 5
+
+
+def stream_tuning_path(cell: str) -> str:
+  return os.path.join(HERE, f"stream_tuning_{cell}.json")
+
+
+def _rule_dir(rule: str) -> str:
+  return rule.replace(":", "")
+
+
+def _stream(cell: str, rule: str, tuning: dict, name: str, point=None) -> str:
+  """The final command ``name`` of ``rule`` on ``cell``: the tuning's task and network, at its
+  grid ``point`` (default: its pick)."""
+  pick, tr = point or tuning["rules"][rule]["pick"], tuning["trace"]
+  span = lambda lo, hi: f"{lo},{hi}" if lo != hi else str(lo)
+  synth = f"--lr-synth {pick['lr_synth']:g} " if rule == "bp_lambda" else ""  # ĝ's rate
+  return (f"bplambda stream trace-conditioning --cell {cell} --rule {shlex.quote(pick['spec'])} "
+          f"--isi {span(tr['isi_min'], tr['isi_max'])} --iti {span(tr['iti_min'], tr['iti_max'])} "
+          f"--hidden-size {tuning['hidden_size']} --batch-size {tuning['batch_size']} "
+          f"--steps {STREAM_STEPS[cell]} --chunk {tuning['chunk']} --lr {pick['lr']:g} {synth}"
+          f"--seeds {STREAM_SEEDS} --out runs/stream/{cell}/{name.split(cell + '_', 1)[1]} "
+          "--no-progress")
+
+
+def stream_tuning(cell: str):
+  path = stream_tuning_path(cell)
+  return json.load(open(path)) if os.path.exists(path) else None
+
+
+def _stopped(name: str) -> bool:
+  """Whether the planned run ``name`` was stopped by a guard (exit status 1): its timing record
+  in runs/logs says so, or, without one, its committed record does."""
+  log = os.path.join(REPO, "runs", "logs", f"{name}.time.json")
+  if os.path.exists(log):
+    return json.load(open(log))["rc"] == 1
+  path = os.path.join(HERE, "stream.json")
+  return bool(os.path.exists(path) and
+              json.load(open(path))["runs"].get(name, {}).get("stopped"))
+
+
+def fallback_point(entry: dict):
+  """The grid point a rule falls back to when its final run at the pick stops: the lowest
+  validation MSE among the points with a smaller learning rate (None if there is none)."""
+  lower = [p for p in entry["grid"] if p["tail_mse"] is not None
+           and p["lr"] < entry["pick"]["lr"]]
+  return min(lower, key=lambda p: p["tail_mse"]) if lower else None
+
+
+# each rule's final run at its pick; a run that a guard stopped (a divergence) is kept as a
+# result, and the rule runs again at its fallback point
+STREAM_RUNS = {}  # run name -> (cell, rule, grid point)
+for _cell in STREAM_CELLS:
+  _tuning = stream_tuning(_cell)
+  for _rule, _entry in (_tuning or {}).get("rules", {}).items():
+    if _entry["pick"] is None:
+      continue
+    _name = f"stream_{_cell}_{_rule_dir(_rule)}"
+    PLAN["stream"][_name] = _stream(_cell, _rule, _tuning, _name)
+    STREAM_RUNS[_name] = (_cell, _rule, _entry["pick"])
+    _fb = fallback_point(_entry) if _stopped(_name) else None
+    if _fb is not None:
+      _fb_name = f"{_name}_lr{_fb['lr']:g}"
+      PLAN["stream"][_fb_name] = _stream(_cell, _rule, _tuning, _fb_name, _fb)
+      STREAM_RUNS[_fb_name] = (_cell, _rule, _fb)
 # the code each section's numbers depend on: a number measured at a commit where these paths
 # differed from HEAD's is stale
-CODE_PATHS = {**{s: ("bplambda_jax",) for s in PLAN}, "stream": ("bplambda_jax",),
+CODE_PATHS = {**{s: ("bplambda_jax",) for s in PLAN},
               "cost": ("bplambda_jax", "benchmarks", ":(exclude)benchmarks/results",
                        ":(exclude)benchmarks/README.md")}
 # the runner's own log directory of a section (the long horizons keep theirs apart)
@@ -161,9 +234,10 @@ CURVE_STRIDE = {"copy_repeat": 1000}
 # ----------------------------------------------------------------------------- rendering
 
 def resolve(doc: dict, path: str):
+  """The node at ``path`` ('a/b/3/c': keys of dicts, indices of lists)."""
   node = doc
   for key in path.split("/"):
-    node = node[key]
+    node = node[int(key)] if isinstance(node, list) else node[key]
   return node
 
 
@@ -340,6 +414,45 @@ def load_run(runs: str, name: str, section: str, planned: str):
           "curves": curves(d, section)}
 
 
+STREAM_CURVE_POINTS = 100  # a stream's curve: at most this many window means, log-spaced
+
+
+def load_stream(runs: str, name: str, planned: str):
+  """The record of one finished ``bplambda stream`` run of one rule, or None: per seed its MSE
+  over the stream's last quarter, the memoryless predictor's on the same steps and their ratio;
+  the curve of the MSE (per seed, its mean over log-spaced windows of the stream, each at the
+  step that ends it)."""
+  found = _finished(runs, name, "stream", planned, "stream.json")
+  if found is None:
+    timing_path = os.path.join(runs, "logs", f"{name}.time.json")
+    timing = json.load(open(timing_path)) if os.path.exists(timing_path) else {}
+    if timing.get("rc") != 1:
+      return None
+    why = [l for l in timing.get("stderr_tail", "").splitlines() if l.startswith("stopped:")]
+    return {**_record(timing, {"git_sha": timing.get("git_sha"), "date": timing["end"]}),
+            "stopped": why[-1] if why else "stopped by a guard (exit status 1)"}
+  d, timing = found
+  res = json.load(open(os.path.join(d, "stream.json")))
+  (spec, r), = res["results"].items()
+  rule = spec.split("(")[0]  # the rule's name: its setting is in the spec and the settings
+  tail, base = np.asarray(r["tail_mse"]), np.asarray(r["memoryless_tail_mse"])
+  curve = np.asarray(r["curve"])  # [steps / chunk, S]
+  # log-spaced windows of chunks (the figure's axis is logarithmic): [start, end) in chunks
+  ends = np.unique(np.round(np.geomspace(1, len(curve), STREAM_CURVE_POINTS)).astype(int))
+  starts = np.concatenate([[0], ends[:-1]])
+  curve = np.stack([curve[a:b].mean(axis=0) for a, b in zip(starts, ends)])
+  prov = {"git_sha": timing.get("git_sha"), "date": timing["end"]}
+  settings = {k: res[k] for k in ("cell", "hidden_size", "batch_size", "steps", "chunk", "every",
+                                  "lr", "lr_synth", "seeds", "seed", "tail", "trace", "dtype")}
+  return {**_record(timing, prov), "settings": settings, "memoryless_mse": res["memoryless_mse"],
+          "rules": {rule: {"spec": spec, "tail_mse": _stats(tail),
+                           "memoryless_tail_mse": _stats(base),
+                           "ratio": _stats(tail / base), "seconds": round(r["seconds"], 1),
+                           "us_per_step": 1e6 * r["seconds"] / res["steps"]}},
+          "curves": {rule: {"step": [int(b * res["chunk"]) for b in ends],
+                            "mse": [[round(float(v), 6) for v in row] for row in curve]}}}
+
+
 from bplambda_jax.internals import ALIGNMENT_COLUMNS as ALIGN_COLUMNS  # noqa: E402
 
 
@@ -449,6 +562,14 @@ def _ran_row(rec, command_cell, path, section):
           f"`{(rec['provenance']['git_sha'] or '?')[:7]}`" + (f" **stale**: {why}" if why else "")]
 
 
+def script_records(doc) -> list:
+  """[(path in ``doc``, record)] of the section's scripts that ran: section 1's analysis, section
+  7's tuning (one per cell)."""
+  out = [("analysis", doc["analysis"])] if doc.get("analysis") else []
+  return out + [(f"tuning/{cell}/record", t["record"])
+                for cell, t in doc.get("tuning", {}).items()]
+
+
 def commands_table(doc, section):
   """Every planned command of the section: its wall time if it ran, else 'not run'."""
   rows = []
@@ -461,9 +582,8 @@ def commands_table(doc, section):
       rows.append(_ran_row(rec, f"`{planned}`{ran}", f"runs/{name}", section))
     else:
       rows.append([f"`{_out(planned)}`", f"`{planned}`", "not run in this budget", "–", "–"])
-  if doc.get("analysis"):  # section 1's analysis script, a command of the section too
-    rows.append(_ran_row(doc["analysis"], f"`{doc['analysis']['command']}`", "analysis",
-                         section))
+  for path, rec in script_records(doc):  # a section's scripts (analysis, tuning) are commands too
+    rows.append(_ran_row(rec, f"`{rec['command']}`", path, section))
   return {"note": "one row per command, run from the repository root; wall time of the whole "
           "command (all its rules and seeds) on 2 CPU cores shared with other jobs; 1-minute "
           "load average at its start / end; the library's commit when it ran",
@@ -646,6 +766,97 @@ def copy_tables(doc):
                       "header": ["rule", "setting", "largest (N, R) per seed", "level index",
                                  "final loss", "ms per update", "run"], "rows": rows},
           "commands": commands_table(doc, "copy_repeat")}
+
+
+STREAM_NAMES = {"elementwise_lstm": "element-wise LSTM", "lstm": "LSTM"}
+
+
+def tuning_doc(cell: str):
+  """Section 7's tuning of ``cell`` (``stream_tuning_CELL.json``) with its commands-table record,
+  or None where the tuning has not run."""
+  t = stream_tuning(cell)
+  if t is None:
+    return None
+  t["record"] = {"command": f"python docs/results/stream_tuning.py --cell {cell}",
+                 "out": os.path.relpath(stream_tuning_path(cell), REPO),
+                 "wall_s": t["wall_s"], "loadavg_1m": t["loadavg_1m"],
+                 "code_dirty": t["code_dirty"], "provenance": t["provenance"]}
+  t["optimal_ratio"] = t["optimal_mse"] / t["memoryless_mse"]
+  return t
+
+
+def _stream_setting(spec, settings):
+  s = f"lr {settings['lr']:g}"
+  if spec.startswith("bp_lambda"):
+    lam, gam = re.search(r"lambda_=([\d.]+), gamma=([\d.]+)", spec).groups()
+    s += f", lr ĝ {settings['lr_synth']:g}, λ {float(lam):g}, γ {float(gam):g}"
+  return s
+
+
+def stream_tables(doc):
+  rows, grid_rows = [], []
+  lrs = sorted({p["lr"] for t in doc["tuning"].values() for e in t["rules"].values()
+                for p in e["grid"]})  # the tuning table's columns
+  for cell in STREAM_CELLS:
+    t = doc["tuning"].get(cell)
+    if t is None:
+      continue
+    name = STREAM_NAMES[cell]
+    for ref, what, ratio in (("memoryless_mse", "best memoryless predictor (closed form)", "1"),
+                             ("optimal_mse", "best predictor with memory (closed form)",
+                              num(f"tuning/{cell}/optimal_ratio", 3))):
+      rows.append([name, what, "–", "–", num(f"tuning/{cell}/{ref}", 4), ratio, "–", "–"])
+    for run, (run_cell, rule, point) in STREAM_RUNS.items():
+      rec = doc["runs"].get(run)
+      if run_cell != cell or rec is None:
+        continue
+      label = f"`{rule}`" + ("" if point == t["rules"][rule]["pick"] else " (fallback)")
+      setting = _stream_setting(point["spec"], point)
+      if rec.get("stopped"):
+        rows.append([name, label, setting, f"{STREAM_STEPS[cell]:,}",
+                     {"ref": f"runs/{run}/stopped", "fmt": "text"}, "–", "–", f"`{run}`"])
+        continue
+      base = f"runs/{run}/rules/{rule}"
+      rows.append([name, label, setting, f"{rec['settings']['steps']:,}",
+                   {"ref": f"{base}/tail_mse", "fmt": "ci", "digits": 4},
+                   pm(f"{base}/ratio", 3), num(f"{base}/us_per_step", 0), f"`{run}`"])
+    for rule, entry in t["rules"].items():
+      points = {}
+      for i, p in enumerate(entry["grid"]):
+        points.setdefault((p["spec"], p["lr_synth"] if rule == "bp_lambda" else None),
+                          {})[p["lr"]] = i
+      for (spec, lr_synth), by_lr in points.items():
+        cells = []
+        for lr in lrs:
+          i = by_lr.get(lr)
+          if i is None:
+            cells.append("–")
+            continue
+          p = entry["grid"][i]
+          if p["tail_mse"] is None:
+            cells.append("stopped")
+            continue
+          c = {"ref": f"tuning/{cell}/rules/{rule}/grid/{i}/tail_mse", "fmt": "num", "digits": 4}
+          cells.append({"join": ["**", c, "**"]} if p == entry["pick"] else c)
+        setting = "" if lr_synth is None else _stream_setting(spec, {"lr": 0, "lr_synth":
+                                                                      lr_synth}).split(", ", 1)[1]
+        grid_rows.append([name, f"`{rule}`", setting or "–", *cells])
+  return {"results": {"note": "MSE of the prediction one step ahead over the last quarter of "
+                      "the stream (each step predicted before its update), mean over seeds 0–4 "
+                      "and the percentile-bootstrap 95 % interval of the mean; its ratio to the "
+                      "best memoryless predictor's MSE on the same steps, mean ± sd over the "
+                      "seeds (1: nothing learnt beyond the current input); µs per step: 5 seeds "
+                      "× 4 streams at once, compilation included; a run a guard stopped says "
+                      "why, and its rule runs again at the best grid point with a smaller "
+                      "learning rate (fallback)",
+                      "header": ["network", "rule", "setting (tuned)", "steps", "MSE",
+                                 "ratio to memoryless", "µs per step", "run"], "rows": rows},
+          "tuning": {"note": "the validation MSE (over the last quarter of a stream of the "
+                     "tuning's budget, mean over validation seeds 100–102) at each Adam learning "
+                     "rate; bold: the rule's pick, used by its final run; '–': not in the grid",
+                     "header": ["network", "rule", "BP(λ): lr ĝ, λ, γ",
+                                *(f"lr {lr:g}" for lr in lrs)], "rows": grid_rows},
+          "commands": commands_table(doc, "stream")}
 
 
 LONG_RULES = ("bp_lambda", "eprop", "columnar_rtrl", "tbptt:10")
@@ -1020,8 +1231,9 @@ def build(runs: str) -> dict:
     doc = {"section": section, "runs": {}}
     old = committed(section)["runs"]
     for name, planned in plan.items():
-      rec = ((load_align(runs, name, planned) if section == "align"
-              else load_run(runs, name, section, planned)) or old.get(name))
+      load = {"align": load_align, "stream": load_stream}.get(section)
+      rec = ((load(runs, name, planned) if load else load_run(runs, name, section, planned))
+             or old.get(name))
       if rec is None:
         missing.append(name)
       else:
@@ -1040,6 +1252,9 @@ def build(runs: str) -> dict:
       doc["tables"] = long_tables(doc)
     elif section == "align":
       doc["tables"] = align_tables(doc)
+    elif section == "stream":
+      doc["tuning"] = {c: t for c in STREAM_CELLS for t in [tuning_doc(c)] if t is not None}
+      doc["tables"] = stream_tables(doc)
     docs[section] = doc
   docs["cost"] = cost_doc(docs)
   if missing:
@@ -1131,7 +1346,11 @@ def run_planned(name: str, runs: str = "runs"):
             "loadavg_1m_start": os.getloadavg()[0], "git_sha": git("rev-parse", "HEAD") or None,
             "code_dirty": bool(git("status", "--porcelain", "--", *CODE_PATHS[section]))}
   t0 = time.perf_counter()
-  rc = subprocess.run(shlex.split(command), cwd=REPO).returncode
+  proc = subprocess.run(shlex.split(command), cwd=REPO, stderr=subprocess.PIPE, text=True)
+  sys.stderr.write(proc.stderr)
+  rc = proc.returncode
+  if rc:  # why it failed (a guard's 'stopped: ...' line for exit status 1)
+    record["stderr_tail"] = proc.stderr[-2000:]
   record.update(wall_s=round(time.perf_counter() - t0, 1), rc=rc,
                 end=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 loadavg_1m_end=os.getloadavg()[0])

@@ -323,9 +323,44 @@ def long_horizons():
   save(fig, "fig_long_horizons.png")
 
 
+def stream():
+  doc = load("stream")
+  if not doc or not doc.get("runs"):
+    return
+  cells = [c for c in ("elementwise_lstm", "lstm") if c in doc.get("tuning", {})]
+  fig, axes = plt.subplots(1, len(cells), figsize=(6.4 * len(cells), 4.2), squeeze=False)
+  for ax, cell in zip(axes[0], cells):
+    tuning = doc["tuning"][cell]
+    for run, rec in doc["runs"].items():
+      if not run.startswith(f"stream_{cell}_") or rec.get("stopped"):
+        continue  # a run a guard stopped has no curve (its table row says why)
+      for rule, c in rec["curves"].items():
+        mse = np.asarray(c["mse"])  # [windows, seeds]
+        label = rule + (f", lr {rec['settings']['lr']:g}" if "_lr" in run else "")
+        line, = ax.plot(c["step"], mse.mean(axis=1), label=f"{label} (n = {mse.shape[1]})",
+                        ls="--" if rule.startswith("tbptt") else "-", lw=1.2)
+        ax.fill_between(c["step"], mse.min(axis=1), mse.max(axis=1), color=line.get_color(),
+                        alpha=0.08)
+    ax.axhline(tuning["memoryless_mse"], color="grey", lw=0.8, ls=":",
+               label="best memoryless predictor")
+    ax.axhline(tuning["optimal_mse"], color="k", lw=0.8, ls="-.",
+               label="best predictor with memory")
+    ax.set_xscale("log")
+    ax.set_ylim(0.9 * tuning["optimal_mse"], 1.5 * tuning["memoryless_mse"])
+    ax.set_xlabel("step of the stream")
+    ax.set_ylabel("MSE over a window of the stream")
+    name = {"elementwise_lstm": "element-wise LSTM", "lstm": "LSTM"}[cell]
+    ax.set_title(f"trace conditioning, {name} {tuning['hidden_size']} (mean; band: min–max over "
+                 "seeds)", fontsize=9)
+    ax.legend(fontsize=7)
+  fig.suptitle("Streaming: weights updated at every step", fontsize=11)
+  save(fig, "fig_stream.png")
+
+
 if __name__ == "__main__":
   toy()
   seqmnist()
   copy_repeat()
   cost()
   long_horizons()
+  stream()
