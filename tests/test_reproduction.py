@@ -446,3 +446,18 @@ def test_stream_runs_use_the_settings_their_tuning_picked():
       assert s["seeds"] >= 5 and s["steps"] >= 100_000
       checked += 1
   assert checked >= 10
+
+
+def test_derived_stream_numbers_follow_from_the_runs():
+  """The prose's per-seed extremes of section 7 and its counts of seeds above the memoryless
+  error."""
+  doc = _load("stream.json")
+  finished = {n: r for n, r in doc["runs"].items() if not r.get("stopped")}
+  assert set(doc["derived"]) == set(finished)
+  for run, rec in finished.items():
+    (rule, r), = rec["rules"].items()
+    v, d = r["ratio"]["values"], doc["derived"][run]
+    assert (d["ratio_min"], d["ratio_max"], d["seeds"]) == (min(v), max(v), len(v))
+    assert d["seeds_above_memoryless"] == len([x for x in v if x > 1])
+    assert v == [t / b for t, b in zip(r["tail_mse"]["values"],
+                                       r["memoryless_tail_mse"]["values"])]

@@ -859,6 +859,18 @@ def stream_tables(doc):
           "commands": commands_table(doc, "stream")}
 
 
+def stream_derived(doc) -> dict:
+  """Per finished stream run, what the prose quotes of its seeds' ratios to the memoryless
+  error: the smallest and largest, and how many seeds end above 1 (worse than memoryless)."""
+  out = {}
+  for run, rec in doc["runs"].items():
+    for rule, r in rec.get("rules", {}).items():
+      v = r["ratio"]["values"]
+      out[run] = {"rule": rule, "ratio_min": min(v), "ratio_max": max(v),
+                  "seeds_above_memoryless": sum(x > 1 for x in v), "seeds": len(v)}
+  return out
+
+
 LONG_RULES = ("bp_lambda", "eprop", "columnar_rtrl", "tbptt:10")
 
 
@@ -1255,6 +1267,7 @@ def build(runs: str) -> dict:
     elif section == "stream":
       doc["tuning"] = {c: t for c in STREAM_CELLS for t in [tuning_doc(c)] if t is not None}
       doc["tables"] = stream_tables(doc)
+      doc["derived"] = stream_derived(doc)
     docs[section] = doc
   docs["cost"] = cost_doc(docs)
   if missing:

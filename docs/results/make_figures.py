@@ -323,6 +323,11 @@ def long_horizons():
   save(fig, "fig_long_horizons.png")
 
 
+# one colour per rule in both panels (e-prop and columnar RTRL coincide on the element-wise LSTM)
+STREAM_COLOURS = {"bp_lambda": "C0", "eprop": "C1", "columnar_rtrl": "C2", "snap:1": "C3",
+                  "tbptt:4": "C4", "tbptt:40": "C5"}
+
+
 def stream():
   doc = load("stream")
   if not doc or not doc.get("runs"):
@@ -338,7 +343,8 @@ def stream():
         mse = np.asarray(c["mse"])  # [windows, seeds]
         label = rule + (f", lr {rec['settings']['lr']:g}" if "_lr" in run else "")
         line, = ax.plot(c["step"], mse.mean(axis=1), label=f"{label} (n = {mse.shape[1]})",
-                        ls="--" if rule.startswith("tbptt") else "-", lw=1.2)
+                        ls="--" if rule.startswith("tbptt") else "-", lw=1.2,
+                        color=STREAM_COLOURS.get(rule))
         ax.fill_between(c["step"], mse.min(axis=1), mse.max(axis=1), color=line.get_color(),
                         alpha=0.08)
     ax.axhline(tuning["memoryless_mse"], color="grey", lw=0.8, ls=":",

@@ -47,7 +47,7 @@ LRS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 # BP(λ): (λ, γ) points and the synthesiser's learning rates, every one with every LR
 BP_LAMBDA_GAMMA = ((1.0, 0.9), (0.5, 0.9), (1.0, 1.0))
 BP_LR_SYNTH = (1e-5, 1e-4, 1e-3, 1e-2)
-BP_LRS = (1e-3, 3e-3, 1e-2, 3e-2)
+BP_LRS = LRS
 RULES = {"elementwise_lstm": ("bp_lambda", "eprop", "columnar_rtrl", "snap:1", "tbptt:4",
                               "tbptt:40"),
          "lstm": ("bp_lambda", "eprop", "snap:1", "tbptt:4", "tbptt:40")}
