@@ -461,3 +461,20 @@ def test_derived_stream_numbers_follow_from_the_runs():
     assert d["seeds_above_memoryless"] == len([x for x in v if x > 1])
     assert v == [t / b for t, b in zip(r["tail_mse"]["values"],
                                        r["memoryless_tail_mse"]["values"])]
+
+
+def test_a_failed_planned_command_keeps_its_reason(tmp_path, monkeypatch):
+  """``collect.py --run NAME`` keeps the exit status and the last lines of stderr of a command
+  that fails (a stopped stream run is reported with its reason from them)."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("collect", os.path.join(DOCS, "results",
+                                                                        "collect.py"))
+  collect = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(collect)
+  monkeypatch.setattr(collect, "REPO", str(tmp_path))
+  monkeypatch.setitem(collect.PLAN["stream"], "bad", "bplambda stream trace-conditioning "
+                      "--steps 0 --out runs/bad")
+  assert collect.run_planned("bad") == 2  # a usage error, found before anything is compiled
+  record = json.load(open(tmp_path / "runs" / "logs" / "bad.time.json"))
+  assert record["rc"] == 2
+  assert "error:" in record["stderr_tail"] and "steps" in record["stderr_tail"]

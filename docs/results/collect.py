@@ -35,6 +35,7 @@ commands table; after a change to the library, ``collect.py --report`` re-marks 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import os
@@ -1359,11 +1360,17 @@ def run_planned(name: str, runs: str = "runs"):
             "loadavg_1m_start": os.getloadavg()[0], "git_sha": git("rev-parse", "HEAD") or None,
             "code_dirty": bool(git("status", "--porcelain", "--", *CODE_PATHS[section]))}
   t0 = time.perf_counter()
-  proc = subprocess.run(shlex.split(command), cwd=REPO, stderr=subprocess.PIPE, text=True)
-  sys.stderr.write(proc.stderr)
+  # stderr is passed through as it comes and its last lines kept: why a failed command stopped
+  # (a guard's 'stopped: ...' line for exit status 1)
+  tail = collections.deque(maxlen=40)
+  with subprocess.Popen(shlex.split(command), cwd=REPO, stderr=subprocess.PIPE, text=True,
+                        bufsize=1) as proc:
+    for line in proc.stderr:
+      sys.stderr.write(line)
+      tail.append(line)
   rc = proc.returncode
-  if rc:  # why it failed (a guard's 'stopped: ...' line for exit status 1)
-    record["stderr_tail"] = proc.stderr[-2000:]
+  if rc:
+    record["stderr_tail"] = "".join(tail)[-2000:]
   record.update(wall_s=round(time.perf_counter() - t0, 1), rc=rc,
                 end=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 loadavg_1m_end=os.getloadavg()[0])
