@@ -18,7 +18,7 @@ predictor's (``tasks.trace_memoryless_mse``) and the best predictor *with memory
 
 A tuning file of the same settings is extended, not redone: its points are kept and only the
 grid's new points are streamed (``--fresh`` streams all). Run time of the whole grid on 2 CPU
-cores shared with other runs: about 15 minutes for the element-wise cell, 45 for the LSTM.
+cores shared with other runs: about 20 minutes for the element-wise cell, 50 for the LSTM.
 """
 
 from __future__ import annotations
@@ -44,10 +44,9 @@ HIDDEN, BATCH, CHUNK = 16, 4, 1000
 VALIDATION_SEED, VALIDATION_SEEDS = 100, 3
 BUDGET = {"elementwise_lstm": 50_000, "lstm": 20_000}  # steps of each grid point's stream
 LRS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
-# BP(λ): (λ, γ) points and the synthesiser's learning rates, every one with every LR
+# BP(λ): (λ, γ) points and the synthesiser's learning rates, every one with every rate of LRS
 BP_LAMBDA_GAMMA = ((1.0, 0.9), (0.5, 0.9), (1.0, 1.0))
 BP_LR_SYNTH = (1e-5, 1e-4, 1e-3, 1e-2)
-BP_LRS = LRS
 RULES = {"elementwise_lstm": ("bp_lambda", "eprop", "columnar_rtrl", "snap:1", "tbptt:4",
                               "tbptt:40"),
          "lstm": ("bp_lambda", "eprop", "snap:1", "tbptt:4", "tbptt:40")}
@@ -61,7 +60,7 @@ def grid(rule: str) -> list:
   """The rule's grid: [(spec, lr, lr_synth)]."""
   if rule == "bp_lambda":
     return [(f"bp_lambda(lambda_={lam:g}, gamma={gam:g})", lr, ls)
-            for (lam, gam), lr, ls in itertools.product(BP_LAMBDA_GAMMA, BP_LRS, BP_LR_SYNTH)]
+            for (lam, gam), lr, ls in itertools.product(BP_LAMBDA_GAMMA, LRS, BP_LR_SYNTH)]
   return [(rule, lr, 1e-3) for lr in LRS]  # lr_synth: no synthesiser, no effect
 
 
