@@ -148,6 +148,9 @@ PLAN = {
     "stream": {},  # filled below from the tuning's picks
 }
 
+# the runner's own log directory of a section (the long horizons keep theirs apart)
+LOG_DIR = {"long": os.path.join("logs", "long")}
+
 # section 7, streaming: every rule with the setting its tuning picked on validation streams
 # (docs/results/stream_tuning.py writes stream_tuning_CELL.json), streamed on seeds 0–4
 STREAM_CELLS = ("elementwise_lstm", "lstm")
@@ -182,15 +185,24 @@ def stream_tuning(cell: str):
   return json.load(open(path)) if os.path.exists(path) else None
 
 
+def committed(section: str) -> dict:
+  path = os.path.join(HERE, f"{section}.json")
+  return json.load(open(path)) if os.path.exists(path) else {"runs": {}}
+
+
+def timing_record(runs: str, name: str, section: str):
+  """The timing record ``collect.py --run`` kept of the planned run ``name``, or None."""
+  path = os.path.join(runs, LOG_DIR.get(section, "logs"), f"{name}.time.json")
+  return json.load(open(path)) if os.path.exists(path) else None
+
+
 def _stopped(name: str) -> bool:
-  """Whether the planned run ``name`` was stopped by a guard (exit status 1): its timing record
-  in runs/logs says so, or, without one, its committed record does."""
-  log = os.path.join(REPO, "runs", "logs", f"{name}.time.json")
-  if os.path.exists(log):
-    return json.load(open(log))["rc"] == 1
-  path = os.path.join(HERE, "stream.json")
-  return bool(os.path.exists(path) and
-              json.load(open(path))["runs"].get(name, {}).get("stopped"))
+  """Whether the planned stream run ``name`` was stopped by a guard (exit status 1): its timing
+  record in runs/ says so, or, without one, its committed record does."""
+  timing = timing_record(os.path.join(REPO, "runs"), name, "stream")
+  if timing is not None:
+    return timing["rc"] == 1
+  return bool(committed("stream")["runs"].get(name, {}).get("stopped"))
 
 
 def fallback_point(entry: dict):
@@ -222,8 +234,6 @@ for _cell in STREAM_CELLS:
 CODE_PATHS = {**{s: ("bplambda_jax",) for s in PLAN},
               "cost": ("bplambda_jax", "benchmarks", ":(exclude)benchmarks/results",
                        ":(exclude)benchmarks/README.md")}
-# the runner's own log directory of a section (the long horizons keep theirs apart)
-LOG_DIR = {"long": os.path.join("logs", "long")}
 
 CURVE_METRICS = {"toy": {"eval": ("alignment",)}, "plastic": {"eval": ("alignment", "loss")},
                  "seqmnist": {"eval": ("accuracy", "loss")},
@@ -360,11 +370,8 @@ def _finished(runs: str, name: str, section: str, planned: str, result: str):
   """(results directory, timing record) of the planned run ``name`` if it finished (its
   ``result`` file and a timing record with exit status 0 exist), else None."""
   d = os.path.join(runs, os.path.relpath(_out(planned), "runs"))
-  timing_path = os.path.join(runs, LOG_DIR.get(section, "logs"), f"{name}.time.json")
-  if not (os.path.exists(os.path.join(d, result)) and os.path.exists(timing_path)):
-    return None
-  timing = json.load(open(timing_path))
-  if timing["rc"] != 0:
+  timing = timing_record(runs, name, section)
+  if timing is None or not os.path.exists(os.path.join(d, result)) or timing["rc"] != 0:
     return None
   if timing["command"] != planned:
     print(f"warning: {name} ran {timing['command']!r}, not the planned {planned!r}",
@@ -424,15 +431,18 @@ def load_stream(runs: str, name: str, planned: str):
   the curve of the MSE (per seed, its mean over log-spaced windows of the stream, each at the
   step that ends it)."""
   found = _finished(runs, name, "stream", planned, "stream.json")
+  timing = found[1] if found else timing_record(runs, name, "stream")
+  if timing is None:
+    return None
+  # ``bplambda stream`` writes no provenance: the commit is the one --run recorded
+  prov = {"git_sha": timing.get("git_sha"), "date": timing["end"]}
   if found is None:
-    timing_path = os.path.join(runs, "logs", f"{name}.time.json")
-    timing = json.load(open(timing_path)) if os.path.exists(timing_path) else {}
-    if timing.get("rc") != 1:
+    if timing["rc"] != 1:
       return None
     why = [l for l in timing.get("stderr_tail", "").splitlines() if l.startswith("stopped:")]
-    return {**_record(timing, {"git_sha": timing.get("git_sha"), "date": timing["end"]}),
+    return {**_record(timing, prov),
             "stopped": why[-1] if why else "stopped by a guard (exit status 1)"}
-  d, timing = found
+  d = found[0]
   res = json.load(open(os.path.join(d, "stream.json")))
   (spec, r), = res["results"].items()
   rule = spec.split("(")[0]  # the rule's name: its setting is in the spec and the settings
@@ -442,7 +452,6 @@ def load_stream(runs: str, name: str, planned: str):
   ends = np.unique(np.round(np.geomspace(1, len(curve), STREAM_CURVE_POINTS)).astype(int))
   starts = np.concatenate([[0], ends[:-1]])
   curve = np.stack([curve[a:b].mean(axis=0) for a, b in zip(starts, ends)])
-  prov = {"git_sha": timing.get("git_sha"), "date": timing["end"]}
   settings = {k: res[k] for k in ("cell", "hidden_size", "batch_size", "steps", "chunk", "every",
                                   "lr", "lr_synth", "seeds", "seed", "tail", "trace", "dtype")}
   return {**_record(timing, prov), "settings": settings, "memoryless_mse": res["memoryless_mse"],
@@ -783,15 +792,21 @@ def tuning_doc(cell: str):
                  "wall_s": t["wall_s"], "loadavg_1m": t["loadavg_1m"],
                  "code_dirty": t["code_dirty"], "provenance": t["provenance"]}
   t["optimal_ratio"] = t["optimal_mse"] / t["memoryless_mse"]
+  t["name"] = STREAM_NAMES[cell]
   return t
 
 
-def _stream_setting(spec, settings):
-  s = f"lr {settings['lr']:g}"
-  if spec.startswith("bp_lambda"):
-    lam, gam = re.search(r"lambda_=([\d.]+), gamma=([\d.]+)", spec).groups()
-    s += f", lr ĝ {settings['lr_synth']:g}, λ {float(lam):g}, γ {float(gam):g}"
-  return s
+def _synth_setting(spec: str, lr_synth: float) -> str:
+  """BP(λ)'s settings beyond the network's rate: 'lr ĝ …, λ …, γ …'."""
+  lam, gam = re.search(r"lambda_=([\d.]+), gamma=([\d.]+)", spec).groups()
+  return f"lr ĝ {lr_synth:g}, λ {float(lam):g}, γ {float(gam):g}"
+
+
+def _stream_setting(point: dict) -> str:
+  """A grid point's settings ({'spec', 'lr', 'lr_synth'}) as the results table shows them."""
+  s = f"lr {point['lr']:g}"
+  return s + (f", {_synth_setting(point['spec'], point['lr_synth'])}"
+              if point["spec"].startswith("bp_lambda") else "")
 
 
 def stream_tables(doc):
@@ -802,7 +817,7 @@ def stream_tables(doc):
     t = doc["tuning"].get(cell)
     if t is None:
       continue
-    name = STREAM_NAMES[cell]
+    name = t["name"]
     for ref, what, ratio in (("memoryless_mse", "best memoryless predictor (closed form)", "1"),
                              ("optimal_mse", "best predictor with memory (closed form)",
                               num(f"tuning/{cell}/optimal_ratio", 3))):
@@ -812,7 +827,7 @@ def stream_tables(doc):
       if run_cell != cell or rec is None:
         continue
       label = f"`{rule}`" + ("" if point == t["rules"][rule]["pick"] else " (fallback)")
-      setting = _stream_setting(point["spec"], point)
+      setting = _stream_setting(point)
       if rec.get("stopped"):
         rows.append([name, label, setting, f"{STREAM_STEPS[cell]:,}",
                      {"ref": f"runs/{run}/stopped", "fmt": "text"}, "–", "–", f"`{run}`"])
@@ -839,9 +854,8 @@ def stream_tables(doc):
             continue
           c = {"ref": f"tuning/{cell}/rules/{rule}/grid/{i}/tail_mse", "fmt": "num", "digits": 4}
           cells.append({"join": ["**", c, "**"]} if p == entry["pick"] else c)
-        setting = "" if lr_synth is None else _stream_setting(spec, {"lr": 0, "lr_synth":
-                                                                      lr_synth}).split(", ", 1)[1]
-        grid_rows.append([name, f"`{rule}`", setting or "–", *cells])
+        setting = "–" if lr_synth is None else _synth_setting(spec, lr_synth)
+        grid_rows.append([name, f"`{rule}`", setting, *cells])
   return {"results": {"note": "MSE of the prediction one step ahead over the last quarter of "
                       "the stream (each step predicted before its update), mean over seeds 0–4 "
                       "and the percentile-bootstrap 95 % interval of the mean; its ratio to the "
@@ -1195,11 +1209,6 @@ def analysis_record() -> dict:
           "out": "docs/results/toy_analysis.json", "wall_s": d["wall_s"],
           "loadavg_1m": d.get("loadavg_1m", [None, None]), "code_dirty": d.get("code_dirty"),
           "provenance": d["provenance"]}
-
-
-def committed(section: str) -> dict:
-  path = os.path.join(HERE, f"{section}.json")
-  return json.load(open(path)) if os.path.exists(path) else {"runs": {}}
 
 
 def stale(rec, section):

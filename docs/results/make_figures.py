@@ -355,9 +355,8 @@ def stream():
     ax.set_ylim(0.9 * tuning["optimal_mse"], 1.5 * tuning["memoryless_mse"])
     ax.set_xlabel("step of the stream")
     ax.set_ylabel("MSE over a window of the stream")
-    name = {"elementwise_lstm": "element-wise LSTM", "lstm": "LSTM"}[cell]
-    ax.set_title(f"trace conditioning, {name} {tuning['hidden_size']} (mean; band: min–max over "
-                 "seeds)", fontsize=9)
+    ax.set_title(f"trace conditioning, {tuning['name']} {tuning['hidden_size']} (mean; band: "
+                 "min–max over seeds)", fontsize=9)
     ax.legend(fontsize=7)
   fig.suptitle("Streaming: weights updated at every step", fontsize=11)
   save(fig, "fig_stream.png")
