@@ -116,8 +116,8 @@ def _tables(path=REPORT):
 
 SECTIONS = ("gradient alignment", "Plastic RNN", "Sequential MNIST", "Copy-repeat", "Cost",
             "Long horizons", "Streaming")
-# the fewest seeds a statistic of each results file may have
-MIN_SEEDS = {"long.json": 3}
+# the fewest seeds of a file (or of one of its tables): 5, except where the issue allows 3
+MIN_SEEDS = {"long.json": 3, ("seqmnist.json", "results_full"): 3}
 
 
 def test_report_has_its_sections():
@@ -176,13 +176,14 @@ def _refs(cells):
                          if os.path.exists(REPORT) else [])
 def test_statistics_agree_with_their_seeds(file):
   doc = _load(file)
-  for t in doc["tables"].values():
+  for tid, t in doc["tables"].items():
+    fewest = MIN_SEEDS.get((file, tid), MIN_SEEDS.get(file, 5))
     for c in _refs(t["rows"]):
       if c["fmt"] not in ("pm", "pct_pm", "mean", "ci"):
         continue
       v = _resolve(doc, c["ref"])
       xs = v["values"]
-      assert v["n"] == len(xs) >= MIN_SEEDS.get(file, 5), (file, c["ref"], v["n"])
+      assert v["n"] == len(xs) >= fewest, (file, c["ref"], v["n"])
       mean = sum(xs) / len(xs)
       sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
       assert math.isclose(v["mean"], mean, rel_tol=1e-9, abs_tol=1e-12), c["ref"]
