@@ -75,6 +75,11 @@ MNIST_GROUPS = (("bplambda1_eprop", "bp_lambda,eprop"),
                 ("tbptt123", "tbptt:1,tbptt:2,tbptt:3"), ("tbptt45", "tbptt:4,tbptt:5"))
 _Q = ("--seeds 5 --steps 20000 --set hidden_size=32 --set batch_size=16 --set max_n=7 "
       "--set chunk=500 --set checkpoint_every=20000 --no-progress")
+# copy-repeat at the paper's size: the preset's network, batch, curriculum and rates
+COPY_PAPER_SEEDS = 3
+COPY_PAPER_STEPS = 3000
+_P = f"--seeds {COPY_PAPER_SEEDS} --steps {COPY_PAPER_STEPS} --no-progress"
+COPY_PAPER_GROUPS = (("a", "bptt,bp_lambda"), ("trunc5", "tbptt:5,dni:5"))
 _H = ("--seeds 3 --set cell=elementwise_lstm --set hidden_size=64 --set pattern_length=4 "
       "--set mode=online --set eval_batch_size=256 --no-progress")
 _R = "bp_lambda,eprop,columnar_rtrl,tbptt:10"
@@ -146,7 +151,10 @@ PLAN = {
         "copy_q_dni": f"bplambda run copy-repeat --rule dni:1,dni:3,dni:5 {_Q} --out runs/copy_q_dni",
         "copy_q_faithful": (f"bplambda run copy-repeat --rule bp_lambda --faithful {_Q} "
                             "--out runs/copy_q_faithful"),
-        "copy_q_eprop": f"bplambda run copy-repeat --rule eprop {_Q} --out runs/copy_q_eprop"},
+        "copy_q_eprop": f"bplambda run copy-repeat --rule eprop {_Q} --out runs/copy_q_eprop",
+        # the paper's size (the preset: LSTM 100, batch 100, levels up to N = 10), a first budget
+        **{f"copy_paper_{g}": f"bplambda run copy-repeat --rule {rules} {_P} --out runs/copy_paper_{g}"
+           for g, rules in COPY_PAPER_GROUPS}},
     "long": {"long_T103": _long(24, 2000, 100, 500), "long_T303": _long(74, 1000, 50, 250),
              "long_T1003": _long(249, 300, 25, 100)},
     "align": {f"align_{task}": f"bplambda align --task {task} --seeds 5 --out runs/align_{task} "
