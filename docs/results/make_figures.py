@@ -235,7 +235,12 @@ def copy_repeat():
   doc = load("copy_repeat")
   if not doc or not doc["runs"]:
     return
-  rows = doc["tables"]["results"]["rows"]
+  for table, tag in (("results", ""), ("results_paper", "_paper")):
+    if doc["tables"].get(table, {}).get("rows"):
+      _copy_levels(doc, doc["tables"][table]["rows"], tag)
+
+
+def _copy_levels(doc, rows, tag):
   fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 0.35 * len(rows) + 2.5),
                                 gridspec_kw={"width_ratios": [1, 1.3]})
   y = np.arange(len(rows))[::-1]
@@ -251,16 +256,19 @@ def copy_repeat():
     names.append(f"{label} [{run}]")
     curve_panel(ax2, doc["runs"][run], label, "level", kind="train", label=names[-1],
                 lw=2 if label in ("bptt", "bp_lambda", "eprop") else 1)
+  cfg = doc["runs"][run]["config"]
   ticks = range(0, int(top) + 2)
   ax.set_yticks(y, names, fontsize=7)
   ax.set_xticks(ticks, [_level_name(i) for i in ticks], rotation=90, fontsize=7)
   ax.set_xlabel("largest (N, R) solved (dots: seeds; diamond: mean ± sd of the index)")
   ax2.set_yticks(ticks, [_level_name(i) for i in ticks], fontsize=7)
   ax2.set_xlabel("update")
-  ax2.set_ylabel("largest (N, R) solved\n(mean ± sd of the index, seeds 0–4)")
+  ax2.set_ylabel("largest (N, R) solved\n"
+                 f"(mean ± sd of the index, seeds 0–{cfg['seeds'] - 1})")
   ax2.legend(fontsize=6, ncol=2)
-  fig.suptitle("Copy-repeat curriculum, LSTM 32, batch 16, 20,000 updates", fontsize=11)
-  save(fig, "fig_copy_levels.png")
+  fig.suptitle(f"Copy-repeat curriculum, LSTM {cfg['hidden_size']}, batch {cfg['batch_size']}, "
+               f"{cfg['steps']:,} updates", fontsize=11)
+  save(fig, f"fig_copy{tag}_levels.png")
 
 
 def cost():
