@@ -154,8 +154,8 @@ PLAN = {
                             "--out runs/copy_q_faithful"),
         "copy_q_eprop": f"bplambda run copy-repeat --rule eprop {_Q} --out runs/copy_q_eprop",
         # the paper's size (the preset: LSTM 100, batch 100, levels up to N = 10), a first budget
-        **{f"copy_paper_{g}": f"bplambda run copy-repeat --rule {rules} {_P} --out runs/copy_paper_{g}"
-           for g, rules in COPY_PAPER_GROUPS}},
+        **{f"copy_paper_{g}": (f"bplambda run copy-repeat --rule {rules} {_P} "
+                               f"--out runs/copy_paper_{g}") for g, rules in COPY_PAPER_GROUPS}},
     "long": {"long_T103": _long(24, 2000, 100, 500), "long_T303": _long(74, 1000, 50, 250),
              "long_T1003": _long(249, 300, 25, 100)},
     "align": {f"align_{task}": f"bplambda align --task {task} --seeds 5 --out runs/align_{task} "
@@ -717,6 +717,7 @@ def toy_derived(doc):
 
 
 def _earliest_best(doc, prefix):
+  """The earliest best-validation update over the rules and seeds of the runs ``prefix_*``."""
   steps = [(s, run, label) for run, label, _ in mnist_order(prefix) if run in doc["runs"]
            for s in doc["runs"][run]["rules"][label]["best_step"]]
   if not steps:
