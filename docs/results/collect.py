@@ -73,7 +73,8 @@ MNIST_GROUPS = (("bplambda1_eprop", "bp_lambda,eprop"),
                 ("bplambda05", "bp_lambda --set lambda_=0.5"),
                 ("dni123", "dni:1,dni:2,dni:3"), ("dni45_bptt", "dni:4,dni:5,bptt"),
                 ("tbptt123", "tbptt:1,tbptt:2,tbptt:3"), ("tbptt45", "tbptt:4,tbptt:5"))
-_Q = ("--seeds 5 --steps 20000 --set hidden_size=32 --set batch_size=16 --set max_n=7 "
+COPY_Q_SEEDS = 5
+_Q = (f"--seeds {COPY_Q_SEEDS} --steps 20000 --set hidden_size=32 --set batch_size=16 --set max_n=7 "
       "--set chunk=500 --set checkpoint_every=20000 --no-progress")
 # copy-repeat at the paper's size: the preset's network, batch, curriculum and rates
 COPY_PAPER_SEEDS = 3
@@ -832,7 +833,7 @@ def copy_derived(doc) -> dict:
 
 
 def copy_tables(doc):
-  return {"results": _copy_results(doc, "copy_q_", 5),
+  return {"results": _copy_results(doc, "copy_q_", COPY_Q_SEEDS),
           "results_paper": _copy_results(doc, "copy_paper_", COPY_PAPER_SEEDS),
           "commands": commands_table(doc, "copy_repeat")}
 

@@ -177,17 +177,16 @@ def seqmnist():
   if not doc or not doc["runs"]:
     return
   for table, tag in (("results", ""), ("results_full", "_full")):
-    runs = {n: r for n, r in doc["runs"].items() if n.startswith("mnist_full_") == bool(tag)}
-    if runs:
-      _seqmnist_figures(doc["tables"][table]["rows"], doc["runs"], runs, tag)
+    rows = [r for r in doc["tables"][table]["rows"] if not isinstance(r[2], str)]  # the runs made
+    if rows:
+      _seqmnist_figures(doc["runs"], rows, tag)
 
 
-def _seqmnist_figures(rows, all_runs, runs, tag):
-  names, means, sds = [], [], []
+def _seqmnist_figures(all_runs, rows, tag):
+  names, means, sds, runs = [], [], [], {}
   for row in rows:
-    if isinstance(row[2], str):
-      continue
     ref = row[2]["ref"].split("/")
+    runs[ref[1]] = all_runs[ref[1]]
     s = all_runs[ref[1]]["rules"][ref[3]]["test"]["accuracy"]
     names.append(row[0])
     means.append(100 * s["mean"])
