@@ -12,6 +12,7 @@
 * the values the cost section copies from other sections equal their source.
 """
 
+import itertools
 import json
 import math
 import os
@@ -84,6 +85,8 @@ def _render(doc, cell):
     return " ".join("none" if (n, r) == (0, 0) else f"({n},{r})" for n, r in zip(v["n"], v["r"]))
   if fmt == "ints":
     return " ".join(str(int(x)) for x in v)
+  if fmt == "vals":
+    return " ".join("{:.{d}f}".format(x, d=d) for x in v)
   if fmt == "minutes":
     return "{:.{d}f}".format(v / 60, d=d)
   if fmt == "text":
@@ -422,6 +425,105 @@ def test_copy_repeat_at_the_papers_size_uses_the_preset_and_states_its_budget():
   for text in ("LSTM 100", "batch 100", "N = 10", "3,000 updates", "seeds 0–2",
                "fig_copy_paper_levels.png"):
     assert text in section, text
+
+
+def _grid_points(doc, prefix):
+  """{rule: [grid point]} of the section's tuning runs (their names start with ``prefix``)."""
+  out = {}
+  for name, r in doc["runs"].items():
+    if name.startswith(prefix):
+      for p in r["grid"]["points"]:
+        out.setdefault(p["rule"], []).append({**p, "run": name})
+  return out
+
+
+def test_long_horizons_tuned_runs_use_their_picks_on_other_seeds():
+  """Section 6 tuned: each rule's pick is its grid's lowest mean validation bits at T = 103
+  (recomputed from the per-seed values), the grids ran on the validation seeds, every tuned run
+  ran the pick's settings on seeds 0–2 at its horizon, and the reference scores and the counts of
+  seeds below the memoryless score follow from their definitions."""
+  doc = _load("long.json")
+  points = _grid_points(doc, "long_tune_")
+  assert set(points) == {"bp_lambda", "eprop", "columnar_rtrl", "tbptt:10"}
+  assert len(points["bp_lambda"]) >= 16 and all(len(v) >= 6 for v in points.values())
+  picks = doc["derived"]["picks"]
+  for rule, pts in points.items():
+    best = min((p for p in pts if math.isfinite(np.mean(p["values"]))),
+               key=lambda p: np.mean(p["values"]))
+    assert picks[rule]["point"] == best["point"] and picks[rule]["run"] == best["run"], rule
+    cfg = doc["runs"][best["run"]]["config"]
+    assert (cfg["seed"], cfg["seeds"], cfg["repeats"], cfg["pattern_length"]) == (100, 2, 24, 4)
+  # BP(λ)'s grid covers λ and γ, not only the rates
+  assert {len({p["point"][k] for p in points["bp_lambda"]}) for k in ("lambda_", "gamma")} == {2}
+  # the references: nothing remembered, and each channel's count of ones without its order
+  for T, want in doc["derived"]["memoryless_bits"].items():
+    rn = int(T) - 4 - 3  # R·N target steps of the pattern, plus the end step
+    assert want == pytest.approx(8 / 9 * rn / (rn + 1))
+    ent = [0.0 if k in (0, 4) else -(k / 4 * math.log2(k / 4) + (1 - k / 4) * math.log2(1 - k / 4))
+           for k in range(5)]
+    per_channel = np.mean([ent[sum(bits)] for bits in itertools.product((0, 1), repeat=4)])
+    assert doc["derived"]["unordered_bits"][T] == pytest.approx(per_channel * want)
+  tuned = {n: r for n, r in doc["runs"].items() if n.startswith("long_tuned_")}
+  horizons = set()
+  for name, r in tuned.items():
+    T = int(name.split("_T")[1].split("_")[0])
+    (rule, res), = r["rules"].items()
+    cfg = r["config"]
+    for k, v in picks[rule]["point"].items():
+      assert cfg[k] == v, (name, k)
+    assert (cfg["seed"], cfg["seeds"]) == (0, 3) and (cfg["repeats"] + 1) * 4 + 3 == T, name
+    assert cfg["cell"] == "elementwise_lstm" and cfg["hidden_size"] == 64, name
+    v = res["eval"]["bits"]["values"]
+    got = doc["derived"]["below_memoryless"][name]
+    assert got == {"seeds_below_memoryless": sum(x < doc["derived"]["memoryless_bits"][str(T)]
+                                                 for x in v), "seeds": 3}, name
+    horizons.add(T)
+  assert horizons == {103, 303, 1003}
+  # the GPU-sized commands: each rule's pick at the longest horizon
+  gpu = doc["tables"]["gpu"]["rows"]
+  assert [r[0].strip("`") for r in gpu] == list(picks)
+  for rule, command in gpu:
+    for k, v in picks[rule.strip("`")]["point"].items():
+      assert f"--set {k}={v:g} " in command, (rule, k)
+    assert "--set repeats=249 " in command and "--seeds 5 " in command, rule
+  section = _section(_report(), "6.")
+  for text in ("fig_long_tuned.png", "seeds 100 and 101", "seeds 0–2"):
+    assert text in section, text
+
+
+def test_copy_repeat_tuned_runs_use_their_picks_on_other_seeds():
+  """Section 4 tuned: each rule's pick is its grids' highest mean curriculum level on the
+  validation seeds, ties broken by the lower mean final loss; every tuned run ran its pick in the
+  small configuration on seeds 0–4."""
+  doc = _load("copy_repeat.json")
+  points = _grid_points(doc, "copy_tune_")
+  families = {}
+  for rule, pts in points.items():
+    families.setdefault(rule.split(":")[0], []).extend(pts)
+  assert set(families) == {"bptt", "bp_lambda", "eprop", "tbptt", "dni"}
+  assert {p["rule"] for p in families["tbptt"]} == {"tbptt:1", "tbptt:3", "tbptt:5"}
+  assert {p["rule"] for p in families["dni"]} == {"dni:1", "dni:3", "dni:5"}
+  assert {len({p["point"][k] for p in families["bp_lambda"]}) for k in ("lambda_", "gamma")} == {2}
+  picks = doc["derived"]["picks"]
+  for family, pts in families.items():
+    def key(p):
+      loss = doc["runs"][p["run"]]["rules"][p["label"]]["final"]["loss"]["values"]
+      return (-np.mean(p["values"]), np.mean(loss))
+    best = min(pts, key=key)
+    got = picks[family]
+    assert (got["rule"], got["point"], got["run"]) == (best["rule"], best["point"], best["run"])
+    cfg = doc["runs"][best["run"]]["config"]
+    assert (cfg["seed"], cfg["seeds"], cfg["hidden_size"], cfg["batch_size"]) == (100, 2, 32, 16)
+  tuned = {n: r for n, r in doc["runs"].items() if n.startswith("copy_tuned_")}
+  assert set(tuned) == {f"copy_tuned_{f}" for f in families}
+  for name, r in tuned.items():
+    pick, cfg = picks[name.split("copy_tuned_")[1]], r["config"]
+    assert list(r["rules"]) == [pick["rule"]], name
+    for k, v in pick["point"].items():
+      assert cfg[k] == v, (name, k)
+    assert (cfg["seed"], cfg["seeds"], cfg["steps"]) == (0, 5, 20000), name
+    assert (cfg["hidden_size"], cfg["batch_size"], cfg["max_n"]) == (32, 16, 7), name
+  assert "fig_copy_tuned_levels.png" in _section(_report(), "4.")
 
 
 def test_toy_analysis_summary_follows_from_its_measurements():

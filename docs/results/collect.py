@@ -14,7 +14,10 @@ Each ``docs/results/<section>.json`` holds, per run: the command, its wall time,
 config, the data source, provenance, the per-rule summary copied from the run's
 ``summary.json`` (per-seed values, mean ± sd with ddof = 1, n) and thinned curves from
 ``metrics.jsonl`` (the streaming section: each rule's ``stream.json`` of ``bplambda stream``,
-its planned commands made from the picks of ``stream_tuning.py``); and the section's tables. A
+its planned commands made from the picks of ``stream_tuning.py``); a tuning run (``*_tune_*``, a
+``--grid`` run on validation seeds) keeps its grid's per-point scores instead of curves, and the
+section's tuned commands (``*_tuned_*``) are made from the picks that ``build`` derives from them
+into the committed JSON (sections 4 and 6: ``copy_picks``, ``long_picks``); and the section's tables. A
 table cell is either text or a reference into the same file
 (``{"ref": "runs/<run>/rules/<label>/eval/alignment", "fmt": "pm", "digits": 3}``);
 ``--report`` renders every table into ``docs/reproduction.md`` between
@@ -76,15 +79,60 @@ MNIST_GROUPS = (("bplambda1_eprop", "bp_lambda,eprop"),
 COPY_Q_SEEDS = 5
 _Q = (f"--seeds {COPY_Q_SEEDS} --steps 20000 --set hidden_size=32 --set batch_size=16 --set max_n=7 "
       "--set chunk=500 --set checkpoint_every=20000 --no-progress")
+# copy-repeat's tuning: every rule's grid in the small configuration on the validation seeds
+# 100 and 101 (never used by the final runs, seeds 0–4), at a smaller budget
+COPY_TUNE_STEPS = 4000
+_CQ = ("--set hidden_size=32 --set batch_size=16 --set max_n=7 --set chunk=500 "
+       f"--set checkpoint_every={COPY_TUNE_STEPS} --no-progress")
+_LRS = "--grid lr_cell=3e-4,1e-3,3e-3,1e-2 --grid lr_readout=1e-3,1e-2"
+# every rule of section 4's small-configuration table
+COPY_TUNE_GRIDS = {
+    "bptt_eprop": ("bptt,eprop", _LRS),
+    # both rules' best points had the grid's largest rates (0.01, 0.01): larger ones
+    "bptt_eprop_high": ("bptt,eprop", "--grid lr_cell=1e-2,3e-2 --grid lr_readout=1e-2,3e-2"),
+    "bp_lambda": ("bp_lambda", "--grid lr_cell=1e-3,3e-3,1e-2 --grid lr_readout=1e-3,1e-2 "
+                  "--grid lr_synth=1e-5,1e-4 --grid lambda_=0.5,1 --grid gamma=0.9,1"),
+    # its best point had the grid's largest rates (0.01, 0.01): larger ones at its λ and γ
+    "bp_lambda_high": ("bp_lambda", "--grid lr_cell=1e-2,3e-2 --grid lr_readout=1e-2,3e-2 "
+                       "--grid lr_synth=1e-5,1e-4 --grid lambda_=1 --grid gamma=0.9"),
+    # the truncated baselines too, with their window n among the picks
+    "tbptt": ("tbptt:1,tbptt:3,tbptt:5", _LRS),
+    "dni": ("dni:1,dni:3,dni:5", f"{_LRS} --grid lr_synth=1e-5,1e-4")}
+
+
+def _copy_tune(group):
+  rules, grid = COPY_TUNE_GRIDS[group]
+  return (f"bplambda run copy-repeat --rule {rules} --seeds 2 --set seed=100 "
+          f"--steps {COPY_TUNE_STEPS} {_CQ} {grid} --out runs/copy_tune/{group}")
+
+
 # copy-repeat at the paper's size: the preset's network, batch, curriculum and rates
 COPY_PAPER_SEEDS = 3
 COPY_PAPER_STEPS = 3000
 _P = f"--seeds {COPY_PAPER_SEEDS} --steps {COPY_PAPER_STEPS} --no-progress"
 COPY_PAPER_GROUPS = (("a", "bptt,bp_lambda"), ("trunc5", "tbptt:5,dni:5"))
 COPY_PAPER_BUDGET = 150_000  # the preset's (the authors') updates per rule
-_H = ("--seeds 3 --set cell=elementwise_lstm --set hidden_size=64 --set pattern_length=4 "
+_H = ("--set cell=elementwise_lstm --set hidden_size=64 --set pattern_length=4 "
       "--set mode=online --set eval_batch_size=256 --no-progress")
 _R = "bp_lambda,eprop,columnar_rtrl,tbptt:10"
+LONG_REPEATS = {103: 24, 303: 74, 1003: 249}  # T = (R + 1)·N + 3 with N = LONG_PATTERN
+LONG_PATTERN = 4
+# the long horizons' tuning: every rule's grid at T = 103 on the validation seeds 100 and 101
+# (networks and data the final runs, seeds 0–2, never see), 500 updates per point
+LONG_TUNE_SEED, LONG_TUNE_SEEDS, LONG_TUNE_STEPS = 100, 2, 500
+LONG_TUNE_GRIDS = {
+    "online": ("eprop,columnar_rtrl,tbptt:10",
+               "--grid lr_cell=3e-3,1e-2,3e-2,1e-1 --grid lr_readout=3e-3,1e-2,3e-2"),
+    # the first grid's best e-prop point had its largest network rate (0.1): larger rates
+    "online_high": ("eprop,columnar_rtrl,tbptt:10",
+                    "--grid lr_cell=1e-1,3e-1 --grid lr_readout=3e-2,1e-1"),
+    "bp_lambda": ("bp_lambda",
+                  "--grid lr_cell=1e-2,3e-2,1e-1 --grid lr_readout=1e-2,3e-2 "
+                  "--grid lambda_=0.5,1 --grid gamma=0.9,1 --grid lr_synth=1e-4,1e-3"),
+    # its best point had the grid's smallest network and ĝ rates (0.01, 1e-4): smaller ones
+    "bp_lambda_low": ("bp_lambda",
+                      "--grid lr_cell=3e-3,1e-2 --grid lr_readout=1e-2 --grid lambda_=0.5,1 "
+                      "--grid gamma=0.9,1 --grid lr_synth=1e-5,1e-4")}
 TOY_SEEDS = 10  # the toy runs are chaotic: 10 seeds, a bootstrap interval of the mean
 
 
@@ -125,9 +173,16 @@ def _mnist(rules, out, budget=_M):
 
 
 def _long(repeats, steps, chunk, every):
-  return (f"bplambda run copy --rule {_R} {_H} --set repeats={repeats} --steps {steps} "
+  return (f"bplambda run copy --rule {_R} --seeds 3 {_H} --set repeats={repeats} --steps {steps} "
           f"--set chunk={chunk} --set eval_every={every} --set checkpoint_every={every} "
           f"--out runs/long/T{(repeats + 1) * 4 + 3}")
+
+
+def _long_tune(group):
+  rules, grid = LONG_TUNE_GRIDS[group]
+  return (f"bplambda run copy --rule {rules} --seeds {LONG_TUNE_SEEDS} --set seed={LONG_TUNE_SEED} "
+          f"{_H} --set repeats={LONG_REPEATS[103]} --steps {LONG_TUNE_STEPS} --set chunk=100 --set eval_every=500 "
+          f"--set checkpoint_every=500 {grid} --out runs/long_tune/{group}")
 
 
 TOY_T = (10, 30, 60, 120, 250)
@@ -156,9 +211,11 @@ PLAN = {
         "copy_q_eprop": f"bplambda run copy-repeat --rule eprop {_Q} --out runs/copy_q_eprop",
         # the paper's size (the preset: LSTM 100, batch 100, levels up to N = 10), a first budget
         **{f"copy_paper_{g}": (f"bplambda run copy-repeat --rule {rules} {_P} "
-                               f"--out runs/copy_paper_{g}") for g, rules in COPY_PAPER_GROUPS}},
+                               f"--out runs/copy_paper_{g}") for g, rules in COPY_PAPER_GROUPS},
+        **{f"copy_tune_{g}": _copy_tune(g) for g in COPY_TUNE_GRIDS}},
     "long": {"long_T103": _long(24, 2000, 100, 500), "long_T303": _long(74, 1000, 50, 250),
-             "long_T1003": _long(249, 300, 25, 100)},
+             "long_T1003": _long(249, 300, 25, 100),
+             **{f"long_tune_{g}": _long_tune(g) for g in LONG_TUNE_GRIDS}},
     "align": {f"align_{task}": f"bplambda align --task {task} --seeds 5 --out runs/align_{task} "
                                "--no-progress" for task in ("toy", "copy")},
     "stream": {},  # filled below from the tuning's picks
@@ -245,6 +302,48 @@ for _cell in STREAM_CELLS:
       _fb_name = f"{_name}_lr{_fb['lr']:g}"
       PLAN["stream"][_fb_name] = _stream(_cell, _rule, _tuning, _fb_name, _fb)
       STREAM_RUNS[_fb_name] = (_cell, _rule, _fb)
+# section 6 tuned: every rule at the point its tuning picked (``long_tune_*``: lowest validation
+# bits at T = 103), at each horizon, on seeds 0–2
+LONG_TUNED_SEEDS = 3
+LONG_TUNED_BUDGET = {103: (2000, 100, 500), 303: (2000, 50, 500),  # T: updates, chunk,
+                     1003: (600, 25, 200)}                        # evaluation interval
+
+
+def _long_tuned(T, rule, point, budget=None, seeds=LONG_TUNED_SEEDS, out="runs/long_tuned"):
+  steps, chunk, every = budget or LONG_TUNED_BUDGET[T]
+  sets = " ".join(f"--set {k}={v:g}" for k, v in point.items())
+  return (f"bplambda run copy --rule {rule} --seeds {seeds} {_H} "
+          f"--set repeats={LONG_REPEATS[T]} --steps {steps} --set chunk={chunk} "
+          f"--set eval_every={every} --set checkpoint_every={every} {sets} "
+          f"--out {out}/T{T}/{_rule_dir(rule)}")
+
+
+# the GPU-sized commands: the longest horizon, each rule at its pick, 20,000 updates on 5 seeds
+LONG_GPU_BUDGET = (20_000, 100, 2000)
+
+
+def long_tuned_name(T, rule):
+  return f"long_tuned_T{T}_{_rule_dir(rule)}"
+
+
+for _T in LONG_REPEATS:
+  for _rule, _pick in committed("long").get("derived", {}).get("picks", {}).items():
+    PLAN["long"][long_tuned_name(_T, _rule)] = _long_tuned(_T, _rule, _pick["point"])
+
+# section 4 tuned: every tuned rule at the point its tuning (``copy_tune_*``) picked, in the small
+# configuration with its budget, on seeds 0–4
+COPY_FAMILIES = ("bptt", "bp_lambda", "eprop", "tbptt", "dni")
+
+
+def _copy_tuned(family, pick):
+  sets = " ".join(f"--set {k}={v:g}" for k, v in pick["point"].items())
+  return (f"bplambda run copy-repeat --rule {pick['rule']} {_Q} {sets} "
+          f"--out runs/copy_tuned/{family}")
+
+
+for _family, _pick in committed("copy_repeat").get("derived", {}).get("picks", {}).items():
+  PLAN["copy_repeat"][f"copy_tuned_{_family}"] = _copy_tuned(_family, _pick)
+
 # the code each section's numbers depend on: a number measured at a commit where these paths
 # differed from HEAD's is stale
 CODE_PATHS = {**{s: ("bplambda_jax",) for s in PLAN},
@@ -301,6 +400,8 @@ def render(doc: dict, cell) -> str:
   if fmt == "levels":
     # (0, 0): not even the first level solved
     return " ".join(f"({n},{r})" if n else "none" for n, r in zip(value["n"], value["r"]))
+  if fmt == "vals":  # every seed's value, as written in a list
+    return " ".join(f"{v:.{d}f}" for v in value)
   if fmt == "ints":
     return " ".join(str(int(v)) for v in value)
   if fmt == "minutes":  # a number of seconds, in minutes
@@ -434,8 +535,18 @@ def load_run(runs: str, name: str, section: str, planned: str):
       keep["solved_level"] = _stats([level_index(n, rr) for n, rr in
                                      zip(r["solved"]["n"], r["solved"]["r"])])
     rules[_report_label(label)] = keep
-  return {**_record(timing, prov), "config": cfg, "data": summary.get("data"), "rules": rules,
-          "curves": curves(d, section)}
+  rec = {**_record(timing, prov), "config": cfg, "data": summary.get("data"), "rules": rules}
+  if is_tuning(name):  # every grid point's score, by which the rule's setting is picked
+    rec["grid"] = summary["grid"]
+  else:
+    rec["curves"] = curves(d, section)
+  return rec
+
+
+def is_tuning(name: str) -> bool:
+  """Whether the planned run ``name`` is a tuning grid (``*_tune_*``: its record keeps the grid's
+  scores, not the training curves of its many points)."""
+  return "_tune_" in name
 
 
 STREAM_CURVE_POINTS = 100  # a stream's curve: at most this many window means, log-spaced
@@ -782,6 +893,8 @@ def mnist_tables(doc):
 def _setting(cfg, label):
   spec = label.split(":")[0]
   s = f"lr {cfg['lr_cell']:g}"
+  if cfg["lr_readout"] != cfg["lr_cell"]:
+    s += f", lr readout {cfg['lr_readout']:g}"
   if spec in ("bp_lambda", "dni"):
     s += f", lr ĝ {cfg['lr_synth']:g}, sg {cfg['sg_scale']:g}"
   if spec == "bp_lambda":
@@ -804,6 +917,8 @@ def _copy_results(doc, prefix, seeds):
                    {"ref": f"{base}/solved", "fmt": "levels"},
                    pm(f"{base}/solved_level", 2), pm(f"{base}/final/loss", 3),
                    num(f"{base}/ms_per_update", 0), f"`{run}`"])
+  if not rows:
+    rows.append(["not run in this budget"] + ["–"] * 6)
   return {"note": f"largest (N, R) solved by each of seeds 0–{seeds - 1} ('none': not even "
           "(1,1)); its index in the curriculum (0 = none, 1 = (1,1), 2 = (2,1), 3 = (2,2), "
           f"4 = (3,2), 5 = (3,3), …), mean ± sd over the {seeds} seeds; training loss (nats per "
@@ -815,8 +930,9 @@ def _copy_results(doc, prefix, seeds):
 
 
 def copy_derived(doc) -> dict:
-  """What the paper's budget would cost on this machine: each paper-size rule's measured ms per
-  update (its seeds at once) times the preset's updates, in hours."""
+  """The tuning's picks, and what the paper's budget would cost on this machine: each paper-size
+  rule's measured ms per update (its seeds at once) times the preset's updates, in hours."""
+  out = {"picks": copy_picks(doc)}
   hours = {}
   for run, rec in doc["runs"].items():
     if run.startswith("copy_paper_"):
@@ -824,17 +940,60 @@ def copy_derived(doc) -> dict:
         hours[label] = {"value": r["ms_per_update"] * COPY_PAPER_BUDGET / 3.6e6, "run": run,
                         "seeds": len(r["seeds"])}
   if not hours:
-    return {}
-  return {"paper_budget_hours": {
+    return out
+  return {**out, "paper_budget_hours": {
       "rules": hours, "budget": COPY_PAPER_BUDGET,
       "value": sum(h["value"] for h in hours.values()),
       "note": f"hours for {COPY_PAPER_BUDGET:,} updates per rule at each paper-size rule's "
               "measured ms per update (its seeds at once, evaluations included), and their sum"}}
 
 
+def copy_picks(doc) -> dict:
+  """Each rule family's best point of the tuning grids (``copy_tune_*``; a family is a rule name
+  without its window, so a grid over several n would pick n too): the highest curriculum level
+  (its index, mean over the validation seeds), ties broken by the lower final training loss (mean
+  over the same seeds). {family: {'rule', 'point', 'label', 'level', 'loss', 'run'}} in
+  COPY_FAMILIES' order."""
+  best = {}
+  for name, p in tuning_points(doc, "copy_repeat"):
+    family = p["rule"].split(":")[0]
+    loss = doc["runs"][name]["rules"][_report_label(p["label"])]["final"]["loss"]["mean"]
+    if not (math.isfinite(p["mean"]) and math.isfinite(loss)):
+      continue
+    b = best.get(family)
+    if b is None or (-p["mean"], loss) < (-b["level"], b["loss"]):
+      best[family] = {"rule": p["rule"], "point": p["point"], "label": p["label"],
+                      "level": p["mean"], "loss": loss, "run": name}
+  return {f: best[f] for f in COPY_FAMILIES if f in best}
+
+
+def copy_tuning_table(doc):
+  rows = []
+  for family, pick in doc["derived"].get("picks", {}).items():
+    pts = [p for _, p in tuning_points(doc, "copy_repeat") if p["rule"].split(":")[0] == family]
+    i = next(i for i, p in enumerate(doc["runs"][pick["run"]]["grid"]["points"])
+             if p["label"] == pick["label"])
+    base = f"runs/{pick['run']}/grid/points/{i}/values"
+    rows.append([f"`{family}`", str(len(pts)), f"`{pick['rule']}`", _point_setting(pick["point"]),
+                 {"ref": base, "fmt": "ints"}, f"{pick['loss']:.3f}",
+                 f"{min(p['mean'] for p in pts):.1f} – {max(p['mean'] for p in pts):.1f}",
+                 f"`{pick['run']}`"])
+  if not rows:
+    rows.append(["not run in this budget"] + ["–"] * 7)
+  return {"note": f"each rule's grid (the axes in the commands table; truncated BPTT and BPTT + SG "
+          f"also over n = 1, 3, 5), {COPY_TUNE_STEPS:,} updates per point on the validation seeds "
+          "100 and 101; the pick: the highest mean curriculum level index, ties broken by the "
+          "lower mean final training loss; the pick's level index per seed and mean final loss "
+          "(nats per target step), and the range of the grid's mean level indices",
+          "header": ["rule", "grid points", "picked rule", "pick", "level index (seeds 100, 101)",
+                     "final loss", "grid's level range", "run"], "rows": rows}
+
+
 def copy_tables(doc):
   return {"results": _copy_results(doc, "copy_q_", COPY_Q_SEEDS),
           "results_paper": _copy_results(doc, "copy_paper_", COPY_PAPER_SEEDS),
+          "tuning": copy_tuning_table(doc),
+          "results_tuned": _copy_results(doc, "copy_tuned_", COPY_Q_SEEDS),
           "commands": commands_table(doc, "copy_repeat")}
 
 
@@ -949,11 +1108,74 @@ def stream_derived(doc) -> dict:
 LONG_RULES = ("bp_lambda", "eprop", "columnar_rtrl", "tbptt:10")
 
 
+def memoryless_bits(T: int) -> float:
+  """Bits per target step of the best prediction that knows the time but nothing of the pattern:
+  1 bit on each of the 8 pattern channels at the R·N pattern steps, none on the flag channel
+  and at the end step; the loss is a mean over the 9 channels, so (8/9)·R·N / (R·N + 1), with
+  R·N = T − N − 3."""
+  rn = T - LONG_PATTERN - 3
+  return 8 / 9 * rn / (rn + 1)
+
+
+def unordered_bits(T: int) -> float:
+  """Bits per target step of the best prediction that knows, for each channel, how many of the
+  pattern's N bits are 1 but not where: it predicts k/N on every pattern step and scores the
+  binary entropy H(k/N), averaged over k ~ Binomial(N, 1/2); times (8/9)·R·N / (R·N + 1) as in
+  :func:`memoryless_bits`. Below it, a network knows something of the pattern's order."""
+  n = LONG_PATTERN
+  h = lambda p: 0.0 if p in (0, 1) else -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
+  per_channel = sum(math.comb(n, k) / 2 ** n * h(k / n) for k in range(n + 1))
+  return per_channel * memoryless_bits(T)
+
+
+def tuning_points(doc, section):
+  """[(run name, grid point)] of every finished tuning run of ``section``, in plan order."""
+  return [(name, p) for name in PLAN[section] if is_tuning(name) and name in doc["runs"]
+          for p in doc["runs"][name]["grid"]["points"]]
+
+
+def long_picks(doc) -> dict:
+  """Each rule's point of the tuning grids (``long_tune_*``) with the lowest validation bits
+  (mean over the validation seeds; a point with a non-finite score never wins), in LONG_RULES'
+  order: {rule: {'point', 'label', 'mean', 'run'}}."""
+  picks = {}
+  for name, p in tuning_points(doc, "long"):
+    best = picks.get(p["rule"])
+    if math.isfinite(p["mean"]) and (best is None or p["mean"] < best["mean"]):
+      picks[p["rule"]] = {"point": p["point"], "label": p["label"], "mean": p["mean"],
+                          "run": name}
+  return {r: picks[r] for r in LONG_RULES if r in picks}
+
+
+def long_derived(doc) -> dict:
+  """The tuning's picks; the two reference scores at each horizon; and, per finished tuned run,
+  how many of its seeds end below the memoryless score."""
+  below = {}
+  for T in LONG_REPEATS:
+    for rule in LONG_RULES:
+      rec = doc["runs"].get(long_tuned_name(T, rule))
+      if rec is not None:
+        v = rec["rules"][rule]["eval"]["bits"]["values"]
+        below[long_tuned_name(T, rule)] = {
+            "seeds_below_memoryless": sum(x < memoryless_bits(T) for x in v), "seeds": len(v)}
+  return {"picks": long_picks(doc),
+          "memoryless_bits": {str(T): memoryless_bits(T) for T in LONG_REPEATS},
+          "unordered_bits": {str(T): unordered_bits(T) for T in LONG_REPEATS},
+          "below_memoryless": below}
+
+
+def _point_setting(point: dict) -> str:
+  """A grid point in the report's words: 'lr 0.01, lr readout 0.03, λ 1, …'."""
+  names = {"lr_cell": "lr", "lr_readout": "lr readout", "lr_synth": "lr ĝ", "lambda_": "λ",
+           "gamma": "γ"}
+  return ", ".join(f"{names[k]} {v:g}" for k, v in point.items())
+
+
 def long_tables(doc):
   rows = []
   for run in PLAN["long"]:
     rec = doc["runs"].get(run)
-    if rec is None:
+    if rec is None or not re.fullmatch(r"long_T\d+", run):
       continue
     T = run.split("_T")[1]
     for label in LONG_RULES:
@@ -974,7 +1196,67 @@ def long_tables(doc):
                       "evaluations included",
                       "header": ["T", "rule", "updates", "bits at update 0", "final bits",
                                  "final accuracy %", "ms per update", "run"], "rows": rows},
+          "tuning": long_tuning_table(doc), "results_tuned": long_tuned_table(doc),
+          "gpu": long_gpu_table(doc),
           "commands": commands_table(doc, "long")}
+
+
+def long_tuning_table(doc):
+  rows = []
+  picks = doc["derived"]["picks"]
+  for rule, pick in picks.items():
+    points = [p for _, p in tuning_points(doc, "long") if p["rule"] == rule]
+    i = next(i for i, p in enumerate(doc["runs"][pick["run"]]["grid"]["points"])
+             if p["label"] == pick["label"])
+    worst = max((p["mean"] for p in points if math.isfinite(p["mean"])))
+    rows.append([f"`{rule}`", str(len(points)), _point_setting(pick["point"]),
+                 {"ref": f"runs/{pick['run']}/grid/points/{i}/values", "fmt": "vals",
+                  "digits": 3},
+                 f"{worst:.3f}", f"`{pick['run']}`"])
+  if not rows:
+    rows.append(["not run in this budget", "–", "–", "–", "–", "–"])
+  return {"note": "each rule's grid at T = 103 (the axes in the commands table), 500 updates per "
+          "point on the validation seeds 100 and 101; the point with the lowest evaluation bits "
+          "per target step (mean over the two seeds) is the rule's pick; its bits per seed, and "
+          "the grid's worst point's mean",
+          "header": ["rule", "grid points", "pick", "bits at the pick (seeds 100, 101)",
+                     "worst point's bits", "run"], "rows": rows}
+
+
+def long_gpu_table(doc):
+  rows = [[f"`{rule}`", "`" + _long_tuned(1003, rule, pick["point"], LONG_GPU_BUDGET, 5,
+                                          "runs/long_gpu") + "`"]
+          for rule, pick in doc["derived"]["picks"].items()]
+  return {"note": "for a GPU: T = 1003, each rule at its pick, "
+          f"{LONG_GPU_BUDGET[0]:,} updates on 5 seeds",
+          "header": ["rule", "command"], "rows": rows or [["not tuned yet", "–"]]}
+
+
+def long_tuned_table(doc):
+  rows = []
+  for T in LONG_REPEATS:
+    for rule in LONG_RULES:
+      name = long_tuned_name(T, rule)
+      rec = doc["runs"].get(name)
+      if rec is None:
+        continue
+      base = f"runs/{name}/rules/{rule}"
+      r = rec["rules"][rule]
+      rows.append([str(T), f"`{rule}`", str(r["steps"]), pm(f"{base}/eval/bits", 3),
+                   num(f"derived/memoryless_bits/{T}", 3),
+                   {"join": [num(f"derived/below_memoryless/{name}/seeds_below_memoryless"), "/",
+                             num(f"derived/below_memoryless/{name}/seeds")]},
+                   {"ref": f"{base}/eval/accuracy", "fmt": "pct_pm", "digits": 1},
+                   num(f"{base}/ms_per_update", 0), f"`{name}`"])
+  if not rows:
+    rows.append(["–", "not run in this budget"] + ["–"] * 7)
+  return {"note": "each rule at its tuning's pick (table `tuning`), seeds 0–2: evaluation bits "
+          "per target step on 256 fresh sequences after the last update, mean ± sd; the "
+          "memoryless score at this T and how many seeds end below it; accuracy of the "
+          "thresholded outputs; ms per update: 3 seeds at once, evaluations included",
+          "header": ["T", "rule", "updates", "final bits", "memoryless bits",
+                     "seeds below memoryless", "final accuracy %", "ms per update", "run"],
+          "rows": rows}
 
 
 # README's table of the rules: (rule, what it tracks, memory, time per step) and, per task, the
@@ -1329,9 +1611,10 @@ def build(runs: str) -> dict:
       doc["tables"] = mnist_tables(doc)
       doc["derived"] = mnist_derived(doc)
     elif section == "copy_repeat":
-      doc["tables"] = copy_tables(doc)
       doc["derived"] = copy_derived(doc)
+      doc["tables"] = copy_tables(doc)
     elif section == "long":
+      doc["derived"] = long_derived(doc)
       doc["tables"] = long_tables(doc)
     elif section == "align":
       doc["tables"] = align_tables(doc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import matplotlib
 
@@ -234,9 +235,10 @@ def copy_repeat():
   doc = load("copy_repeat")
   if not doc or not doc["runs"]:
     return
-  for table, tag in (("results", ""), ("results_paper", "_paper")):
-    if doc["tables"].get(table, {}).get("rows"):
-      _copy_levels(doc, doc["tables"][table]["rows"], tag)
+  for table, tag in (("results", ""), ("results_paper", "_paper"), ("results_tuned", "_tuned")):
+    rows = [r for r in doc["tables"].get(table, {}).get("rows", ()) if isinstance(r[2], dict)]
+    if rows:  # a table of runs (not the placeholder row of a table not run yet)
+      _copy_levels(doc, rows, tag)
 
 
 def _copy_levels(doc, rows, tag):
@@ -266,7 +268,8 @@ def _copy_levels(doc, rows, tag):
                  f"(mean ± sd of the index, seeds 0–{cfg['seeds'] - 1})")
   ax2.legend(fontsize=6, ncol=2)
   fig.suptitle(f"Copy-repeat curriculum, LSTM {cfg['hidden_size']}, batch {cfg['batch_size']}, "
-               f"{cfg['steps']:,} updates", fontsize=11)
+               f"{cfg['steps']:,} updates" + (", every rule at its tuned setting"
+                                              if tag == "_tuned" else ""), fontsize=11)
   save(fig, f"fig_copy{tag}_levels.png")
 
 
@@ -296,7 +299,8 @@ def cost():
 
 def long_horizons():
   cost_doc, doc = load("cost"), load("long")
-  runs = doc["runs"] if doc else {}
+  # the runs at the library's default rates (the tuning and the tuned runs: fig_long_tuned.png)
+  runs = {n: r for n, r in (doc["runs"] if doc else {}).items() if re.fullmatch(r"long_T\d+", n)}
   ncol = max(3, len(runs))
   fig, grid = plt.subplots(2 if runs else 1, ncol, figsize=(4.8 * ncol, 7.6 if runs else 3.8),
                            squeeze=False)
@@ -339,6 +343,47 @@ def long_horizons():
     ax.legend(fontsize=7)
   fig.suptitle("Long horizons", fontsize=11)
   save(fig, "fig_long_horizons.png")
+
+
+LONG_COLOURS = {"bp_lambda": "C0", "eprop": "C1", "columnar_rtrl": "C2", "tbptt:10": "C3"}
+
+
+def long_tuned():
+  """Section 6 tuned: every grid point's validation bits per rule (the pick circled), and the
+  tuned runs' evaluation bits during training at each horizon, against the two references."""
+  doc = load("long")
+  picks = (doc or {}).get("derived", {}).get("picks", {})
+  if not picks:
+    return
+  Ts = sorted(int(T) for T in doc["derived"]["memoryless_bits"])
+  fig, axes = plt.subplots(1, 1 + len(Ts), figsize=(4.4 * (1 + len(Ts)), 3.8))
+  for i, (rule, pick) in enumerate(picks.items()):
+    pts = [p["mean"] for name, run in doc["runs"].items() if "grid" in run
+           for p in run["grid"]["points"] if p["rule"] == rule]
+    x = i + np.linspace(-0.25, 0.25, len(pts))
+    axes[0].scatter(x, pts, s=12, color=LONG_COLOURS.get(rule), alpha=0.7)
+    axes[0].scatter([i], [pick["mean"]], s=90, facecolors="none", edgecolors="k")
+  axes[0].set_xticks(range(len(picks)), list(picks), fontsize=8)
+  axes[0].set_ylabel("validation bits per target step")
+  axes[0].set_title("tuning at T = 103: every grid point\n(500 updates, seeds 100–101; "
+                    "○ the pick)", fontsize=9)
+  for ax, T in zip(axes[1:], Ts):
+    for rule in picks:
+      name = f"long_tuned_T{T}_{rule.replace(':', '')}"
+      if name in doc["runs"]:
+        curve_panel(ax, doc["runs"][name], rule, "bits", label=rule, marker=".",
+                    color=LONG_COLOURS.get(rule), ls="--" if rule == "columnar_rtrl" else "-")
+    ax.set_title(f"tuned, T = {T} (seeds 0–2)", fontsize=9)
+    ax.set_xlabel("update")
+    ax.set_ylabel("evaluation bits per target step")
+  for ax, T in zip(axes, [103] + Ts):
+    ax.axhline(doc["derived"]["memoryless_bits"][str(T)], color="grey", lw=0.8, ls=":",
+               label="no memory")
+    ax.axhline(doc["derived"]["unordered_bits"][str(T)], color="grey", lw=0.8, ls="-.",
+               label="bit counts, no order")
+  axes[1].legend(fontsize=7)
+  fig.suptitle("Long horizons, tuned (element-wise LSTM 64, copy N = 4)", fontsize=11)
+  save(fig, "fig_long_tuned.png")
 
 
 # one colour per rule in both panels (e-prop and columnar RTRL coincide on the element-wise LSTM)
@@ -386,4 +431,5 @@ if __name__ == "__main__":
   copy_repeat()
   cost()
   long_horizons()
+  long_tuned()
   stream()
