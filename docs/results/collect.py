@@ -185,6 +185,9 @@ def _long_tune(group):
           f"--set checkpoint_every=500 {grid} --out runs/long_tune/{group}")
 
 
+# the long horizons at the library's default rates
+LONG_DEFAULT = {"long_T103": _long(24, 2000, 100, 500), "long_T303": _long(74, 1000, 50, 250),
+                "long_T1003": _long(249, 300, 25, 100)}
 TOY_T = (10, 30, 60, 120, 250)
 FAITHFUL_T = (10, 30, 60)
 PLASTIC_T = (10, 30, 60, 120)
@@ -213,8 +216,7 @@ PLAN = {
         **{f"copy_paper_{g}": (f"bplambda run copy-repeat --rule {rules} {_P} "
                                f"--out runs/copy_paper_{g}") for g, rules in COPY_PAPER_GROUPS},
         **{f"copy_tune_{g}": _copy_tune(g) for g in COPY_TUNE_GRIDS}},
-    "long": {"long_T103": _long(24, 2000, 100, 500), "long_T303": _long(74, 1000, 50, 250),
-             "long_T1003": _long(249, 300, 25, 100),
+    "long": {**LONG_DEFAULT,
              **{f"long_tune_{g}": _long_tune(g) for g in LONG_TUNE_GRIDS}},
     "align": {f"align_{task}": f"bplambda align --task {task} --seeds 5 --out runs/align_{task} "
                                "--no-progress" for task in ("toy", "copy")},
@@ -309,12 +311,16 @@ LONG_TUNED_BUDGET = {103: (2000, 100, 500), 303: (2000, 50, 500),  # T: updates,
                      1003: (600, 25, 200)}                        # evaluation interval
 
 
+def _sets(point: dict) -> str:
+  """A grid point as the ``--set`` options of a command."""
+  return " ".join(f"--set {k}={v:g}" for k, v in point.items())
+
+
 def _long_tuned(T, rule, point, budget=None, seeds=LONG_TUNED_SEEDS, out="runs/long_tuned"):
   steps, chunk, every = budget or LONG_TUNED_BUDGET[T]
-  sets = " ".join(f"--set {k}={v:g}" for k, v in point.items())
   return (f"bplambda run copy --rule {rule} --seeds {seeds} {_H} "
           f"--set repeats={LONG_REPEATS[T]} --steps {steps} --set chunk={chunk} "
-          f"--set eval_every={every} --set checkpoint_every={every} {sets} "
+          f"--set eval_every={every} --set checkpoint_every={every} {_sets(point)} "
           f"--out {out}/T{T}/{_rule_dir(rule)}")
 
 
@@ -336,8 +342,7 @@ COPY_FAMILIES = ("bptt", "bp_lambda", "eprop", "tbptt", "dni")
 
 
 def _copy_tuned(family, pick):
-  sets = " ".join(f"--set {k}={v:g}" for k, v in pick["point"].items())
-  return (f"bplambda run copy-repeat --rule {pick['rule']} {_Q} {sets} "
+  return (f"bplambda run copy-repeat --rule {pick['rule']} {_Q} {_sets(pick['point'])} "
           f"--out runs/copy_tuned/{family}")
 
 
@@ -967,15 +972,19 @@ def copy_picks(doc) -> dict:
   return {f: best[f] for f in COPY_FAMILIES if f in best}
 
 
+def _pick_values(doc, pick) -> str:
+  """The path in ``doc`` of the per-seed scores of a tuning's ``pick`` (its grid point)."""
+  points = doc["runs"][pick["run"]]["grid"]["points"]
+  i = next(i for i, p in enumerate(points) if p["label"] == pick["label"])
+  return f"runs/{pick['run']}/grid/points/{i}/values"
+
+
 def copy_tuning_table(doc):
   rows = []
   for family, pick in doc["derived"].get("picks", {}).items():
     pts = [p for _, p in tuning_points(doc, "copy_repeat") if p["rule"].split(":")[0] == family]
-    i = next(i for i, p in enumerate(doc["runs"][pick["run"]]["grid"]["points"])
-             if p["label"] == pick["label"])
-    base = f"runs/{pick['run']}/grid/points/{i}/values"
     rows.append([f"`{family}`", str(len(pts)), f"`{pick['rule']}`", _point_setting(pick["point"]),
-                 {"ref": base, "fmt": "ints"}, f"{pick['loss']:.3f}",
+                 {"ref": _pick_values(doc, pick), "fmt": "ints"}, f"{pick['loss']:.3f}",
                  f"{min(p['mean'] for p in pts):.1f} – {max(p['mean'] for p in pts):.1f}",
                  f"`{pick['run']}`"])
   if not rows:
@@ -1173,9 +1182,9 @@ def _point_setting(point: dict) -> str:
 
 def long_tables(doc):
   rows = []
-  for run in PLAN["long"]:
+  for run in LONG_DEFAULT:
     rec = doc["runs"].get(run)
-    if rec is None or not re.fullmatch(r"long_T\d+", run):
+    if rec is None:
       continue
     T = run.split("_T")[1]
     for label in LONG_RULES:
@@ -1206,12 +1215,9 @@ def long_tuning_table(doc):
   picks = doc["derived"]["picks"]
   for rule, pick in picks.items():
     points = [p for _, p in tuning_points(doc, "long") if p["rule"] == rule]
-    i = next(i for i, p in enumerate(doc["runs"][pick["run"]]["grid"]["points"])
-             if p["label"] == pick["label"])
     worst = max((p["mean"] for p in points if math.isfinite(p["mean"])))
     rows.append([f"`{rule}`", str(len(points)), _point_setting(pick["point"]),
-                 {"ref": f"runs/{pick['run']}/grid/points/{i}/values", "fmt": "vals",
-                  "digits": 3},
+                 {"ref": _pick_values(doc, pick), "fmt": "vals", "digits": 3},
                  f"{worst:.3f}", f"`{pick['run']}`"])
   if not rows:
     rows.append(["not run in this budget", "–", "–", "–", "–", "–"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 
 import matplotlib
 
@@ -40,6 +39,18 @@ def save(fig, name):
 def stat(rules, label, group, metric):
   s = rules.get(label, {}).get(group, {}).get(metric)
   return (np.nan, np.nan) if s is None else (s["mean"], s["sd"] or 0.0)
+
+
+def _run_rows(doc, table):
+  """The rows of a results table that show a run (a table not run yet has one placeholder row
+  of text)."""
+  return [r for r in doc["tables"].get(table, {}).get("rows", ()) if isinstance(r[-1], str)
+          and r[-1].startswith("`")]
+
+
+def _table_runs(doc, table):
+  """{run name: run} of the runs a results table shows (its last column names the run)."""
+  return {r[-1].strip("`"): doc["runs"][r[-1].strip("`")] for r in _run_rows(doc, table)}
 
 
 def _T(name):
@@ -178,7 +189,7 @@ def seqmnist():
   if not doc or not doc["runs"]:
     return
   for table, tag in (("results", ""), ("results_full", "_full")):
-    rows = [r for r in doc["tables"][table]["rows"] if not isinstance(r[2], str)]  # the runs made
+    rows = _run_rows(doc, table)
     if rows:
       _seqmnist_figures(doc["runs"], rows, tag)
 
@@ -236,8 +247,8 @@ def copy_repeat():
   if not doc or not doc["runs"]:
     return
   for table, tag in (("results", ""), ("results_paper", "_paper"), ("results_tuned", "_tuned")):
-    rows = [r for r in doc["tables"].get(table, {}).get("rows", ()) if isinstance(r[2], dict)]
-    if rows:  # a table of runs (not the placeholder row of a table not run yet)
+    rows = _run_rows(doc, table)
+    if rows:
       _copy_levels(doc, rows, tag)
 
 
@@ -300,7 +311,7 @@ def cost():
 def long_horizons():
   cost_doc, doc = load("cost"), load("long")
   # the runs at the library's default rates (the tuning and the tuned runs: fig_long_tuned.png)
-  runs = {n: r for n, r in (doc["runs"] if doc else {}).items() if re.fullmatch(r"long_T\d+", n)}
+  runs = _table_runs(doc, "results") if doc else {}
   ncol = max(3, len(runs))
   fig, grid = plt.subplots(2 if runs else 1, ncol, figsize=(4.8 * ncol, 7.6 if runs else 3.8),
                            squeeze=False)
@@ -367,11 +378,12 @@ def long_tuned():
   axes[0].set_ylabel("validation bits per target step")
   axes[0].set_title("tuning at T = 103: every grid point\n(500 updates, seeds 100–101; "
                     "○ the pick)", fontsize=9)
+  tuned = _table_runs(doc, "results_tuned")
   for ax, T in zip(axes[1:], Ts):
-    for rule in picks:
-      name = f"long_tuned_T{T}_{rule.replace(':', '')}"
-      if name in doc["runs"]:
-        curve_panel(ax, doc["runs"][name], rule, "bits", label=rule, marker=".",
+    for name, run in tuned.items():
+      if _T(name) == T:
+        (rule,) = run["rules"]
+        curve_panel(ax, run, rule, "bits", label=rule, marker=".",
                     color=LONG_COLOURS.get(rule), ls="--" if rule == "columnar_rtrl" else "-")
     ax.set_title(f"tuned, T = {T} (seeds 0–2)", fontsize=9)
     ax.set_xlabel("update")
