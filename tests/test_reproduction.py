@@ -351,8 +351,8 @@ def test_derived_toy_numbers_follow_from_the_runs(file):
   """The prose's 'single seeds reach up to …' and 'DNI reaches at most …' at T ≥ 30."""
   doc = _load(file)
   ours = {n: r for n, r in doc["runs"].items()
-          if int(re.search(r"_T(\d+)", n).group(1)) >= 30 and not n.endswith("_faithful")
-          and "bptt" not in n}
+          if "_tune_" not in n and not n.endswith(("_faithful", "_tuned"))
+          and int(re.search(r"_T(\d+)", n).group(1)) >= 30 and "bptt" not in n}
   seeds = [v for n, r in ours.items() if "dni" not in n for rule in r["rules"].values()
            for v in rule["eval"]["alignment"]["values"]]
   assert doc["derived"]["max_seed_alignment_long"]["value"] == max(seeds)
@@ -415,12 +415,17 @@ def test_copy_repeat_at_the_papers_size_uses_the_preset_and_states_its_budget():
       if key != "steps":
         assert r["config"][key] == want, (name, key)
     assert r["config"]["steps"] == 3000 and r["config"]["seeds"] == 3, name
+  labels = [label for r in paper.values() for label in r["rules"]]
+  assert sorted(labels) == sorted(["bptt", "bp_lambda", "eprop"] + [
+      f"{rule}:{n}" for rule in ("tbptt", "dni") for n in range(1, 6)])  # the paper's table
   derived = doc["derived"]["paper_budget_hours"]
   assert derived["budget"] == preset["steps"] == 150_000
   hours = {label: rule["ms_per_update"] * preset["steps"] / 3.6e6
            for r in paper.values() for label, rule in r["rules"].items()}
   assert {k: v["value"] for k, v in derived["rules"].items()} == pytest.approx(hours)
   assert derived["value"] == pytest.approx(sum(hours.values()))
+  assert derived["spent"] == pytest.approx(
+      sum(rule["seconds"] for r in paper.values() for rule in r["rules"].values()) / 3600)
   section = _section(_report(), "4.")
   for text in ("LSTM 100", "batch 100", "N = 10", "3,000 updates", "seeds 0–2",
                "fig_copy_paper_levels.png"):
@@ -488,6 +493,52 @@ def test_long_horizons_tuned_runs_use_their_picks_on_other_seeds():
     assert "--set repeats=249 " in command and "--seeds 5 " in command, rule
   section = _section(_report(), "6.")
   for text in ("fig_long_tuned.png", "seeds 100 and 101", "seeds 0–2"):
+    assert text in section, text
+
+
+_LAMBDA_LABELS = [f"λ={l / 4!r}" for l in range(5)]
+_DNI_LABELS = [f"dni:{n}" for n in range(1, 6)]
+
+
+@pytest.mark.parametrize("file,metric,higher,steps,tuned", [
+    ("toy.json", "alignment", True, 10_000,
+     {"bp_lambda": ("toy", _LAMBDA_LABELS), "dni": ("dni", _DNI_LABELS)}),
+    ("plastic.json", "loss", False, 3000,
+     {"bptt": ("plastic_bptt", ["bptt"]), "bp_lambda": ("plastic", ["λ=1.0"]),
+      "dni": ("plastic_dni", ["dni:5"])})], ids=["fixed", "plastic"])
+def test_toy_tuned_runs_use_their_picks_on_other_seeds(file, metric, higher, steps, tuned):
+  """Sections 1 and 2 tuned: each family's pick is its grid point with the best final score (the
+  highest alignment on the fixed RNN, the lowest evaluation loss on the plastic one; mean over
+  the validation seeds 100 and 101, at T = 30), recomputed here from the per-seed values over
+  all the family's grids; at that pick on seeds 0–9, at T = 30 and 60, with the preset's 10,000
+  updates, the tuned runs sweep λ (BP(λ)) and n (DNI) on the fixed RNN, and train the picked rule
+  only (λ = 1; n = 5) on the plastic one."""
+  doc = _load(file)
+  points = {}
+  for name, r in doc["runs"].items():
+    if "_tune_" in name:
+      cfg = r["config"]
+      assert (cfg["seed"], cfg["seeds"], cfg["seq_len"], cfg["steps"]) == (100, 2, 30, steps)
+      for p in r["grid"]["points"]:
+        score = float(np.mean(r["rules"][p["label"]]["eval"][metric]["values"]))
+        points.setdefault(p["rule"].split(":")[0], []).append((score, name, p))
+  picks = doc["derived"]["picks"]
+  assert list(picks) == list(tuned)
+  for family, pick in picks.items():
+    assert len(points[family]) >= 5
+    best = (max if higher else min)(points[family], key=lambda x: x[0])
+    assert (pick["run"], pick["label"], pick["point"]) == (best[1], best[2]["label"],
+                                                           best[2]["point"]), family
+    prefix, labels = tuned[family]
+    for T in (30, 60):
+      r = doc["runs"][f"{prefix}_T{T}_tuned"]
+      cfg = r["config"]
+      assert (cfg["seed"], cfg["seeds"], cfg["seq_len"], cfg["steps"]) == (0, 10, T, 10_000)
+      for key, value in pick["point"].items():
+        assert cfg[key] == pytest.approx(value), (family, T, key)
+      assert sorted(r["rules"]) == sorted(labels), (family, T)
+  section = _section(_report(), "2." if file == "plastic.json" else "1.")
+  for text in ("validation seeds 100 and 101", f"{steps:,} updates"):
     assert text in section, text
 
 

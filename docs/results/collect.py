@@ -110,7 +110,9 @@ def _copy_tune(group):
 COPY_PAPER_SEEDS = 3
 COPY_PAPER_STEPS = 3000
 _P = f"--seeds {COPY_PAPER_SEEDS} --steps {COPY_PAPER_STEPS} --no-progress"
-COPY_PAPER_GROUPS = (("a", "bptt,bp_lambda"), ("trunc5", "tbptt:5,dni:5"))
+COPY_PAPER_GROUPS = (("a", "bptt,bp_lambda"), ("eprop", "eprop"),
+                     ("tbptt", "tbptt:1,tbptt:2,tbptt:3,tbptt:4"), ("trunc5", "tbptt:5,dni:5"),
+                     ("dni", "dni:1,dni:2,dni:3,dni:4"))
 COPY_PAPER_BUDGET = 150_000  # the preset's (the authors') updates per rule
 _H = ("--set cell=elementwise_lstm --set hidden_size=64 --set pattern_length=4 "
       "--set mode=online --set eval_batch_size=256 --no-progress")
@@ -136,36 +138,100 @@ LONG_TUNE_GRIDS = {
 TOY_SEEDS = 10  # the toy runs are chaotic: 10 seeds, a bootstrap interval of the mean
 
 
-def _toy(T, faithful=False):
+def _sets(point: dict) -> str:
+  """A grid point as the ``--set`` options of a command."""
+  return " ".join(f"--set {k}={v:g}" for k, v in point.items())
+
+
+def _tuned(point):
+  """The options and the run-name suffix of a run at a tuning's pick (none: the preset's rates)."""
+  return ("", "") if point is None else (f" {_sets(point)}", "_tuned")
+
+
+def _toy(T, faithful=False, point=None):
   if faithful:
     return (f"bplambda toy --faithful --seq-len {T} --lambdas {_L} --seeds {TOY_SEEDS} "
             f"--set checkpoint_every=1000 --out runs/toy_T{T}_faithful --no-progress")
+  opts, tag = _tuned(point)
   return (f"bplambda toy --seq-len {T} --lambdas {_L} --seeds {TOY_SEEDS} --set chunk=500 "
-          f"--set checkpoint_every=10000 --out runs/toy_T{T} --no-progress")
+          f"--set checkpoint_every=10000{opts} --out runs/toy_T{T}{tag} --no-progress")
 
 
-def _dni(T, faithful=False):
+def _dni(T, faithful=False, point=None):
   if faithful:
     return (f"bplambda run toy --steps 1000 --set lr_synth=1e-4 --rule {_D} --seeds {TOY_SEEDS} "
             f"--set seq_len={T} --set checkpoint_every=1000 --out runs/dni_T{T}_faithful "
             f"--no-progress")
+  opts, tag = _tuned(point)
   return (f"bplambda run toy --rule {_D} --seeds {TOY_SEEDS} --set seq_len={T} --set chunk=500 "
-          f"--set checkpoint_every=10000 --out runs/dni_T{T} --no-progress")
+          f"--set checkpoint_every=10000{opts} --out runs/dni_T{T}{tag} --no-progress")
 
 
-def _plastic(T):
-  return (f"bplambda toy --plastic --seq-len {T} --lambdas {_L} --seeds {TOY_SEEDS} --set chunk=500 "
-          f"--set checkpoint_every=10000 --out runs/plastic_T{T} --no-progress")
+# at their tuned rates on the plastic RNN, BP(λ) and BPTT + SG train their picked rule only
+# (λ = 1; n = 5): sweeps over λ and n there diverged (λ = 0; n = 1 at T = 60), and a guard
+# stops the whole run
 
 
-def _plastic_dni(T):
-  return (f"bplambda run plastic-toy --rule {_D} --seeds {TOY_SEEDS} --set seq_len={T} --set chunk=500 "
-          f"--set checkpoint_every=10000 --out runs/plastic_dni_T{T} --no-progress")
+def _plastic(T, point=None):
+  opts, tag = _tuned(point)
+  lambdas = _L if point is None else "1"
+  return (f"bplambda toy --plastic --seq-len {T} --lambdas {lambdas} --seeds {TOY_SEEDS} --set chunk=500 "
+          f"--set checkpoint_every=10000{opts} --out runs/plastic_T{T}{tag} --no-progress")
 
 
-def _plastic_bptt(T):
+def _plastic_dni(T, point=None):
+  opts, tag = _tuned(point)
+  rules = _D if point is None else "dni:5"
+  return (f"bplambda run plastic-toy --rule {rules} --seeds {TOY_SEEDS} --set seq_len={T} --set chunk=500 "
+          f"--set checkpoint_every=10000{opts} --out runs/plastic_dni_T{T}{tag} --no-progress")
+
+
+def _plastic_bptt(T, point=None):
+  opts, tag = _tuned(point)
   return (f"bplambda run plastic-toy --rule bptt --seeds {TOY_SEEDS} --set seq_len={T} --set chunk=500 "
-          f"--set checkpoint_every=10000 --out runs/plastic_bptt_T{T} --no-progress")
+          f"--set checkpoint_every=10000{opts} --out runs/plastic_bptt_T{T}{tag} --no-progress")
+
+
+# sections 1 and 2 tuned. At T ≥ 30, at the preset's rates, DNI n = 5 aligned better than every
+# BP(λ) on the fixed RNN, and on the plastic RNN nothing learned, not even BPTT. Each family's
+# rates are picked at T = 30 on the validation seeds 100 and 101, at its strongest member of the
+# untuned runs (λ = 1, n = 5): on the fixed RNN ĝ's rate, by the highest final alignment (the
+# preset's 10,000 updates per point); on the plastic RNN the network's, readout's and ĝ's rates,
+# by the lowest final evaluation loss (3,000 updates per point). The tuned runs then sweep the
+# family's own axis (λ; n) at its pick, with the preset's budget on seeds 0-9, at T = 30 and 60.
+TOY_TUNE_T, TOY_TUNE_SEED, TOY_TUNE_SEEDS = 30, 100, 2
+TOY_TUNED_T = (30, 60)
+_TG = "--grid lr_synth=1e-4,3e-4,1e-3,3e-3,1e-2"
+_PG = ("--grid lr_cell=1e-4,3e-4,1e-3 --grid lr_readout=1e-4,1e-3,1e-2 "
+       "--grid lr_synth=1e-4,1e-3,1e-2")
+# section: (task, updates per point, score, higher is better, {group: (rule, grid)}); a rule's
+# family is its name without the window
+TOY_TUNE = {
+    "toy": ("toy", 10_000, "alignment", True,
+            {"bp_lambda": ("bp_lambda", _TG), "dni": ("dni:5", _TG),
+             # the best points lay on the grid's edges (BP(λ): 1e-4; DNI: 1e-2): beyond them
+             "bp_lambda_low": ("bp_lambda", "--grid lr_synth=1e-5,3e-5"),
+             "dni_high": ("dni:5", "--grid lr_synth=3e-2,1e-1")}),
+    "plastic": ("plastic-toy", 3000, "loss", False,
+                {"bptt": ("bptt", "--grid lr_cell=1e-4,1e-3,1e-2 --grid lr_readout=1e-4,1e-3,1e-2"),
+                 "bp_lambda": ("bp_lambda", _PG), "dni": ("dni:5", _PG),
+                 # the best points had the grid's largest network rate (1e-3): a larger one
+                 **{f"{f}_high": (rule, "--grid lr_cell=3e-3 --grid lr_readout=1e-3,1e-2 "
+                                  "--grid lr_synth=1e-4,1e-3,1e-2")
+                    for f, rule in (("bp_lambda", "bp_lambda"), ("dni", "dni:5"))}})}
+# section: {family: (run-name prefix, command at T and a point)}
+TOY_TUNED = {"toy": {"bp_lambda": ("toy", _toy), "dni": ("dni", _dni)},
+             "plastic": {"bptt": ("plastic_bptt", _plastic_bptt), "bp_lambda": ("plastic", _plastic),
+                         "dni": ("plastic_dni", _plastic_dni)}}
+
+
+def _toy_tune(section, group):
+  task, steps, _, _, grids = TOY_TUNE[section]
+  rule, grid = grids[group]
+  return (f"bplambda run {task} --rule {rule} --seeds {TOY_TUNE_SEEDS} "
+          f"--set seed={TOY_TUNE_SEED} --set seq_len={TOY_TUNE_T} "
+          f"--steps {steps} --set chunk=500 --set checkpoint_every={steps} "
+          f"{grid} --out runs/{section}_tune/{group} --no-progress")
 
 
 def _mnist(rules, out, budget=_M):
@@ -197,10 +263,12 @@ PLASTIC_BPTT_T = (10, 30, 60)  # the reference: does full BPTT learn the plastic
 PLAN = {
     "toy": {**{f"{k}_T{T}": f(T) for T in TOY_T for k, f in (("toy", _toy), ("dni", _dni))},
             **{f"{k}_T{T}_faithful": f(T, True) for T in FAITHFUL_T
-               for k, f in (("toy", _toy), ("dni", _dni))}},
+               for k, f in (("toy", _toy), ("dni", _dni))},
+            **{f"toy_tune_{f}": _toy_tune("toy", f) for f in TOY_TUNE["toy"][4]}},
     "plastic": {**{f"{k}_T{T}": f(T) for T in PLASTIC_T
                    for k, f in (("plastic", _plastic), ("plastic_dni", _plastic_dni))},
-                **{f"plastic_bptt_T{T}": _plastic_bptt(T) for T in PLASTIC_BPTT_T}},
+                **{f"plastic_bptt_T{T}": _plastic_bptt(T) for T in PLASTIC_BPTT_T},
+                **{f"plastic_tune_{f}": _toy_tune("plastic", f) for f in TOY_TUNE["plastic"][4]}},
     "seqmnist": {**{f"mnist_{g}": _mnist(rules, f"mnist_{g}") for g, rules in MNIST_GROUPS},
                  **{f"mnist_full_{g}": _mnist(rules, f"mnist_full_{g}", _F)
                     for g, rules in MNIST_GROUPS}},
@@ -311,11 +379,6 @@ LONG_TUNED_BUDGET = {103: (2000, 100, 500), 303: (2000, 50, 500),  # T: updates,
                      1003: (600, 25, 200)}                        # evaluation interval
 
 
-def _sets(point: dict) -> str:
-  """A grid point as the ``--set`` options of a command."""
-  return " ".join(f"--set {k}={v:g}" for k, v in point.items())
-
-
 def _long_tuned(T, rule, point, budget=None, seeds=LONG_TUNED_SEEDS, out="runs/long_tuned"):
   steps, chunk, every = budget or LONG_TUNED_BUDGET[T]
   return (f"bplambda run copy --rule {rule} --seeds {seeds} {_H} "
@@ -348,6 +411,13 @@ def _copy_tuned(family, pick):
 
 for _family, _pick in committed("copy_repeat").get("derived", {}).get("picks", {}).items():
   PLAN["copy_repeat"][f"copy_tuned_{_family}"] = _copy_tuned(_family, _pick)
+
+# sections 1 and 2 tuned: each family at its pick (``toy_tune_*``, ``plastic_tune_*``)
+for _section, _families in TOY_TUNED.items():
+  for _family, _pick in committed(_section).get("derived", {}).get("picks", {}).items():
+    _prefix, _command = _families[_family]
+    for _T in TOY_TUNED_T:
+      PLAN[_section][f"{_prefix}_T{_T}_tuned"] = _command(_T, point=_pick["point"])
 
 # the code each section's numbers depend on: a number measured at a commit where these paths
 # differed from HEAD's is stale
@@ -750,7 +820,15 @@ def toy_tables(doc, section):
   bp_prefix, dni_prefix = ("plastic", "plastic_dni") if plastic else ("toy", "dni")
   Ts = PLASTIC_T if plastic else TOY_T
   tables = {}
-  convs = [("ours", "")] if plastic else [("ours", ""), ("faithful", "_faithful")]
+  convs = [("ours", ""), ("tuned", "_tuned")] + ([] if plastic else [("faithful", "_faithful")])
+  pm4 = lambda ref: pm(ref, 4)  # noqa: E731
+
+  def cell(run, rule, path, fmt=ci):
+    """``rule``'s statistic ``path`` in ``run``, or 'not run' (no such run, or a run without it:
+    the tuned plastic BP(λ) trains λ = 1 only)."""
+    rec = doc["runs"].get(run)
+    return fmt(f"runs/{run}/rules/{rule}/{path}") if rec and rule in rec["rules"] else "not run"
+
   for conv, suffix in convs:
     bp = {"note": CI_NOTE.format("final alignment"), "header":
           ["T"] + [f"λ = {float(l):g}" for l in LAMBDAS], "rows": []}
@@ -759,10 +837,9 @@ def toy_tables(doc, section):
     for T in Ts:
       a, b = f"{bp_prefix}_T{T}{suffix}", f"{dni_prefix}_T{T}{suffix}"
       if a in doc["runs"]:
-        bp["rows"].append([str(T)] + [ci(f"runs/{a}/rules/λ={l}/eval/alignment")
-                                      for l in LAMBDAS])
+        bp["rows"].append([str(T)] + [cell(a, f"λ={l}", "eval/alignment") for l in LAMBDAS])
       if b in doc["runs"]:
-        dni["rows"].append([str(T)] + [ci(f"runs/{b}/rules/{r}/eval/alignment") for r in DNI])
+        dni["rows"].append([str(T)] + [cell(b, r, "eval/alignment") for r in DNI])
     tables[f"bp_lambda_{conv}"] = bp
     tables[f"dni_{conv}"] = dni
     gc = {"note": "cosine of the whole parameter gradient with BPTT's, mean ± sd over the run's "
@@ -772,26 +849,23 @@ def toy_tables(doc, section):
     for T in Ts:
       a, b = f"{bp_prefix}_T{T}{suffix}", f"{dni_prefix}_T{T}{suffix}"
       if a in doc["runs"] and b in doc["runs"]:
-        gc["rows"].append([str(T), pm(f"runs/{a}/rules/λ=1.0/eval0/grad_cosine", 4)]
-                          + [pm(f"runs/{a}/rules/λ={l}/eval/grad_cosine", 4)
+        gc["rows"].append([str(T), cell(a, "λ=1.0", "eval0/grad_cosine", pm4)]
+                          + [cell(a, f"λ={l}", "eval/grad_cosine", pm4)
                              for l in ("0.0", "0.5", "1.0")]
-                          + [pm(f"runs/{b}/rules/dni:{n}/eval/grad_cosine", 4) for n in (1, 5)])
+                          + [cell(b, f"dni:{n}", "eval/grad_cosine", pm4) for n in (1, 5)])
     tables[f"grad_cosine_{conv}"] = gc
     if plastic:
       loss = {"note": "final evaluation loss (MSE at t = T−1), mean ± sd over the run's seeds",
               "header": ["T"] + [f"λ = {float(l):g}" for l in LAMBDAS]
               + [f"DNI n = {n}" for n in (1, 3, 5)] + ["full BPTT"], "rows": []}
       for T in Ts:
-        a, b, c = f"{bp_prefix}_T{T}", f"{dni_prefix}_T{T}", f"plastic_bptt_T{T}"
+        a, b, c = (f"{p}_T{T}{suffix}" for p in (bp_prefix, dni_prefix, "plastic_bptt"))
         if a in doc["runs"] or b in doc["runs"]:
-          have = lambda run: run in doc["runs"]  # noqa: E731
-          loss["rows"].append(
-              [str(T)] + [pm(f"runs/{a}/rules/λ={l}/eval/loss", 4) if have(a) else "not run"
-                          for l in LAMBDAS]
-              + [pm(f"runs/{b}/rules/dni:{n}/eval/loss", 4) if have(b) else "not run"
-                 for n in (1, 3, 5)]
-              + [pm(f"runs/{c}/rules/bptt/eval/loss", 4) if have(c) else "not run"])
-      tables["loss_ours"] = loss
+          loss["rows"].append([str(T)] + [cell(a, f"λ={l}", "eval/loss", pm4) for l in LAMBDAS]
+                              + [cell(b, f"dni:{n}", "eval/loss", pm4) for n in (1, 3, 5)]
+                              + [cell(c, "bptt", "eval/loss", pm4)])
+      tables[f"loss_{conv}"] = loss
+  tables["tuning"] = toy_tuning_table(doc, section)
   if not plastic and "toy_T10" in doc["runs"]:  # README's toy table: the T = 10 run
     tables["readme"] = {"note": "run `toy_T10` of docs/reproduction.md, "
                         + CI_NOTE.format("final alignment"),
@@ -804,12 +878,54 @@ def toy_tables(doc, section):
 
 
 def _long_runs(doc, dni: bool):
-  """(run name, T, its rules) of the runs at T ≥ 30 in our convention: DNI's or BP(λ)'s."""
+  """(run name, T, its rules) of the runs at T ≥ 30 in our convention at the preset's rates:
+  DNI's or BP(λ)'s."""
   for name, rec in doc["runs"].items():
+    if is_tuning(name) or name.endswith(("_faithful", "_tuned")):
+      continue
     T = int(re.search(r"_T(\d+)", name).group(1))
-    if T >= 30 and not name.endswith("_faithful") and "bptt" not in name and (
-        ("dni" in name) == dni):
+    if T >= 30 and "bptt" not in name and ("dni" in name) == dni:
       yield name, T, rec["rules"]
+
+
+def toy_picks(doc, section) -> dict:
+  """Each family's point of its tuning grid (``{section}_tune_*``, T = 30) with the best final
+  score (fixed RNN: the highest alignment; plastic RNN: the lowest evaluation loss; mean over the
+  validation seeds; a non-finite mean never wins), in TOY_TUNE's order:
+  {family: {'rule', 'point', 'label', 'score', 'run'}}."""
+  metric, higher = TOY_TUNE[section][2:4]
+  picks = {}
+  for name, p in tuning_points(doc, section):
+    family = p["rule"].split(":")[0]
+    score = doc["runs"][name]["rules"][p["label"]]["eval"][metric]["mean"]
+    best = picks.get(family)
+    better = best is None or (score > best["score"] if higher else score < best["score"])
+    if math.isfinite(score) and better:
+      picks[family] = {"rule": p["rule"], "point": p["point"], "label": p["label"],
+                       "score": score, "run": name}
+  return {f: picks[f] for f in TOY_TUNED[section] if f in picks}
+
+
+def toy_tuning_table(doc, section):
+  _, steps, metric, _, _ = TOY_TUNE[section]
+  rows = []
+  for family, pick in doc["derived"].get("picks", {}).items():
+    scores = [doc["runs"][name]["rules"][p["label"]]["eval"][metric]["mean"]
+              for name, p in tuning_points(doc, section) if p["rule"].split(":")[0] == family]
+    rows.append([f"`{pick['rule']}`", str(len(scores)), _point_setting(pick["point"]),
+                 {"ref": f"runs/{pick['run']}/rules/{pick['label']}/eval/{metric}/values",
+                  "fmt": "vals", "digits": 3},
+                 f"{min(scores):.3f} – {max(scores):.3f}", f"`{pick['run']}`"])
+  if not rows:
+    rows.append(["not run in this budget"] + ["–"] * 5)
+  what = {"alignment": "the highest final alignment", "loss": "the lowest final evaluation loss "
+          "(MSE at t = T−1)"}[metric]
+  return {"note": f"each family's grid at T = {TOY_TUNE_T} (the axes in the commands table), "
+          f"{steps:,} updates per point on the validation seeds {TOY_TUNE_SEED} and "
+          f"{TOY_TUNE_SEED + 1}; the pick: {what}, mean over the two seeds; the pick's {metric} "
+          f"per seed, and the range of the grid's mean {metric}s",
+          "header": ["rule", "points", "pick", f"{metric} per seed", f"grid's {metric}s", "run"],
+          "rows": rows}
 
 
 def toy_derived(doc):
@@ -909,19 +1025,27 @@ def _setting(cfg, label):
   return s
 
 
+COPY_RULE_ORDER = ("bptt", "bp_lambda", "eprop", "tbptt", "dni")
+
+
+def _copy_rule_key(label):
+  """Copy-repeat tables list their rows by rule family, then by window n (ties: plan order)."""
+  family, _, n = label.partition(":")
+  return COPY_RULE_ORDER.index(family), int(n or 0)
+
+
 def _copy_results(doc, prefix, seeds):
-  rows, chunks = [], set()
-  for run in PLAN["copy_repeat"]:
-    rec = doc["runs"].get(run)
-    if rec is None or not run.startswith(prefix):
-      continue
-    chunks.add(rec["config"]["chunk"])
-    for label in rec["rules"]:
-      base = f"runs/{run}/rules/{label}"
-      rows.append([f"`{label}`", _setting(rec["config"], label),
-                   {"ref": f"{base}/solved", "fmt": "levels"},
-                   pm(f"{base}/solved_level", 2), pm(f"{base}/final/loss", 3),
-                   num(f"{base}/ms_per_update", 0), f"`{run}`"])
+  runs = {run: doc["runs"][run] for run in PLAN["copy_repeat"]
+          if run.startswith(prefix) and run in doc["runs"]}
+  chunks = {rec["config"]["chunk"] for rec in runs.values()}
+  rows = []
+  for run, label in sorted(((run, label) for run, rec in runs.items() for label in rec["rules"]),
+                           key=lambda x: _copy_rule_key(x[1])):
+    base = f"runs/{run}/rules/{label}"
+    rows.append([f"`{label}`", _setting(runs[run]["config"], label),
+                 {"ref": f"{base}/solved", "fmt": "levels"},
+                 pm(f"{base}/solved_level", 2), pm(f"{base}/final/loss", 3),
+                 num(f"{base}/ms_per_update", 0), f"`{run}`"])
   if not rows:
     rows.append(["not run in this budget"] + ["–"] * 6)
   return {"note": f"largest (N, R) solved by each of seeds 0–{seeds - 1} ('none': not even "
@@ -938,19 +1062,21 @@ def copy_derived(doc) -> dict:
   """The tuning's picks, and what the paper's budget would cost on this machine: each paper-size
   rule's measured ms per update (its seeds at once) times the preset's updates, in hours."""
   out = {"picks": copy_picks(doc)}
-  hours = {}
+  hours, spent = {}, 0.0
   for run, rec in doc["runs"].items():
     if run.startswith("copy_paper_"):
       for label, r in rec["rules"].items():
         hours[label] = {"value": r["ms_per_update"] * COPY_PAPER_BUDGET / 3.6e6, "run": run,
                         "seeds": len(r["seeds"])}
+        spent += r["seconds"] / 3600
   if not hours:
     return out
   return {**out, "paper_budget_hours": {
       "rules": hours, "budget": COPY_PAPER_BUDGET,
-      "value": sum(h["value"] for h in hours.values()),
+      "value": sum(h["value"] for h in hours.values()), "spent": spent,
       "note": f"hours for {COPY_PAPER_BUDGET:,} updates per rule at each paper-size rule's "
-              "measured ms per update (its seeds at once, evaluations included), and their sum"}}
+              "measured ms per update (its seeds at once, evaluations included), and their sum; "
+              f"spent: the hours the paper-size runs took ({COPY_PAPER_STEPS:,} updates per rule)"}}
 
 
 def copy_picks(doc) -> dict:
@@ -1611,8 +1737,8 @@ def build(runs: str) -> dict:
     if section == "toy" and os.path.exists(ANALYSIS):
       doc["analysis"] = analysis_record()
     if section in ("toy", "plastic"):
+      doc["derived"] = {**toy_derived(doc), "picks": toy_picks(doc, section)}
       doc["tables"] = toy_tables(doc, section)
-      doc["derived"] = toy_derived(doc)
     elif section == "seqmnist":
       doc["tables"] = mnist_tables(doc)
       doc["derived"] = mnist_derived(doc)

@@ -53,8 +53,25 @@ def _table_runs(doc, table):
   return {r[-1].strip("`"): doc["runs"][r[-1].strip("`")] for r in _run_rows(doc, table)}
 
 
+# the curves of a λ grid are kept under the command's labels (the tables say 'λ=1.0')
+LAMBDA_CURVE = "bp_lambda lambda_={:g}"
+
+
 def _T(name):
   return int(name.split("_T")[1].split("_")[0])
+
+
+def _seeds(doc):
+  """'seeds 0–k' of a toy section's runs (their seed count; the tuning grids left out)."""
+  n = {r["config"]["seeds"] for name, r in doc["runs"].items() if "_tune_" not in name}
+  return f"seeds 0–{max(n) - 1}"
+
+
+def _Ts(doc, suffix=""):
+  """The horizons T of a toy section's runs with ``suffix`` ('': the preset's settings), tuning
+  grids left out."""
+  return sorted({_T(n) for n in doc["runs"] if "_tune_" not in n
+                 and (n.endswith(suffix) if suffix else not n.endswith(("_faithful", "_tuned")))})
 
 
 def band_and_dots(ax, x, stats, label):
@@ -76,20 +93,20 @@ def alignment_panels(doc, rows, prefix_bp, prefix_dni, title, loss=False):
   with loss, the final loss of both)."""
   ncol = 3 if loss else 2
   fig, axes = plt.subplots(len(rows), ncol, figsize=(5 * ncol, 3.6 * len(rows)), squeeze=False)
-  Ts = sorted({_T(n) for n in doc["runs"]})
   for i, (row_title, suffix) in enumerate(rows):
-    for T in Ts:
+    for T in _Ts(doc, suffix):
       a = doc["runs"].get(f"{prefix_bp}_T{T}{suffix}")
       b = doc["runs"].get(f"{prefix_dni}_T{T}{suffix}")
       if a:
-        band_and_dots(axes[i, 0], [float(l) for l in LAMBDAS],
-                      [a["rules"][f"λ={l}"]["eval"]["alignment"] for l in LAMBDAS], f"T = {T}")
+        lams = [l for l in LAMBDAS if f"λ={l}" in a["rules"]]  # tuned plastic: λ = 1 only
+        band_and_dots(axes[i, 0], [float(l) for l in lams],
+                      [a["rules"][f"λ={l}"]["eval"]["alignment"] for l in lams], f"T = {T}")
       if b:
-        band_and_dots(axes[i, 1], list(range(1, 6)),
-                      [b["rules"][f"dni:{n}"]["eval"]["alignment"] for n in range(1, 6)],
+        ns = [n for n in range(1, 6) if f"dni:{n}" in b["rules"]]  # tuned plastic: n = 5 only
+        band_and_dots(axes[i, 1], ns, [b["rules"][f"dni:{n}"]["eval"]["alignment"] for n in ns],
                       f"T = {T}")
       if loss and a and b:
-        c = doc["runs"].get(f"plastic_bptt_T{T}")
+        c = doc["runs"].get(f"plastic_bptt_T{T}{suffix}")
         m, s = zip(*([stat(a["rules"], f"λ={l}", "eval", "loss") for l in LAMBDAS]
                      + [stat(b["rules"], f"dni:{n}", "eval", "loss") for n in range(1, 6)]
                      + [stat(c["rules"] if c else {}, "bptt", "eval", "loss")]))
@@ -131,19 +148,21 @@ def toy():
   doc = load("toy")
   if doc and doc["runs"]:
     rows = [("ours: Adam 1e-3, 10,000 updates", "")]
-    if any(n.endswith("_faithful") for n in doc["runs"]):
+    if _Ts(doc, "_tuned"):
+      rows.append(("each family's tuned ĝ rate, 10,000 updates", "_tuned"))
+    if _Ts(doc, "_faithful"):
       rows.append(("--faithful: Adam 1e-4, 1,000 updates", "_faithful"))
     save(alignment_panels(doc, rows, "toy", "dni", "Fixed linear RNN"), "fig_toy_alignment.png")
     # alignment during training: λ = 1 and DNI n = 5, every horizon (ours)
-    Ts = sorted({_T(n) for n in doc["runs"] if not n.endswith("_faithful")})
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
-    for T in Ts:
-      for ax, name, label in ((axes[0], f"toy_T{T}", "λ=1.0"), (axes[1], f"dni_T{T}", "dni:5")):
+    for T in _Ts(doc):
+      for ax, name, label in ((axes[0], f"toy_T{T}", LAMBDA_CURVE.format(1)),
+                              (axes[1], f"dni_T{T}", "dni:5")):
         if name in doc["runs"]:
           curve_panel(ax, doc["runs"][name], label, "alignment", label=f"T = {T}", marker=".")
     axes[0].set_title("BP(λ = 1)", fontsize=9)
     axes[1].set_title("BPTT + SG (DNI), n = 5", fontsize=9)
-    axes[0].set_ylabel("alignment (mean ± sd, seeds 0–4)")
+    axes[0].set_ylabel(f"alignment (mean ± sd, {_seeds(doc)})")
     for ax in axes:
       ax.set_xscale("symlog", linthresh=100)
       ax.set_xlim(left=0)
@@ -154,34 +173,44 @@ def toy():
     save(fig, "fig_toy_curves.png")
   doc = load("plastic")
   if doc and doc["runs"]:
-    save(alignment_panels(doc, [("10,000 updates", "")], "plastic", "plastic_dni",
-                          "Plastic linear RNN", loss=True), "fig_plastic_alignment.png")
-    # alignment and loss during training: λ = 0, λ = 1, DNI n = 5, per horizon
-    Ts = sorted({_T(n) for n in doc["runs"] if not n.startswith("plastic_bptt")})
-    fig, axes = plt.subplots(2, len(Ts), figsize=(4.2 * len(Ts), 6.4), squeeze=False,
-                             sharex=True)
-    for j, T in enumerate(Ts):
-      for name, rule, text in ((f"plastic_T{T}", "λ=0.0", "BP(λ = 0)"),
-                               (f"plastic_T{T}", "λ=1.0", "BP(λ = 1)"),
-                               (f"plastic_dni_T{T}", "dni:5", "DNI n = 5"),
-                               (f"plastic_bptt_T{T}", "bptt", "full BPTT")):
-        if name in doc["runs"]:
-          for i, metric in enumerate(("alignment", "loss")):
-            if rule == "bptt" and metric == "alignment":
-              continue  # 1 by definition
-            curve_panel(axes[i, j], doc["runs"][name], rule, metric, label=text, marker=".")
-      axes[0, j].set_title(f"T = {T}", fontsize=9)
-      axes[0, j].axhline(0, color="grey", lw=0.5)
-      axes[1, j].set_yscale("log")
-      axes[1, j].set_xlabel("update")
-      for i in range(2):
-        axes[i, j].set_xscale("symlog", linthresh=1000)
-        axes[i, j].set_xlim(left=0)
-        axes[i, j].legend(fontsize=7)
-    axes[0, 0].set_ylabel("alignment (mean ± sd, seeds 0–4)")
-    axes[1, 0].set_ylabel("evaluation loss (MSE)")
-    fig.suptitle("Plastic linear RNN: alignment and loss during training", fontsize=11)
-    save(fig, "fig_plastic_curves.png")
+    rows = [("the preset's rates, 10,000 updates", "")]
+    if _Ts(doc, "_tuned"):
+      rows.append(("each family's tuned rates, 10,000 updates", "_tuned"))
+    save(alignment_panels(doc, rows, "plastic", "plastic_dni", "Plastic linear RNN", loss=True),
+         "fig_plastic_alignment.png")
+    _plastic_curves(doc, "", "fig_plastic_curves.png")
+    if _Ts(doc, "_tuned"):
+      _plastic_curves(doc, "_tuned", "fig_plastic_tuned_curves.png")
+
+
+def _plastic_curves(doc, suffix, file):
+  """Alignment and loss during training: λ = 0, λ = 1, DNI n = 5 and BPTT, per horizon."""
+  Ts = _Ts(doc, suffix)
+  fig, axes = plt.subplots(2, len(Ts), figsize=(4.2 * len(Ts), 6.4), squeeze=False,
+                           sharex=True)
+  for j, T in enumerate(Ts):
+    for name, rule, text in ((f"plastic_T{T}{suffix}", LAMBDA_CURVE.format(0), "BP(λ = 0)"),
+                             (f"plastic_T{T}{suffix}", LAMBDA_CURVE.format(1), "BP(λ = 1)"),
+                             (f"plastic_dni_T{T}{suffix}", "dni:5", "DNI n = 5"),
+                             (f"plastic_bptt_T{T}{suffix}", "bptt", "full BPTT")):
+      if name in doc["runs"]:
+        for i, metric in enumerate(("alignment", "loss")):
+          if rule == "bptt" and metric == "alignment":
+            continue  # 1 by definition
+          curve_panel(axes[i, j], doc["runs"][name], rule, metric, label=text, marker=".")
+    axes[0, j].set_title(f"T = {T}", fontsize=9)
+    axes[0, j].axhline(0, color="grey", lw=0.5)
+    axes[1, j].set_yscale("log")
+    axes[1, j].set_xlabel("update")
+    for i in range(2):
+      axes[i, j].set_xscale("symlog", linthresh=1000)
+      axes[i, j].set_xlim(left=0)
+      axes[i, j].legend(fontsize=7)
+  axes[0, 0].set_ylabel(f"alignment (mean ± sd, {_seeds(doc)})")
+  axes[1, 0].set_ylabel("evaluation loss (MSE)")
+  fig.suptitle("Plastic linear RNN: alignment and loss during training"
+               + (", tuned rates" if suffix else ""), fontsize=11)
+  save(fig, file)
 
 
 def seqmnist():
