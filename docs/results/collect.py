@@ -918,13 +918,13 @@ def toy_tuning_table(doc, section):
                  f"{min(scores):.3f} – {max(scores):.3f}", f"`{pick['run']}`"])
   if not rows:
     rows.append(["not run in this budget"] + ["–"] * 5)
-  what = {"alignment": "the highest final alignment", "loss": "the lowest final evaluation loss "
-          "(MSE at t = T−1)"}[metric]
-  return {"note": f"each family's grid at T = {TOY_TUNE_T} (the axes in the commands table), "
+  what, plural = {"alignment": ("the highest final alignment", "alignments"),
+                  "loss": ("the lowest final evaluation loss (MSE at t = T−1)", "losses")}[metric]
+  return {"note": f"each family's grids at T = {TOY_TUNE_T} (the axes in the commands table), "
           f"{steps:,} updates per point on the validation seeds {TOY_TUNE_SEED} and "
           f"{TOY_TUNE_SEED + 1}; the pick: {what}, mean over the two seeds; the pick's {metric} "
-          f"per seed, and the range of the grid's mean {metric}s",
-          "header": ["rule", "points", "pick", f"{metric} per seed", f"grid's {metric}s", "run"],
+          f"per seed, and the range of the grids' mean {plural}",
+          "header": ["rule", "points", "pick", f"{metric} per seed", f"grids' {plural}", "run"],
           "rows": rows}
 
 

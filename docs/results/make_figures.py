@@ -135,7 +135,9 @@ def alignment_panels(doc, rows, prefix_bp, prefix_dni, title, loss=False):
 
 
 def curve_panel(ax, run, rule, metric, kind="eval", scale=1.0, **kw):
-  c = run["curves"].get(rule, {}).get(kind)
+  if rule not in run["curves"]:  # a label that names no curve is a mistake, not a gap
+    raise KeyError(f"no curves of {rule!r} in {run['out']} (it has {sorted(run['curves'])})")
+  c = run["curves"][rule].get(kind)
   if not c or metric not in c:
     return
   v = scale * np.array(c[metric], float)
@@ -189,11 +191,13 @@ def _plastic_curves(doc, suffix, file):
   fig, axes = plt.subplots(2, len(Ts), figsize=(4.2 * len(Ts), 6.4), squeeze=False,
                            sharex=True)
   for j, T in enumerate(Ts):
-    for name, rule, text in ((f"plastic_T{T}{suffix}", LAMBDA_CURVE.format(0), "BP(λ = 0)"),
-                             (f"plastic_T{T}{suffix}", LAMBDA_CURVE.format(1), "BP(λ = 1)"),
-                             (f"plastic_dni_T{T}{suffix}", "dni:5", "DNI n = 5"),
-                             (f"plastic_bptt_T{T}{suffix}", "bptt", "full BPTT")):
-      if name in doc["runs"]:
+    for name, rule, label, text in (
+        (f"plastic_T{T}{suffix}", LAMBDA_CURVE.format(0), "λ=0.0", "BP(λ = 0)"),
+        (f"plastic_T{T}{suffix}", LAMBDA_CURVE.format(1), "λ=1.0", "BP(λ = 1)"),
+        (f"plastic_dni_T{T}{suffix}", "dni:5", "dni:5", "DNI n = 5"),
+        (f"plastic_bptt_T{T}{suffix}", "bptt", "bptt", "full BPTT")):
+      # the tuned runs train one λ and one n: a rule the run did not train is left out
+      if name in doc["runs"] and label in doc["runs"][name]["rules"]:
         for i, metric in enumerate(("alignment", "loss")):
           if rule == "bptt" and metric == "alignment":
             continue  # 1 by definition
