@@ -143,27 +143,27 @@ def _sets(point: dict) -> str:
   return " ".join(f"--set {k}={v:g}" for k, v in point.items())
 
 
-def _tuned(point):
+def _tuned(point, tag):
   """The options and the run-name suffix of a run at a tuning's pick (none: the preset's rates)."""
-  return ("", "") if point is None else (f" {_sets(point)}", "_tuned")
+  return ("", "") if point is None else (f" {_sets(point)}", tag)
 
 
-def _toy(T, faithful=False, point=None):
+def _toy(T, faithful=False, point=None, seeds=TOY_SEEDS, tag="_tuned"):
   if faithful:
     return (f"bplambda toy --faithful --seq-len {T} --lambdas {_L} --seeds {TOY_SEEDS} "
             f"--set checkpoint_every=1000 --out runs/toy_T{T}_faithful --no-progress")
-  opts, tag = _tuned(point)
-  return (f"bplambda toy --seq-len {T} --lambdas {_L} --seeds {TOY_SEEDS} --set chunk=500 "
+  opts, tag = _tuned(point, tag)
+  return (f"bplambda toy --seq-len {T} --lambdas {_L} --seeds {seeds} --set chunk=500 "
           f"--set checkpoint_every=10000{opts} --out runs/toy_T{T}{tag} --no-progress")
 
 
-def _dni(T, faithful=False, point=None):
+def _dni(T, faithful=False, point=None, seeds=TOY_SEEDS, tag="_tuned"):
   if faithful:
     return (f"bplambda run toy --steps 1000 --set lr_synth=1e-4 --rule {_D} --seeds {TOY_SEEDS} "
             f"--set seq_len={T} --set checkpoint_every=1000 --out runs/dni_T{T}_faithful "
             f"--no-progress")
-  opts, tag = _tuned(point)
-  return (f"bplambda run toy --rule {_D} --seeds {TOY_SEEDS} --set seq_len={T} --set chunk=500 "
+  opts, tag = _tuned(point, tag)
+  return (f"bplambda run toy --rule {_D} --seeds {seeds} --set seq_len={T} --set chunk=500 "
           f"--set checkpoint_every=10000{opts} --out runs/dni_T{T}{tag} --no-progress")
 
 
@@ -172,23 +172,23 @@ def _dni(T, faithful=False, point=None):
 # stops the whole run
 
 
-def _plastic(T, point=None):
-  opts, tag = _tuned(point)
+def _plastic(T, point=None, seeds=TOY_SEEDS, tag="_tuned"):
+  opts, tag = _tuned(point, tag)
   lambdas = _L if point is None else "1"
-  return (f"bplambda toy --plastic --seq-len {T} --lambdas {lambdas} --seeds {TOY_SEEDS} --set chunk=500 "
+  return (f"bplambda toy --plastic --seq-len {T} --lambdas {lambdas} --seeds {seeds} --set chunk=500 "
           f"--set checkpoint_every=10000{opts} --out runs/plastic_T{T}{tag} --no-progress")
 
 
-def _plastic_dni(T, point=None):
-  opts, tag = _tuned(point)
+def _plastic_dni(T, point=None, seeds=TOY_SEEDS, tag="_tuned"):
+  opts, tag = _tuned(point, tag)
   rules = _D if point is None else "dni:5"
-  return (f"bplambda run plastic-toy --rule {rules} --seeds {TOY_SEEDS} --set seq_len={T} --set chunk=500 "
+  return (f"bplambda run plastic-toy --rule {rules} --seeds {seeds} --set seq_len={T} --set chunk=500 "
           f"--set checkpoint_every=10000{opts} --out runs/plastic_dni_T{T}{tag} --no-progress")
 
 
-def _plastic_bptt(T, point=None):
-  opts, tag = _tuned(point)
-  return (f"bplambda run plastic-toy --rule bptt --seeds {TOY_SEEDS} --set seq_len={T} --set chunk=500 "
+def _plastic_bptt(T, point=None, seeds=TOY_SEEDS, tag="_tuned"):
+  opts, tag = _tuned(point, tag)
+  return (f"bplambda run plastic-toy --rule bptt --seeds {seeds} --set seq_len={T} --set chunk=500 "
           f"--set checkpoint_every=10000{opts} --out runs/plastic_bptt_T{T}{tag} --no-progress")
 
 
@@ -219,6 +219,8 @@ TOY_TUNE = {
                  **{f"{f}_high": (rule, "--grid lr_cell=3e-3 --grid lr_readout=1e-3,1e-2 "
                                   "--grid lr_synth=1e-4,1e-3,1e-2")
                     for f, rule in (("bp_lambda", "bp_lambda"), ("dni", "dni:5"))}})}
+# the GPU-sized commands: a horizon not run here, each family at its pick, on 100 seeds
+TOY_GPU = {"toy": (250, 100), "plastic": (120, 100)}
 # section: {family: (run-name prefix, command at T and a point)}
 TOY_TUNED = {"toy": {"bp_lambda": ("toy", _toy), "dni": ("dni", _dni)},
              "plastic": {"bptt": ("plastic_bptt", _plastic_bptt), "bp_lambda": ("plastic", _plastic),
@@ -866,6 +868,14 @@ def toy_tables(doc, section):
                               + [cell(c, "bptt", "eval/loss", pm4)])
       tables[f"loss_{conv}"] = loss
   tables["tuning"] = toy_tuning_table(doc, section)
+  T, seeds = TOY_GPU[section]
+  tables["gpu"] = {
+      "note": f"for a GPU: T = {T} (not run here), each family at its tuning's pick (table "
+              f"`tuning`), the preset's 10,000 updates on {seeds} seeds",
+      "header": ["rule", "command"],
+      "rows": [[f"`{pick['rule']}`", "`" + TOY_TUNED[section][family][1](
+          T, point=pick["point"], seeds=seeds, tag="_gpu") + "`"]
+               for family, pick in doc["derived"].get("picks", {}).items()]}
   if not plastic and "toy_T10" in doc["runs"]:  # README's toy table: the T = 10 run
     tables["readme"] = {"note": "run `toy_T10` of docs/reproduction.md, "
                         + CI_NOTE.format("final alignment"),
