@@ -904,15 +904,14 @@ def toy_picks(doc, section) -> dict:
   validation seeds; a non-finite mean never wins), in TOY_TUNE's order:
   {family: {'rule', 'point', 'label', 'score', 'run'}}."""
   metric, higher = TOY_TUNE[section][2:4]
-  picks = {}
-  for name, p in tuning_points(doc, section):
-    family = p["rule"].split(":")[0]
+
+  def candidate(name, p):
     score = doc["runs"][name]["rules"][p["label"]]["eval"][metric]["mean"]
-    best = picks.get(family)
-    better = best is None or (score > best["score"] if higher else score < best["score"])
-    if math.isfinite(score) and better:
-      picks[family] = {"rule": p["rule"], "point": p["point"], "label": p["label"],
-                       "score": score, "run": name}
+    return (p["rule"].split(":")[0], (-score if higher else score,),
+            {"rule": p["rule"], "point": p["point"], "label": p["label"], "score": score,
+             "run": name})
+
+  picks = _best(candidate(name, p) for name, p in tuning_points(doc, section))
   return {f: picks[f] for f in TOY_TUNED[section] if f in picks}
 
 
@@ -1095,16 +1094,13 @@ def copy_picks(doc) -> dict:
   (its index, mean over the validation seeds), ties broken by the lower final training loss (mean
   over the same seeds). {family: {'rule', 'point', 'label', 'level', 'loss', 'run'}} in
   COPY_FAMILIES' order."""
-  best = {}
-  for name, p in tuning_points(doc, "copy_repeat"):
-    family = p["rule"].split(":")[0]
+  def candidate(name, p):
     loss = doc["runs"][name]["rules"][_report_label(p["label"])]["final"]["loss"]["mean"]
-    if not (math.isfinite(p["mean"]) and math.isfinite(loss)):
-      continue
-    b = best.get(family)
-    if b is None or (-p["mean"], loss) < (-b["level"], b["loss"]):
-      best[family] = {"rule": p["rule"], "point": p["point"], "label": p["label"],
-                      "level": p["mean"], "loss": loss, "run": name}
+    return (p["rule"].split(":")[0], (-p["mean"], loss),
+            {"rule": p["rule"], "point": p["point"], "label": p["label"], "level": p["mean"],
+             "loss": loss, "run": name})
+
+  best = _best(candidate(name, p) for name, p in tuning_points(doc, "copy_repeat"))
   return {f: best[f] for f in COPY_FAMILIES if f in best}
 
 
@@ -1279,16 +1275,24 @@ def tuning_points(doc, section):
           for p in doc["runs"][name]["grid"]["points"]]
 
 
+def _best(candidates) -> dict:
+  """{key: value} of the candidates (key, rank, value) with the smallest rank (a tuple) per key, in
+  the order the keys first appear; the first of equal ranks wins, a rank with a non-finite part
+  never does."""
+  best = {}
+  for key, rank, value in candidates:
+    if all(map(math.isfinite, rank)) and (key not in best or rank < best[key][0]):
+      best[key] = (rank, value)
+  return {key: value for key, (_, value) in best.items()}
+
+
 def long_picks(doc) -> dict:
   """Each rule's point of the tuning grids (``long_tune_*``) with the lowest validation bits
   (mean over the validation seeds; a point with a non-finite score never wins), in LONG_RULES'
   order: {rule: {'point', 'label', 'mean', 'run'}}."""
-  picks = {}
-  for name, p in tuning_points(doc, "long"):
-    best = picks.get(p["rule"])
-    if math.isfinite(p["mean"]) and (best is None or p["mean"] < best["mean"]):
-      picks[p["rule"]] = {"point": p["point"], "label": p["label"], "mean": p["mean"],
-                          "run": name}
+  picks = _best((p["rule"], (p["mean"],), {"point": p["point"], "label": p["label"],
+                                            "mean": p["mean"], "run": name})
+                for name, p in tuning_points(doc, "long"))
   return {r: picks[r] for r in LONG_RULES if r in picks}
 
 
